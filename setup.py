@@ -1,0 +1,39 @@
+"""Install videoiq: the plain-PyTorch core plus its Ray Train/Tune layer.
+
+`pip install -e .` gives the core (models, quantizers, FLOPs, data, configs) and Ray;
+`pip install -e '.[dev]'` adds the test tools. torch is capped at 2.14.1 (the release this
+project is tested with) and torchvision is the release that matches it.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+_VERSION = {}
+exec((Path(__file__).parent / "videoiq" / "_version.py").read_text(), _VERSION)
+
+RAY = ["ray[train,tune,data,default]>=2.40"]
+
+setup(
+    name="videoiq",
+    version=_VERSION["__version__"],
+    description="VideoIQ (ICCV 2021) dynamic network quantization for video, on Ray Train and Tune",
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["videoiq", "videoiq.*"]),
+    install_requires=[
+        "torch>=2.4,<=2.14.1",
+        "torchvision>=0.19,<=0.29.1",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+        "lmdb>=1.4",
+        "msgpack>=1.0",
+        "pillow>=10.0",
+        "wandb>=0.17",
+    ],
+    extras_require={
+        "ray": RAY,
+        "dev": RAY + ["pytest>=7.4"],
+    },
+    entry_points={"console_scripts": ["videoiq=videoiq.cli:main"]},
+)

@@ -1,0 +1,141 @@
+"""Typed stage configs: round trips, every shipped YAML, overrides and clear errors."""
+from pathlib import Path
+
+import pytest
+
+from videoiq.config import (
+    STAGES,
+    ConfigError,
+    apply_overrides,
+    config_changes,
+    config_from_dict,
+    config_to_dict,
+    default_config,
+    load_config,
+    save_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_YAMLS = sorted((ROOT / "launch" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_defaults_round_trip_through_dict_and_yaml(stage, tmp_path):
+    cfg = default_config(stage)
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    path = save_config(cfg, tmp_path / "cfg.yaml")
+    assert load_config(path) == cfg
+    assert config_changes(cfg) == {"stage": stage}
+
+
+def test_paper_defaults_per_stage():
+    ap = default_config("ap")
+    assert ap.quant.bit_widths == (32, 4, 2)
+    assert ap.optim.clip_lr == {32: 0.1, 4: 0.1, 2: 0.01}
+    assert ap.optim.clip_weight_decay == {32: 5e-4, 4: 5e-4, 2: 6e-2}
+    assert ap.loss.kind == "kd_ce" and ap.loss.teacher
+    policy = default_config("policy")
+    assert (policy.optim.epochs, policy.policy.temperature_init, policy.policy.temperature_decay) == (50, 5.0, 0.956)
+    assert (policy.policy.input_size, policy.policy.hidden_size, policy.policy.dropout) == (84, 512, 0.8)
+    assert policy.loss.efficiency_weight == 0.16
+    assert default_config("eval").eval.decisions == "argmax"
+    fp = default_config("fp")
+    assert (fp.data.num_frames, fp.data.batch_size, fp.optim.lr, fp.optim.epochs) == (16, 72, 0.01, 100)
+
+
+@pytest.mark.parametrize("path", STAGE_YAMLS, ids=lambda p: p.name)
+def test_every_shipped_stage_yaml_loads(path):
+    cfg = load_config(path)
+    assert cfg.STAGE == path.name.split("_")[0].replace("policy-pretrain", "policy_pretrain")
+
+
+def test_a_partial_section_keeps_the_stage_defaults():
+    cfg = config_from_dict({"stage": "policy", "optim": {"epochs": 3}})
+    assert cfg.optim.epochs == 3 and cfg.optim.policy_lr == 0.01  # not OptimConfig's generic 1e-3
+    ap = config_from_dict({"stage": "ap", "optim": {"lr": 0.1}})
+    assert ap.optim.clip_weight_decay == {32: 5e-4, 4: 5e-4, 2: 6e-2}
+
+
+def test_overrides_are_typed_yaml_values():
+    data = apply_overrides({"stage": "ap"}, ["optim.lr=1e-3", "quant.bit_widths=[8, 4]",
+                                              "optim.clip_lr={8: 0.1, 4: 0.01}", "optim.clip_weight_decay={8: 0, 4: 0}"])
+    cfg = config_from_dict(data)
+    assert cfg.optim.lr == 0.001 and cfg.quant.bit_widths == (8, 4) and cfg.optim.clip_lr == {8: 0.1, 4: 0.01}
+    policy = config_from_dict(apply_overrides({"stage": "policy"}, ["quant.bit_widths=[32,4,2]"]))
+    assert policy.quant.bit_widths == (32, 4, 2)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "unknown key 'optim.lrr'; did you mean 'optim.lr'"),
+        ("datta.root=x", "did you mean 'data'"),
+        ("optim.lr=fast", "optim.lr: expected a finite number, got .fast."),
+        ("optim.lr=.nan", "optim.lr: expected a finite number"),
+        ("quant.switchable_bn=1", "quant.switchable_bn: expected true or false"),
+        ("data.num_frames=2.5", "data.num_frames: expected an integer"),
+        ("loss.kind=focal", r"loss.kind: expected one of \['ce', 'kd', 'kd_ce'\]"),
+        ("quant.bit_widths=[32,4,0]", r"bit widths must lie in \[1, 32\], got \[0\]"),
+        ("quant.bit_widths=[2,4]", "descending"),
+        ("loss.kd_weight=-1", "loss.kd_weight: must be >= 0"),
+        ("optim.epochs=0", "optim.epochs: must be >= 1"),
+        ("optim.clip_lr={32: 0.1}", "optim.clip_lr: needs one value per bit width"),
+        ("data.dataset=kinetics", "data.dataset: unknown dataset 'kinetics'"),
+        ("model.name=resnet50", "any-precision model"),
+        ("stage=fp", "cannot be overridden"),
+        ("optim.lr", "expected key=value"),
+    ],
+)
+def test_bad_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(apply_overrides({"stage": "ap"}, [override]), "ap.yaml")
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"stage": "policy", "loss": {"entropy_weight": -1}, "policy": {"temperature_decay": 2}})
+    assert "loss.entropy_weight" in str(e.value) and "policy.temperature_decay" in str(e.value)
+
+
+def test_cross_section_checks():
+    with pytest.raises(ConfigError, match="loss.teacher must be true"):
+        config_from_dict({"stage": "policy", "policy": {"fp_action": True}, "loss": {"teacher": False}})
+    with pytest.raises(ConfigError, match=r"\[8\] are not in quant.bit_widths"):
+        config_from_dict({"stage": "policy", "quant": {"bit_widths": [32, 4]}, "policy": {"precisions": [8]}})
+    with pytest.raises(ConfigError, match="plain cross-entropy"):
+        config_from_dict({"stage": "fp", "loss": {"kind": "kd"}})
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: fp\ndata: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
+    bad.write_text("data: {}\n")
+    with pytest.raises(ConfigError, match="missing the 'stage' key"):
+        load_config(bad)
+    bad.write_text("stage: polcy\n")
+    with pytest.raises(ConfigError, match="did you mean 'policy'"):
+        load_config(bad)
+    bad.write_text("stage: fp\noptim: {lr: 0.1, epochs: x}\n")
+    with pytest.raises(ConfigError, match="bad.yaml: optim.epochs: expected an integer"):
+        load_config(bad)
+
+
+def test_python_objects_in_yaml_are_refused(tmp_path):
+    bad = tmp_path / "evil.yaml"
+    bad.write_text("stage: fp\nseed: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_input_problems_name_unset_and_missing_paths(tmp_path):
+    cfg = config_from_dict({"stage": "policy", "data": {"root": str(tmp_path)},
+                            "init": {"backbone_checkpoint": str(tmp_path / "ap.pt")}})
+    assert cfg.input_problems() == [f"init.backbone_checkpoint: {str(tmp_path / 'ap.pt')!r} does not exist"]
+    assert default_config("eval").input_problems() == ["data.root: not set", "eval.checkpoint: not set"]

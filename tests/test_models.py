@@ -1,0 +1,194 @@
+"""Every registered model builds, runs and trains; VideoIQ mixes precisions as the spec says."""
+import pytest
+import torch
+import torchvision
+
+from videoiq.models import PolicyNet, VideoIQ, create_model, list_models
+from videoiq.quant import bit_width
+
+VIDEO = (2, 3, 3, 32, 32)  # (B, T, C, H, W)
+
+
+@pytest.mark.parametrize("name", list_models(kind="recognition"))
+def test_recognition_model_shape_and_gradients(name):
+    model = create_model(name, num_classes=7).train()
+    out = model(torch.randn(VIDEO))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.sum().backward()
+    # At the master width only the other widths' BNs and clips see no gradient.
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    inactive = [n for n in no_grad if ".bn.4." in n or ".bn.2." in n or ".alpha.4" in n or ".alpha.2" in n]
+    assert no_grad == inactive, [n for n in no_grad if n not in inactive][:5]
+
+
+def test_any_precision_model_trains_every_width():
+    model = create_model("ap_resnet_tiny", num_classes=5).train()
+    video = torch.randn(VIDEO)
+    loss = 0
+    for b in (32, 4, 2):
+        with bit_width(model, b):
+            loss = loss + model(video).sum()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing[:5]
+
+
+def test_widths_give_different_outputs_from_one_master_weight():
+    model = create_model("ap_resnet_tiny", num_classes=5).eval()
+    video = torch.randn(VIDEO)
+    outs = {}
+    for b in (32, 4, 2):
+        with bit_width(model, b):
+            outs[b] = model(video)
+    assert not torch.allclose(outs[32], outs[4]) and not torch.allclose(outs[4], outs[2])
+
+
+def test_tsn_consensus_is_the_mean_of_frame_logits():
+    model = create_model("resnet_tiny", num_classes=4).eval()
+    video = torch.randn(VIDEO)
+    per_frame = torch.stack([model(video[:, t : t + 1]) for t in range(VIDEO[1])], dim=1)
+    assert torch.allclose(model(video), per_frame.mean(1), atol=1e-6)
+
+
+def test_video_input_rank_is_checked():
+    with pytest.raises(ValueError, match=r"\(B, T, C, H, W\)"):
+        create_model("resnet_tiny", num_classes=2)(torch.randn(2, 3, 32, 32))
+
+
+def test_unknown_model_suggests_a_name():
+    with pytest.raises(KeyError, match="did you mean 'resnet50'"):
+        create_model("resnet05")
+
+
+def test_mobilenet_matches_torchvision_frame_average():
+    tv = torchvision.models.mobilenet_v2(num_classes=6).eval()
+    ours = create_model("mobilenet_v2", num_classes=6).eval()
+    ours.load_state_dict(tv.state_dict(), strict=True)  # identical key names
+    video = torch.randn(2, 2, 3, 64, 64)
+    with torch.no_grad():
+        expected = tv(video.flatten(0, 1)).view(2, 2, -1).mean(1)
+        assert torch.allclose(ours(video), expected, atol=1e-5)
+
+
+def _policy(num_precisions=3, skips=(), **kw):
+    return create_model("policy_mobilenet_v2_tiny", num_precisions=num_precisions, skip_choices=skips, **kw)
+
+
+def test_policy_deterministic_decisions_are_argmax_one_hot():
+    policy = _policy(num_classes=5).eval()
+    out = policy(torch.randn(2, 4, 3, 32, 32))
+    assert out.decisions.shape == (2, 4, 3) and out.logits.shape == (2, 5)
+    assert torch.equal(out.decisions, torch.nn.functional.one_hot(out.log_probs.argmax(-1), 3).float())
+    assert (out.log_probs <= 0).all()
+    assert torch.allclose(out.log_probs.exp().sum(-1), torch.ones(2, 4), atol=1e-5)
+
+
+def test_policy_samples_are_one_hot_with_straight_through_gradients():
+    policy = _policy().train()
+    policy.set_temperature(1.0)
+    out = policy(torch.randn(3, 4, 3, 32, 32))
+    assert torch.equal(out.decisions.detach().sum(-1), torch.ones(3, 4))
+    assert set(out.decisions.detach().unique().tolist()) <= {0.0, 1.0}
+    (out.decisions * torch.randn(3))[..., 0].sum().backward()
+    assert policy.linear.weight.grad.abs().sum() > 0
+
+
+def test_policy_skip_carries_decision_and_log_probs():
+    torch.manual_seed(3)
+    policy = _policy(num_precisions=2, skips=(1, 3)).train()
+    policy.set_temperature(5.0)  # high temperature: varied samples, skips chosen often
+    skip_len = {2: 1, 3: 3}
+    out = policy(torch.randn(16, 8, 3, 32, 32))
+    actions = out.decisions.argmax(-1)
+    carried = 0
+    for b in range(16):
+        remaining = 0
+        for t in range(8):
+            if remaining > 0:
+                assert actions[b, t] == actions[b, t - 1]
+                assert torch.equal(out.log_probs[b, t], out.log_probs[b, t - 1])
+                carried += 1
+            elif actions[b, t].item() in skip_len:
+                remaining = skip_len[actions[b, t].item()]
+            remaining = max(remaining - 1, 0)
+    assert carried > 0  # the case under test did happen
+
+
+def test_policy_rejects_bad_arguments():
+    backbone = create_model("mobilenet_v2_tiny")
+    with pytest.raises(ValueError, match="skip choices"):
+        PolicyNet(backbone, 2, (0,))
+    with pytest.raises(ValueError, match="temperature"):
+        PolicyNet(backbone, 2, temperature=0)
+
+
+def _videoiq(fp_action=False, precisions=None, skips=(1,)):
+    backbone = create_model("ap_resnet_tiny", num_classes=5)
+    teacher = create_model("resnet_tiny", num_classes=5)
+    n = len(precisions or (32, 4, 2)) + int(fp_action)
+    policy = _policy(num_precisions=n, skips=skips, num_classes=5)
+    return VideoIQ(backbone, policy, precisions=precisions, teacher=teacher, fp_action=fp_action).eval()
+
+
+@pytest.mark.parametrize("action, bits", [(0, 32), (1, 4), (2, 2)])
+def test_forced_precision_equals_the_backbone_at_that_width(action, bits):
+    model = _videoiq()
+    video = torch.randn(VIDEO)
+    out = model(video, forced_actions=torch.full(VIDEO[:2], action))
+    with bit_width(model.backbone, bits):
+        expected = model.backbone(video)
+    assert torch.allclose(out.logits, expected, atol=1e-6)
+
+
+def test_fp_action_runs_teacher_features_through_the_shared_fc():
+    model = _videoiq(fp_action=True, precisions=(4, 2), skips=())
+    assert model.actions == ("fp", "4bit", "2bit")
+    video = torch.randn(VIDEO)
+    out = model(video, forced_actions=torch.zeros(VIDEO[:2], dtype=torch.long))
+    expected = model.backbone.forward_head(model.teacher.forward_features(video))
+    assert torch.allclose(out.logits, expected, atol=1e-6)
+    assert torch.allclose(out.teacher_logits, model.teacher(video), atol=1e-6)
+
+
+def test_skipped_frames_are_left_out_of_the_average():
+    model = _videoiq()
+    video = torch.randn(VIDEO)
+    forced = torch.tensor([[0, 3, 2], [3, 3, 3]])  # sample 1 skips every frame
+    out = model(video, forced_actions=forced)
+    bb = model.backbone
+    f32 = bb.forward_features(video[:1, :1])
+    with bit_width(bb, 2):
+        f2 = bb.forward_features(video[:1, 2:])
+    expected0 = bb.fc(torch.cat([f32, f2], dim=1).mean(1))
+    assert torch.allclose(out.logits[0], expected0[0], atol=1e-5)
+    assert torch.allclose(out.logits[1], bb.fc.bias, atol=1e-6)  # all skipped: the bias alone
+
+
+def test_videoiq_gradients_reach_the_policy_in_training():
+    model = _videoiq().train()
+    model.backbone.requires_grad_(False)
+    model(torch.randn(VIDEO)).logits.sum().backward()
+    assert model.policy.linear.weight.grad.abs().sum() > 0
+    assert model.teacher.training is False  # the frozen teacher stays in eval mode
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(precisions=(8,)), "subset"),
+        (dict(precisions=(2, 4)), "order"),
+        (dict(fp_action=True, teacher=None), "teacher"),
+    ],
+)
+def test_videoiq_rejects_inconsistent_parts(kwargs, message):
+    backbone = create_model("ap_resnet_tiny", num_classes=5)
+    policy = _policy(num_precisions=len(kwargs.get("precisions", (1, 1, 1))) + int(kwargs.get("fp_action", False)))
+    with pytest.raises(ValueError, match=message):
+        VideoIQ(backbone, policy, **kwargs)
+
+
+def test_videoiq_needs_an_any_precision_backbone_and_matching_policy():
+    with pytest.raises(ValueError, match="any-precision"):
+        VideoIQ(create_model("resnet_tiny", num_classes=5), _policy())
+    with pytest.raises(ValueError, match="4 precision actions"):
+        VideoIQ(create_model("ap_resnet_tiny", num_classes=5), _policy(num_precisions=4))

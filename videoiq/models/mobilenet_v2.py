@@ -1,0 +1,56 @@
+"""TSN MobileNetV2 on torchvision's definition: the policy backbone and its stage-3 pre-training model.
+
+The original had two MobileNetV2 definitions with different key names, so the stage-3 checkpoint
+did not load into the policy (VideoIQ GitHub issue #4, spec section 10.1). Here there is one: the
+TSN model subclasses torchvision's ``MobileNetV2`` (keys ``features.*``, ``classifier.1.*``, so
+torchvision ImageNet weight files load unchanged) and the policy network reuses its ``features``.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torchvision.models.mobilenetv2 import MobileNetV2
+
+from ._registry import register_model
+from .resnet import fold_frames
+
+# (expand ratio t, channels c, repeats n, stride s) rows; the tiny table keeps 3 of torchvision's 7.
+_TINY_SETTING = [[1, 16, 1, 1], [6, 24, 1, 2], [6, 32, 1, 2]]
+
+
+class TSNMobileNetV2(MobileNetV2):
+    """torchvision MobileNetV2 over ``(B, T, C, H, W)`` videos, logits averaged over frames."""
+
+    @property
+    def num_features(self) -> int:
+        return self.last_channel
+
+    def forward_features(self, video: Tensor) -> Tensor:
+        """Per-frame pooled features ``(B, T, last_channel)``."""
+        x, b, t = fold_frames(video, type(self).__name__)
+        return pool_features(self.features(x)).view(b, t, -1)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Video logits ``(B, num_classes)``: the classifier per frame, then the mean over frames."""
+        return self.classifier(features).mean(dim=1)
+
+    def forward(self, video: Tensor) -> Tensor:  # type: ignore[override]
+        return self.forward_head(self.forward_features(video))
+
+
+def pool_features(x: Tensor) -> Tensor:
+    """Global average pool of a ``(N, C, H, W)`` map to ``(N, C)``, as torchvision's forward does."""
+    return nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+@register_model("recognition")
+def mobilenet_v2(num_classes: int = 1000, dropout: float = 0.5, width_mult: float = 1.0) -> TSNMobileNetV2:
+    """TSN MobileNetV2 (torchvision layout); dropout 0.5 as the original's stage 3."""
+    return TSNMobileNetV2(num_classes=num_classes, dropout=dropout, width_mult=width_mult)
+
+
+@register_model("recognition")
+def mobilenet_v2_tiny(num_classes: int = 1000, dropout: float = 0.5) -> TSNMobileNetV2:
+    """A 22k-parameter MobileNetV2 (width 0.25, three stages) for tests and CPU smoke runs."""
+    return TSNMobileNetV2(
+        num_classes=num_classes, dropout=dropout, width_mult=0.25, inverted_residual_setting=_TINY_SETTING
+    )

@@ -1,0 +1,251 @@
+"""TSN ResNets, full precision and any-precision, as one class with injected layers (spec 3.1, 4.1).
+
+A video ``(B, T, C, H, W)`` is folded to ``B*T`` frames, each frame goes through a torchvision-layout
+ResNet (v1.5: stride on the 3x3 conv), and the per-frame logits are averaged over ``T`` (the TSN
+consensus). Parameter names match torchvision's (``conv1``, ``layer1.0.bn1``, ``fc``...), so a
+torchvision state dict loads into the full-precision model key for key.
+
+The any-precision variant is the same class built with :func:`ap_layers`:
+
+* every conv inside ``layer1``-``layer4`` (including the downsample 1x1) is a
+  :class:`~videoiq.quant.QuantConv2d` holding one master weight for all widths;
+* every BatchNorm there is a :class:`~videoiq.quant.SwitchableBatchNorm2d` (``bn1.bn.<bits>``);
+* each block quantizes its input (which the shortcut and downsample also take), and the output of
+  each inner conv+BN+ReLU except the last, with a :class:`~videoiq.quant.PACT` per position
+  (Bottleneck: ``act_in``, ``act1``, ``act2``; BasicBlock: ``act_in``, ``act1``);
+* the stem conv, stem BN, pooling, dropout and the ``fc`` stay full precision, and the fc is
+  shared by every width.
+
+Port of the structure of sunxm2357/VideoIQ ``resnet_pact_ap.py`` (read, not copied).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from ..quant import PACT, QuantConv2d, SwitchableBatchNorm2d, check_bit_widths
+from ._registry import register_model
+
+
+@dataclass(frozen=True)
+class LayerFactory:
+    """How a ResNet's residual stages make their convs, norms and activation quantizers."""
+
+    conv: Callable[..., nn.Module]
+    norm: Callable[[int], nn.Module]
+    act_quant: Callable[[], nn.Module]
+
+
+FULL_PRECISION_LAYERS = LayerFactory(conv=nn.Conv2d, norm=nn.BatchNorm2d, act_quant=nn.Identity)
+
+
+def ap_layers(
+    bit_widths: Sequence[int],
+    *,
+    switchable_bn: bool = True,
+    switchable_clip: bool = True,
+    clip_init: float = 2.0,
+    mean_aligned: bool = False,
+) -> LayerFactory:
+    """Layer factory of the any-precision ResNet for a precision family (descending, master first)."""
+    family = check_bit_widths(bit_widths)
+    norm = partial(SwitchableBatchNorm2d, bit_widths=family) if switchable_bn else nn.BatchNorm2d
+    return LayerFactory(
+        conv=partial(QuantConv2d, bit_widths=family, mean_aligned=mean_aligned),
+        norm=norm,
+        act_quant=partial(PACT, family, init=clip_init, switchable=switchable_clip),
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None, layers: LayerFactory):
+        super().__init__()
+        self.act_in = layers.act_quant()
+        self.conv1 = layers.conv(inplanes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = layers.norm(planes)
+        self.act1 = layers.act_quant()
+        self.conv2 = layers.conv(planes, planes, kernel_size=3, padding=1, bias=False)
+        self.bn2 = layers.norm(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act_in(x)
+        out = self.act1(self.relu(self.bn1(self.conv1(x))))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided) -> 1x1 with 4x expansion (ResNet-50/101)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None, layers: LayerFactory):
+        super().__init__()
+        self.act_in = layers.act_quant()
+        self.conv1 = layers.conv(inplanes, planes, kernel_size=1, bias=False)
+        self.bn1 = layers.norm(planes)
+        self.act1 = layers.act_quant()
+        self.conv2 = layers.conv(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = layers.norm(planes)
+        self.act2 = layers.act_quant()
+        self.conv3 = layers.conv(planes, planes * self.expansion, kernel_size=1, bias=False)
+        self.bn3 = layers.norm(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act_in(x)
+        out = self.act1(self.relu(self.bn1(self.conv1(x))))
+        out = self.act2(self.relu(self.bn2(self.conv2(out))))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+def fold_frames(video: Tensor, what: str) -> tuple[Tensor, int, int]:
+    """``(B, T, C, H, W)`` -> ``(B*T, C, H, W)``, with a clear error for any other rank."""
+    if video.dim() != 5:
+        raise ValueError(f"{what} expects a video batch (B, T, C, H, W), got shape {tuple(video.shape)}")
+    b, t = video.shape[:2]
+    return video.flatten(0, 1), b, t
+
+
+class ResNet(nn.Module):
+    """TSN ResNet over ``(B, T, C, H, W)`` videos; full precision or any-precision by ``layers``.
+
+    Args:
+        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        stage_blocks: blocks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-50.
+        num_classes: width of the shared classifier.
+        width: channels of the stem and of stage 1 (64 for the paper models).
+        dropout: dropout before the classifier (0.5 in the paper).
+        layers: conv/norm/quantizer factory of the residual stages.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        stage_blocks: Sequence[int],
+        num_classes: int,
+        *,
+        width: int = 64,
+        dropout: float = 0.5,
+        layers: LayerFactory = FULL_PRECISION_LAYERS,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        inplanes = width
+        for i, n in enumerate(stage_blocks):
+            planes = width * 2**i
+            stage, inplanes = self._make_stage(block, inplanes, planes, n, stride=1 if i == 0 else 2, layers=layers)
+            self.add_module(f"layer{i + 1}", stage)
+        self.num_stages = len(stage_blocks)
+        self.num_features = inplanes
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(inplanes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def _make_stage(block, inplanes: int, planes: int, n: int, stride: int, layers: LayerFactory):
+        downsample = None
+        if stride != 1 or inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                layers.conv(inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
+                layers.norm(planes * block.expansion),
+            )
+        blocks = [block(inplanes, planes, stride, downsample, layers)]
+        inplanes = planes * block.expansion
+        blocks += [block(inplanes, planes, 1, None, layers) for _ in range(1, n)]
+        return nn.Sequential(*blocks), inplanes
+
+    def forward_features(self, video: Tensor) -> Tensor:
+        """Per-frame pooled features ``(B, T, num_features)`` of a video batch ``(B, T, C, H, W)``."""
+        x, b, t = fold_frames(video, type(self).__name__)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return torch.flatten(self.avgpool(x), 1).view(b, t, -1)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Video logits ``(B, num_classes)``: dropout, the shared fc per frame, then the mean over frames."""
+        return self.fc(self.dropout(features)).mean(dim=1)
+
+    def forward(self, video: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(video))
+
+
+# name -> (block, blocks per stage, width); "tiny" is for tests and CPU smoke runs.
+_ARCHS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, ...], int]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), 64),
+    "resnet34": (BasicBlock, (3, 4, 6, 3), 64),
+    "resnet50": (Bottleneck, (3, 4, 6, 3), 64),
+    "resnet101": (Bottleneck, (3, 4, 23, 3), 64),
+    "resnet_tiny": (Bottleneck, (1, 1, 1, 1), 8),
+}
+
+
+def _register_fp(name: str) -> None:
+    block, stage_blocks, width = _ARCHS[name]
+
+    def build(num_classes: int = 1000, dropout: float = 0.5) -> ResNet:
+        return ResNet(block, stage_blocks, num_classes, width=width, dropout=dropout)
+
+    build.__name__ = name
+    build.__doc__ = f"Full-precision TSN {name} ({block.__name__} x {list(stage_blocks)}, width {width})."
+    register_model("recognition")(build)
+
+
+def _register_ap(name: str) -> None:
+    block, stage_blocks, width = _ARCHS[name]
+
+    def build(
+        num_classes: int = 1000,
+        dropout: float = 0.5,
+        bit_widths: Sequence[int] = (32, 4, 2),
+        switchable_bn: bool = True,
+        switchable_clip: bool = True,
+        clip_init: float = 2.0,
+        mean_aligned: bool = False,
+    ) -> ResNet:
+        layers = ap_layers(
+            bit_widths,
+            switchable_bn=switchable_bn,
+            switchable_clip=switchable_clip,
+            clip_init=clip_init,
+            mean_aligned=mean_aligned,
+        )
+        return ResNet(block, stage_blocks, num_classes, width=width, dropout=dropout, layers=layers)
+
+    build.__name__ = f"ap_{name}"
+    build.__doc__ = f"Any-precision TSN {name}: quantized residual stages, one master weight for all widths."
+    register_model("recognition")(build)
+
+
+for _name in _ARCHS:
+    _register_fp(_name)
+    _register_ap(_name)

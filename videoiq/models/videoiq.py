@@ -1,0 +1,170 @@
+"""The VideoIQ model: a policy picks, per frame, the precision the any-precision ResNet runs at.
+
+This is the dense reference forward of the original ``ada_forward`` (spec 5.3): every precision
+action is computed on every frame, and the straight-through one-hot decisions select and mix the
+per-frame features::
+
+    feat_t = sum_k r[t, k] * F_k[t] * T / n        n = number of non-skipped frames (>= 1)
+    logits = mean_t fc(dropout(feat_t))             the backbone's shared fc
+
+which equals the fc applied to the mean feature of the non-skipped frames. Training needs this dense
+form (the mixture is what carries gradients to the policy); inference can skip the work of the
+frames and precisions not chosen.
+
+Actions are ordered ``[fp teacher (if fp_action)] + precisions + skip choices``. ``precisions`` is
+a subset of the backbone's trained family, in its order; lower widths are always truncated from the
+backbone's own master width, so the policy can never see weight grids the backbone was not trained
+on (the original's README command did; spec 10.2.2).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..quant import bit_width, bit_widths_of
+from .policy import LOG_PROB_FLOOR, PolicyNet
+from .resnet import ResNet
+
+FP_ACTION = "fp"
+
+
+def action_names(precisions: Sequence[int], skip_choices: Sequence[int], fp_action: bool) -> tuple[str, ...]:
+    """Names of the policy's actions in head order, e.g. ``("fp", "4bit", "2bit", "skip1")``."""
+    return tuple(([FP_ACTION] if fp_action else []) + [f"{b}bit" for b in precisions] + [f"skip{s}" for s in skip_choices])
+
+
+class VideoIQOutput(NamedTuple):
+    """Everything one VideoIQ forward produces; ``None`` where the part was not built."""
+
+    logits: Tensor  # (B, C) video logits from the chosen precisions
+    decisions: Tensor  # (B, T, A) one-hot actions
+    log_probs: Tensor  # (B, T, A) policy log-probabilities
+    reference_logits: Tensor  # (B, C) all frames at the first action, no grad (KD target without teacher)
+    teacher_logits: Tensor | None  # (B, C) frozen full-precision teacher
+    policy_logits: Tensor | None  # (B, C) auxiliary policy classifier
+
+
+class VideoIQ(nn.Module):
+    """Policy + any-precision backbone (+ optional frozen full-precision teacher).
+
+    Args:
+        backbone: an any-precision :class:`ResNet`.
+        policy: a :class:`PolicyNet` whose head has one output per action.
+        precisions: the backbone widths the policy may choose; default: the whole family.
+        skip_choices: skip lengths offered to the policy (must match the policy's).
+        teacher: frozen full-precision ResNet; its logits are the KD target and, with
+            ``fp_action``, its features are an extra action at index 0.
+        fp_action: offer the teacher as an action (the original's ``--use_fp_as_bb``).
+    """
+
+    def __init__(
+        self,
+        backbone: ResNet,
+        policy: PolicyNet,
+        *,
+        precisions: Sequence[int] | None = None,
+        teacher: ResNet | None = None,
+        fp_action: bool = False,
+    ) -> None:
+        super().__init__()
+        family = bit_widths_of(backbone)
+        if family is None:
+            raise ValueError("VideoIQ needs an any-precision backbone (an ap_* model); got a full-precision one")
+        chosen = tuple(family if precisions is None else precisions)
+        outside = [b for b in chosen if b not in family]
+        if outside or not chosen:
+            raise ValueError(
+                f"policy precisions {list(chosen)} must be a non-empty subset of the backbone's "
+                f"bit widths {list(family)}"
+            )
+        if list(chosen) != [b for b in family if b in chosen]:
+            raise ValueError(f"policy precisions {list(chosen)} must keep the backbone's order {list(family)}")
+        if fp_action and teacher is None:
+            raise ValueError("fp_action needs a full-precision teacher")
+        if teacher is not None and bit_widths_of(teacher) is not None:
+            raise ValueError("the teacher must be a full-precision model")
+        num_precisions = len(chosen) + int(fp_action)
+        if policy.num_precisions != num_precisions:
+            raise ValueError(
+                f"the policy has {policy.num_precisions} precision actions, the model needs {num_precisions} "
+                f"({'fp + ' if fp_action else ''}{list(chosen)})"
+            )
+        self.backbone = backbone
+        self.policy = policy
+        self.teacher = teacher
+        self.precisions = chosen
+        self.fp_action = fp_action
+        self.actions = action_names(chosen, policy.skip_choices, fp_action)
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    @property
+    def bit_widths(self) -> tuple[int, ...]:
+        """The backbone's trained precision family (master width first)."""
+        family = bit_widths_of(self.backbone)
+        assert family is not None
+        return family
+
+    def train(self, mode: bool = True) -> VideoIQ:
+        """Switch train/eval mode; the frozen teacher always stays in eval mode (BN stats, no dropout)."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def precision_features(self, video: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-frame features of every precision action ``(B, T, P, D)`` and the teacher's logits."""
+        feats = []
+        teacher_logits = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_feats = self.teacher.forward_features(video)
+                teacher_logits = self.teacher.forward_head(teacher_feats)
+            if self.fp_action:
+                feats.append(teacher_feats)
+        for bits in self.precisions:
+            with bit_width(self.backbone, bits):
+                feats.append(self.backbone.forward_features(video))
+        return torch.stack(feats, dim=2), teacher_logits
+
+    def forward(
+        self,
+        video: Tensor,
+        *,
+        deterministic: bool | None = None,
+        forced_actions: Tensor | None = None,
+    ) -> VideoIQOutput:
+        """Run the policy and the backbone on a video batch.
+
+        Args:
+            video: ``(B, T, C, H, W)`` normalised frames.
+            deterministic: argmax decisions instead of Gumbel samples; ``None``: argmax in eval
+                mode, sampled in training.
+            forced_actions: ``(B, T)`` action indices that replace the policy's decisions (for
+                baselines and tests); the policy is then not run.
+        """
+        num_actions = len(self.actions)
+        policy_logits = None
+        if forced_actions is None:
+            decisions, log_probs, policy_logits = self.policy(video, deterministic=deterministic)
+        else:
+            if forced_actions.shape != video.shape[:2]:
+                raise ValueError(f"forced_actions must have shape (B, T)={tuple(video.shape[:2])}, got {tuple(forced_actions.shape)}")
+            if forced_actions.min() < 0 or forced_actions.max() >= num_actions:
+                raise ValueError(f"forced_actions must index the {num_actions} actions {self.actions}")
+            decisions = F.one_hot(forced_actions.long(), num_actions).to(video.dtype)
+            log_probs = decisions.clamp_min(LOG_PROB_FLOOR).log()
+        feats, teacher_logits = self.precision_features(video)
+        num_frames = video.shape[1]
+        r = decisions[..., : feats.shape[2]]
+        kept = r.sum(dim=(1, 2)).clamp_min(1.0)
+        mixed = (r.unsqueeze(-1) * feats).sum(dim=2) * (num_frames / kept).view(-1, 1, 1)
+        logits = self.backbone.forward_head(mixed)
+        with torch.no_grad():
+            reference_logits = self.backbone.fc(feats[:, :, 0]).mean(dim=1)
+        return VideoIQOutput(logits, decisions, log_probs, reference_logits, teacher_logits, policy_logits)

@@ -1,0 +1,282 @@
+"""Quantizers and bit-switchable layers of the any-precision network (spec sections 3.1-3.4).
+
+This module owns every piece of quantization numerics in videoiq:
+
+* :func:`quantize_weight` - DoReFa weights quantized once at the *master* width ``B = max(family)``;
+  a lower width ``b`` drops the ``B - b`` least significant bits of that integer grid (floor), is
+  de-quantized on the master scale, and the whole tensor is rescaled so its mean matches the
+  master-precision mean. The backward pass is the identity over the rounding, truncation and
+  rescale (straight-through estimator); gradients flow through ``tanh`` and the max.
+* :func:`quantize_activation` - one-sided PACT: clip at a learnable ``alpha`` and round to
+  ``2**bits - 1`` levels. STE: the input gets the gradient where ``0 <= x <= alpha``; ``alpha`` gets
+  the sum of the gradient where ``x >= alpha``.
+* :class:`QuantConv2d`, :class:`PACT` and :class:`SwitchableBatchNorm2d` - modules that hold one
+  master weight, one clip per bit width and one BatchNorm per bit width respectively. The active bit
+  width is module state, switched for a whole model with :func:`set_bit_width` or the
+  :func:`bit_width` context manager (this replaces the original's ``forward(x, bit)`` plumbing).
+
+The arithmetic follows the original ``models/twod_models/ops/imagenet_pact.py`` of
+sunxm2357/VideoIQ (read, not copied): scales are computed in float32 from ``2**bits - 1``, so for a
+32-bit master ``2**32 - 1`` rounds to ``2**32`` exactly as it did there, and the "32-bit" option
+means tanh-normalised weights and activations clipped at ``alpha_32``.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+FULL_PRECISION = 32
+"""The widest bit width; a network quantized at 32 bits is the paper's "full precision" option."""
+
+MIN_BITS, MAX_BITS = 1, 32
+
+
+def check_bit_widths(bit_widths: Sequence[int], what: str = "bit_widths") -> tuple[int, ...]:
+    """Validate a precision family and return it as a tuple.
+
+    The family must be non-empty, without repeats, within [1, 32] and in descending order, because
+    index 0 is the master width that lower widths are truncated from (spec section 12.5).
+    """
+    family = tuple(int(b) for b in bit_widths)
+    if not family:
+        raise ValueError(f"{what}: expected at least one bit width, got none")
+    bad = [b for b in family if not MIN_BITS <= b <= MAX_BITS]
+    if bad:
+        raise ValueError(f"{what}: bit widths must lie in [{MIN_BITS}, {MAX_BITS}], got {bad}")
+    if len(set(family)) != len(family):
+        raise ValueError(f"{what}: bit widths must be distinct, got {list(family)}")
+    if list(family) != sorted(family, reverse=True):
+        raise ValueError(
+            f"{what}: bit widths must be in descending order (the first one is the master width "
+            f"lower widths are truncated from), got {list(family)}"
+        )
+    if family[0] < 2:
+        raise ValueError(f"{what}: the master width (first entry) must be at least 2, got {family[0]}")
+    return family
+
+
+class _TruncatedDoReFa(torch.autograd.Function):
+    """Rounding at the master width, LSB truncation and mean re-alignment, with an identity backward."""
+
+    @staticmethod
+    def forward(ctx, w_n: Tensor, master_bits: int, bits: int, mean_aligned: bool) -> Tensor:  # type: ignore[override]
+        scale = float(2**master_bits - 1)  # a Python float times a float32 tensor stays float32
+        q_master = torch.round(w_n * scale)
+        master_mean = (q_master / scale).mean()
+        step = 2 ** (master_bits - bits)
+        q = torch.floor(q_master / step) * step if step != 1 else q_master
+        v = q / scale
+        target = w_n.mean() if mean_aligned else master_mean
+        mean = v.mean()
+        # An all-zero truncation has no mean to re-align; the original leaves it unscaled.
+        ratio = torch.where(mean != 0, target / mean, torch.ones_like(mean))
+        return v * ratio
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        return grad, None, None, None
+
+
+def quantize_weight(weight: Tensor, bits: int, master_bits: int, mean_aligned: bool = False) -> Tensor:
+    """DoReFa weight quantization at ``master_bits`` truncated to ``bits`` (spec section 3.3).
+
+    Args:
+        weight: full-precision master weight, any shape.
+        bits: requested width, ``1 <= bits <= master_bits``.
+        master_bits: the family's maximum width ``B`` that the integer grid is built at.
+        mean_aligned: rescale to the mean of the un-quantized normalised weight instead of the
+            master-precision mean (the original's ``--mean_aligned``).
+
+    Returns:
+        The quantized weight in ``[-1, 1]``, same shape and dtype as ``weight``.
+    """
+    if not 1 <= bits <= master_bits:
+        raise ValueError(f"weight bits must lie in [1, master_bits={master_bits}], got {bits}")
+    w = torch.tanh(weight)
+    w_n = w / (2 * w.abs().max()) + 0.5
+    v = _TruncatedDoReFa.apply(w_n, master_bits, bits, mean_aligned)
+    return 2 * v - 1
+
+
+class _PACT(torch.autograd.Function):
+    """One-sided PACT forward with the original's straight-through backward for ``x`` and ``alpha``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, bits: int) -> Tensor:  # type: ignore[override]
+        # Boolean masks are all the backward needs: 1 byte per element instead of saving x.
+        passes = (x >= 0) & (x <= alpha)
+        clipped = x >= alpha
+        ctx.save_for_backward(passes, clipped)
+        ctx.alpha_shape = alpha.shape
+        y = torch.where(x > alpha, alpha.to(x.dtype), x)
+        scale = (2**bits - 1) / alpha.detach().to(x.dtype)
+        return torch.round(y * scale) / scale
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        passes, clipped = ctx.saved_tensors
+        grad_x = grad * passes
+        grad_alpha = (grad * clipped).sum().reshape(ctx.alpha_shape)
+        return grad_x, grad_alpha, None
+
+
+def quantize_activation(x: Tensor, alpha: Tensor, bits: int) -> Tensor:
+    """One-sided PACT: ``round(min(x, alpha) * s) / s`` with ``s = (2**bits - 1) / alpha`` (spec 3.2).
+
+    ``x`` is expected to be non-negative (it follows a ReLU or the max-pool). A negative value
+    passes through rounded and gets no gradient, as in the original's backward; the original's
+    forward check for negatives is not repeated because it forces a device sync on every call.
+    """
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"activation bits must lie in [{MIN_BITS}, {MAX_BITS}], got {bits}")
+    return _PACT.apply(x, alpha, bits)
+
+
+class BitSwitchable:
+    """Mixin of every layer whose computation depends on the active bit width.
+
+    Call :meth:`_init_bits` after ``nn.Module.__init__``. ``bit_widths[0]`` is the master width.
+    """
+
+    bit_widths: tuple[int, ...]
+    active_bits: int
+
+    def _init_bits(self, bit_widths: Sequence[int]) -> None:
+        self.bit_widths = check_bit_widths(bit_widths)
+        self.active_bits = self.bit_widths[0]
+
+    @property
+    def master_bits(self) -> int:
+        return self.bit_widths[0]
+
+    def set_active_bits(self, bits: int) -> None:
+        if bits not in self.bit_widths:
+            raise ValueError(f"{type(self).__name__}: bit width {bits} is not in its family {list(self.bit_widths)}")
+        self.active_bits = bits
+
+    def _bits_repr(self) -> str:
+        return f"bit_widths={list(self.bit_widths)}, active_bits={self.active_bits}"
+
+
+class QuantConv2d(BitSwitchable, nn.Conv2d):
+    """A Conv2d with one full-precision master weight, quantized on the fly at the active bit width."""
+
+    def __init__(self, *args, bit_widths: Sequence[int], mean_aligned: bool = False, **kwargs) -> None:
+        nn.Conv2d.__init__(self, *args, **kwargs)
+        self._init_bits(bit_widths)
+        self.mean_aligned = mean_aligned
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = quantize_weight(self.weight, self.active_bits, self.master_bits, self.mean_aligned)
+        return self._conv_forward(x, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{nn.Conv2d.extra_repr(self)}, {self._bits_repr()}"
+
+
+class PACT(BitSwitchable, nn.Module):
+    """One-sided PACT activation quantizer with a learnable clip ``alpha`` per bit width.
+
+    With ``switchable=False`` a single clip is shared by every width (the original without
+    ``--switch_clipval``). Parameters are named ``alpha.<bits>`` (or ``alpha.shared``).
+    """
+
+    def __init__(self, bit_widths: Sequence[int], init: float = 2.0, switchable: bool = True) -> None:
+        nn.Module.__init__(self)
+        self._init_bits(bit_widths)
+        if not init > 0:
+            raise ValueError(f"PACT clip init must be positive, got {init}")
+        keys = [str(b) for b in self.bit_widths] if switchable else ["shared"]
+        self.switchable = switchable
+        self.alpha = nn.ParameterDict({k: nn.Parameter(torch.tensor(float(init))) for k in keys})
+
+    def clip_for(self, bits: int) -> nn.Parameter:
+        """The clip parameter used at ``bits``."""
+        return self.alpha[str(bits) if self.switchable else "shared"]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return quantize_activation(x, self.clip_for(self.active_bits), self.active_bits)
+
+    def extra_repr(self) -> str:
+        return self._bits_repr()
+
+
+class SwitchableBatchNorm2d(BitSwitchable, nn.Module):
+    """One BatchNorm2d per bit width (``bn.<bits>``); the active width picks which one normalises."""
+
+    def __init__(self, num_features: int, bit_widths: Sequence[int]) -> None:
+        nn.Module.__init__(self)
+        self._init_bits(bit_widths)
+        self.bn = nn.ModuleDict({str(b): nn.BatchNorm2d(num_features) for b in self.bit_widths})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn[str(self.active_bits)](x)
+
+    def extra_repr(self) -> str:
+        return self._bits_repr()
+
+
+def _switchables(model: nn.Module) -> Iterator[nn.Module]:
+    return (m for m in model.modules() if isinstance(m, BitSwitchable))
+
+
+def bit_widths_of(model: nn.Module) -> tuple[int, ...] | None:
+    """The precision family of an any-precision model, or ``None`` for a model without quantizers.
+
+    Raises if the model mixes families, which no videoiq builder produces.
+    """
+    families = {m.bit_widths for m in _switchables(model)}
+    if len(families) > 1:
+        raise ValueError(f"model mixes bit-width families {sorted(families)}")
+    return families.pop() if families else None
+
+
+def set_bit_width(model: nn.Module, bits: int) -> None:
+    """Make every quantized layer of ``model`` compute at ``bits``."""
+    found = False
+    for m in _switchables(model):
+        m.set_active_bits(bits)
+        found = True
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no bit-switchable layers; it cannot run at {bits} bits")
+
+
+@contextlib.contextmanager
+def bit_width(model: nn.Module, bits: int) -> Iterator[nn.Module]:
+    """Context manager: run ``model`` at ``bits`` inside the block, then restore each layer's width."""
+    previous = [(m, m.active_bits) for m in _switchables(model)]
+    set_bit_width(model, bits)
+    try:
+        yield model
+    finally:
+        for m, b in previous:
+            m.active_bits = b
+
+
+def clip_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """PACT clips grouped by bit width (``"32"``, ``"4"``, ... or ``"shared"``) for per-bit optimizer groups."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for m in model.modules():
+        if isinstance(m, PACT):
+            for key, p in m.alpha.items():
+                groups.setdefault(key, []).append(p)
+    return groups
+
+
+__all__ = [
+    "FULL_PRECISION",
+    "BitSwitchable",
+    "PACT",
+    "QuantConv2d",
+    "SwitchableBatchNorm2d",
+    "bit_width",
+    "bit_widths_of",
+    "check_bit_widths",
+    "clip_parameters",
+    "quantize_activation",
+    "quantize_weight",
+    "set_bit_width",
+]
