@@ -106,24 +106,25 @@ def test_cross_section_checks():
         config_from_dict({"stage": "fp", "loss": {"kind": "kd"}})
 
 
-def test_file_errors_name_the_file(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml' does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stage: fp\ndata: [unclosed\n", "bad.yaml: not valid YAML"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("data: {}\n", "missing the 'stage' key"),
+        ("stage: polcy\n", "did you mean 'policy'"),
+        ("stage: fp\noptim: {lr: 0.1, epochs: x}\n", "bad.yaml: optim.epochs: expected an integer"),
+    ],
+)
+def test_file_errors_name_the_file(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("stage: fp\ndata: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
-        load_config(bad)
-    bad.write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="expected a mapping"):
-        load_config(bad)
-    bad.write_text("data: {}\n")
-    with pytest.raises(ConfigError, match="missing the 'stage' key"):
-        load_config(bad)
-    bad.write_text("stage: polcy\n")
-    with pytest.raises(ConfigError, match="did you mean 'policy'"):
-        load_config(bad)
-    bad.write_text("stage: fp\noptim: {lr: 0.1, epochs: x}\n")
-    with pytest.raises(ConfigError, match="bad.yaml: optim.epochs: expected an integer"):
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=message):
         load_config(bad)
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from videoiq.flops import PAPER_COSTS, VideoCost, action_cost, bit_cost, count_macs, video_cost
+from videoiq.flops import PAPER_COSTS, VideoCost, action_cost, action_usage, bit_cost, count_macs, video_cost
 from videoiq.models import create_model
 
 
@@ -95,3 +95,15 @@ def test_counting_leaves_the_model_untouched():
     count_macs(model, (1, 2, 3, 32, 32))
     assert next(model.parameters()).device.type == "cpu"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_usage_histogram_from_decisions_prices_a_video():
+    actions = ("32bit", "4bit", "2bit", "skip1")
+    picks = torch.tensor([[0, 1, 1, 3], [2, 2, 3, 3]])  # 8 frames: 1 x 32, 2 x 4, 2 x 2, 3 x skip
+    usage = action_usage(torch.nn.functional.one_hot(picks, 4).float(), actions)
+    assert usage == {"32bit": 1 / 8, "4bit": 2 / 8, "2bit": 2 / 8, "skip1": 3 / 8}
+    gmacs = PAPER_COSTS["resnet50"].gmacs(usage)
+    assert gmacs.efficiency == pytest.approx((1 + 2 * 0.25 + 2 / 16) / 8)
+    assert gmacs.total == pytest.approx(1.92 + 63.84 * gmacs.efficiency + 0.898)
+    with pytest.raises(ValueError, match="expected 3"):
+        action_usage(torch.zeros(2, 4), actions[:3])

@@ -37,6 +37,21 @@ class ConfigError(ValueError):
     """A config file, key or value that is not valid; the message names where and what was expected."""
 
 
+def _below(section: Any, minimum: float, *names: str, strict: bool = False) -> list[str]:
+    """``"<field>: must be >= minimum, got v"`` for each named field below ``minimum`` (``>`` if strict)."""
+    op = ">" if strict else ">="
+    return [
+        f"{n}: must be {op} {minimum}, got {getattr(section, n)}"
+        for n in names
+        if not (getattr(section, n) > minimum if strict else getattr(section, n) >= minimum)
+    ]
+
+
+def _fraction(section: Any, *names: str) -> list[str]:
+    """``"<field>: must lie in [0, 1)"`` for each named field outside it (dropout, momentum)."""
+    return [f"{n}: must lie in [0, 1), got {getattr(section, n)}" for n in names if not 0.0 <= getattr(section, n) < 1.0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Sections
 
@@ -50,11 +65,9 @@ class ModelConfig:
     dropout: float = 0.5
 
     def problems(self) -> list[str]:
-        out = []
-        if self.num_classes is not None and self.num_classes < 1:
-            out.append(f"num_classes: must be >= 1, got {self.num_classes}")
-        if not 0.0 <= self.dropout < 1.0:
-            out.append(f"dropout: must lie in [0, 1), got {self.dropout}")
+        out = _fraction(self, "dropout")
+        if self.num_classes is not None:
+            out += _below(self, 1, "num_classes")
         return out
 
 
@@ -74,9 +87,7 @@ class QuantConfig:
             check_bit_widths(self.bit_widths, "bit_widths")
         except ValueError as e:
             out.append(str(e))
-        if not self.clip_init > 0:
-            out.append(f"clip_init: must be > 0, got {self.clip_init}")
-        return out
+        return out + _below(self, 0, "clip_init", strict=True)
 
 
 @dataclass
@@ -102,14 +113,8 @@ class DataConfig:
             close = difflib.get_close_matches(self.dataset, list(DATASETS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             out.append(f"dataset: unknown dataset {self.dataset!r}{hint}; known: {', '.join(DATASETS)}")
-        for name in ("num_frames", "frames_per_segment", "batch_size"):
-            if getattr(self, name) < 1:
-                out.append(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.input_size < 16:
-            out.append(f"input_size: must be >= 16 pixels, got {self.input_size}")
-        if self.num_workers < 0:
-            out.append(f"num_workers: must be >= 0, got {self.num_workers}")
-        return out
+        out += _below(self, 1, "num_frames", "frames_per_segment", "batch_size")
+        return out + _below(self, 16, "input_size") + _below(self, 0, "num_workers")
 
 
 @dataclass
@@ -128,14 +133,8 @@ class OptimConfig:
     policy_backbone_lr: float = 1e-5  # --p_b_lr: the policy's MobileNetV2
 
     def problems(self) -> list[str]:
-        out = []
-        if self.epochs < 1:
-            out.append(f"epochs: must be >= 1, got {self.epochs}")
-        for name in ("lr", "weight_decay", "policy_lr", "policy_backbone_lr"):
-            if getattr(self, name) < 0:
-                out.append(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.momentum < 1.0:
-            out.append(f"momentum: must lie in [0, 1), got {self.momentum}")
+        out = _below(self, 1, "epochs") + _fraction(self, "momentum")
+        out += _below(self, 0, "lr", "weight_decay", "policy_lr", "policy_backbone_lr")
         for name in ("clip_lr", "clip_weight_decay"):
             negative = {k: v for k, v in getattr(self, name).items() if v < 0}
             if negative:
@@ -156,8 +155,7 @@ class LossConfig:
     policy_ce_weight: float = 0.0  # --policy_w, with the policy's auxiliary classifier
 
     def problems(self) -> list[str]:
-        names = ("kd_weight", "efficiency_weight", "balance_weight", "entropy_weight", "policy_ce_weight")
-        return [f"{n}: must be >= 0, got {getattr(self, n)}" for n in names if getattr(self, n) < 0]
+        return _below(self, 0, "kd_weight", "efficiency_weight", "balance_weight", "entropy_weight", "policy_ce_weight")
 
 
 @dataclass
@@ -184,14 +182,8 @@ class PolicyConfig:
                 out.append(str(e))
         if any(s < 1 for s in self.skip_choices) or len(set(self.skip_choices)) != len(self.skip_choices):
             out.append(f"skip_choices: must be distinct lengths >= 1, got {list(self.skip_choices)}")
-        if self.hidden_size < 1:
-            out.append(f"hidden_size: must be >= 1, got {self.hidden_size}")
-        if self.input_size < 16:
-            out.append(f"input_size: must be >= 16 pixels, got {self.input_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            out.append(f"dropout: must lie in [0, 1), got {self.dropout}")
-        if not self.temperature_init > 0:
-            out.append(f"temperature_init: must be > 0, got {self.temperature_init}")
+        out += _below(self, 1, "hidden_size") + _below(self, 16, "input_size") + _fraction(self, "dropout")
+        out += _below(self, 0, "temperature_init", strict=True)
         if not 0.0 < self.temperature_decay <= 1.0:
             out.append(f"temperature_decay: must lie in (0, 1], got {self.temperature_decay}")
         return out
@@ -219,7 +211,7 @@ class LoggingConfig:
     log_every: int = 20  # steps between progress lines
 
     def problems(self) -> list[str]:
-        return [] if self.log_every >= 1 else [f"log_every: must be >= 1, got {self.log_every}"]
+        return _below(self, 1, "log_every")
 
 
 @dataclass
@@ -235,15 +227,8 @@ class RayConfig:
     max_failures: int = 0
 
     def problems(self) -> list[str]:
-        out = []
-        for name in ("num_workers", "max_failures"):
-            if getattr(self, name) < 0:
-                out.append(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if not self.cpus_per_worker > 0:
-            out.append(f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
-        if self.num_to_keep < 1:
-            out.append(f"num_to_keep: must be >= 1, got {self.num_to_keep}")
-        return out
+        out = _below(self, 0, "num_workers", "max_failures") + _below(self, 1, "num_to_keep")
+        return out + _below(self, 0, "cpus_per_worker", strict=True)
 
 
 @dataclass
@@ -257,8 +242,7 @@ class EvalSection:
     num_crops: int = 1
 
     def problems(self) -> list[str]:
-        names = ("num_samples", "num_clips", "num_crops")
-        return [f"{n}: must be >= 1, got {getattr(self, n)}" for n in names if getattr(self, n) < 1]
+        return _below(self, 1, "num_samples", "num_clips", "num_crops")
 
 
 # --------------------------------------------------------------------------------------------------

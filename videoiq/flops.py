@@ -65,6 +65,20 @@ def action_cost(action: str) -> float:
     raise ValueError(f"unknown policy action {action!r}; expected 'fp', '<bits>bit' or 'skip<n>'")
 
 
+def action_usage(decisions: torch.Tensor, actions: Sequence[str]) -> dict[str, float]:
+    """Fraction of frames at each action from one-hot decisions ``(..., A)`` (any leading dims).
+
+    The histogram that :meth:`VideoCost.gmacs` prices; it sums to 1 over ``actions``.
+    """
+    if decisions.shape[-1] != len(actions):
+        raise ValueError(f"decisions have {decisions.shape[-1]} actions, expected {len(actions)} ({list(actions)})")
+    counts = decisions.detach().reshape(-1, len(actions)).sum(dim=0)
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("no decisions to count")
+    return {a: (c / total).item() for a, c in zip(actions, counts)}
+
+
 @dataclass(frozen=True)
 class MacReport:
     """MACs of one forward: the total and the share of each top-level child module."""
