@@ -39,12 +39,12 @@ class ConfigError(ValueError):
 
 def _below(section: Any, minimum: float, *names: str, strict: bool = False) -> list[str]:
     """``"<field>: must be >= minimum, got v"`` for each named field below ``minimum`` (``>`` if strict)."""
-    op = ">" if strict else ">="
-    return [
-        f"{n}: must be {op} {minimum}, got {getattr(section, n)}"
-        for n in names
-        if not (getattr(section, n) > minimum if strict else getattr(section, n) >= minimum)
-    ]
+    out = []
+    for n in names:
+        value = getattr(section, n)
+        if not (value > minimum if strict else value >= minimum):  # "not" so NaN fails too
+            out.append(f"{n}: must be {'>' if strict else '>='} {minimum}, got {value}")
+    return out
 
 
 def _fraction(section: Any, *names: str) -> list[str]:

@@ -76,7 +76,7 @@ def action_usage(decisions: torch.Tensor, actions: Sequence[str]) -> dict[str, f
     total = counts.sum()
     if total <= 0:
         raise ValueError("no decisions to count")
-    return {a: (c / total).item() for a, c in zip(actions, counts)}
+    return dict(zip(actions, (counts / total).tolist()))
 
 
 @dataclass(frozen=True)
