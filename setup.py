@@ -29,6 +29,8 @@ setup(
         "lmdb>=1.4",
         "msgpack>=1.0",
         "pillow>=10.0",
+        "simplejpeg>=1.7",  # JPEG decoding about twice as fast as PIL (videoiq bench data)
+        "av>=14.0",  # PyAV: video files in (converters) and out (the generated demo set)
         "wandb>=0.17",
     ],
     extras_require={

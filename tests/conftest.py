@@ -1,13 +1,40 @@
-"""Test-session settings: no network for wandb, no Ray usage stats, deterministic seeds."""
+"""Test-session settings (no network for wandb, no Ray usage stats), seeds, and shared tiny datasets."""
 import os
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster; no token file written
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # reports in ~0.2 s instead of ~2 s
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from videoiq.data.synthetic import SynthConfig, write_synthetic  # noqa: E402
+
+TINY = SynthConfig(num_classes=4, train_per_class=4, val_per_class=2, min_frames=8, max_frames=12, size=32)
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_videos(tmp_path_factory):
+    """The generated set at 32 px written as mp4 files and converted: 16 train and 8 val videos, 4 classes."""
+    out = tmp_path_factory.mktemp("tiny_videos")
+    write_synthetic(str(out), TINY, source="videos", stream=open(os.devnull, "w"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (4 logical CPUs, so Train workers leave room for Ray Data)."""
+    import ray
+
+    tests = os.path.dirname(os.path.abspath(__file__))  # workers import train functions from test modules
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": tests}})
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

@@ -138,5 +138,30 @@ def test_python_objects_in_yaml_are_refused(tmp_path):
 def test_input_problems_name_unset_and_missing_paths(tmp_path):
     cfg = config_from_dict({"stage": "policy", "data": {"root": str(tmp_path)},
                             "init": {"backbone_checkpoint": str(tmp_path / "ap.pt")}})
-    assert cfg.input_problems() == [f"init.backbone_checkpoint: {str(tmp_path / 'ap.pt')!r} does not exist"]
+    missing_db = f"data.root: no train.lmdb database in {str(tmp_path)!r} (convert one with `videoiq data build`)"
+    assert cfg.input_problems() == [f"init.backbone_checkpoint: {str(tmp_path / 'ap.pt')!r} does not exist",
+                                    missing_db, missing_db.replace("train.lmdb", "val.lmdb")]
     assert default_config("eval").input_problems() == ["data.root: not set", "eval.checkpoint: not set"]
+
+
+def test_data_inputs_are_the_split_databases(tiny_videos):
+    fp = config_from_dict({"stage": "fp", "data": {"root": str(tiny_videos), "dataset": "custom"}})
+    assert fp.input_problems() == []
+    assert fp.data.lmdb_path("val") == str(tiny_videos / "val.lmdb")
+    ev = config_from_dict({"stage": "eval", "data": {"root": str(tiny_videos), "val_split": "test"}})
+    assert [p for p in ev.input_problems() if p.startswith("data")] == [
+        f"data.root: no test.lmdb database in {str(tiny_videos)!r} (convert one with `videoiq data build`)"]
+
+
+def test_clip_spec_follows_the_data_section():
+    from videoiq.data.clips import ClipSpec
+
+    cfg = config_from_dict({"stage": "fp", "data": {"dataset": "mini_kinetics400", "num_frames": 8, "scale_up": True,
+                                                     "segment_offsets": "shared", "decoder": "pil", "on_error": "skip"}})
+    train = ClipSpec.from_config(cfg.data, train=True, num_clips=3)
+    assert (train.frames, train.size, train.offsets, train.decoder, train.on_error) == (8, 224, "shared", "pil", "skip")
+    assert train.min_frames == 30 and train.views == 1 and train.sample_shape == (8, 3, 224, 224)
+    val = ClipSpec.from_config(cfg.data, train=False, num_clips=3, num_crops=3)
+    assert val.scale_size == 256 and val.min_frames == 0 and val.sample_shape == (9, 8, 3, 224, 224)
+    with pytest.raises(ConfigError, match="data.on_error: expected one of"):
+        config_from_dict({"stage": "fp", "data": {"on_error": "ignore"}})

@@ -1,4 +1,4 @@
-"""The ``videoiq`` command line: configs, the legacy-flag translator, the model list and FLOPs.
+"""The ``videoiq`` command line: configs, the legacy-flag translator, models, FLOPs, data and benchmarks.
 
 Every subcommand turns a bad input into one ``videoiq: error: ...`` line naming the file, key or
 flag (exit code 2) instead of a traceback.
@@ -83,6 +83,146 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _class_names(args: argparse.Namespace, items_labels: list[tuple[int, ...]]) -> list[str]:
+    """Names from --classes, else ``0..max label``; checked against a named dataset's class count."""
+    from .data.build import read_class_names
+    from .data.specs import dataset_spec
+
+    if args.classes:
+        names = read_class_names(args.classes)
+    else:
+        names = [str(c) for c in range(1 + max(x for labels in items_labels for x in labels))]
+    expected = dataset_spec(args.dataset).num_classes
+    if expected is not None and len(names) != expected:
+        source = args.classes or "the largest label in the list"
+        raise ValueError(f"{source}: {len(names)} classes, but {args.dataset} has {expected}")
+    return names
+
+
+def _data_build(args: argparse.Namespace) -> int:
+    from .data import build
+    from .data.specs import dataset_spec
+
+    spec = dataset_spec(args.dataset)
+    sep = args.sep if args.sep is not None else spec.separator
+    common = dict(dataset=args.dataset, split=args.split or "", workers=args.workers, strict=args.strict,
+                  overwrite=args.overwrite, map_size=int(args.map_size_gib * (1 << 30)))
+    if args.source == "frames":
+        items = build.parse_frame_list(args.list, args.root, sep, args.layout)
+        classes = _class_names(args, [it.labels for it in items])
+        template = args.template or spec.frame_template
+        report = build.build_frames(args.out, items, classes, template, verify=not args.no_verify, **common)
+    else:
+        if args.list:
+            items = build.parse_video_list(args.list, args.root, sep)
+            classes = _class_names(args, [it.labels for it in items])
+        else:
+            items, classes = build.scan_video_folders(args.root)
+        fps = args.fps if args.fps > 0 else None
+        report = build.build_videos(args.out, items, classes, fps, args.short_side, args.quality, **common)
+    print(report.summary())
+    return 0
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    from .data.inspect import contact_sheet, describe
+    from .data.records import VideoDB
+
+    db = VideoDB(args.db)
+    print(describe(db, top=args.top))
+    if args.sheet:
+        keys = contact_sheet(db, args.sheet, clips=args.clips, frames=args.frames)
+        print(f"contact sheet of {len(keys)} clips x {args.frames} frames: {args.sheet}")
+    return 0
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from .data.synthetic import SynthConfig, write_synthetic
+
+    cfg = SynthConfig(num_classes=args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                      min_frames=args.min_frames, max_frames=args.max_frames, size=args.size, fps=args.fps,
+                      seed=args.seed)
+    for report in write_synthetic(args.out, cfg, source=args.source, workers=args.workers).values():
+        print(report.summary())
+    return 0
+
+
+def _bench_data(args: argparse.Namespace) -> int:
+    from .bench.data import bench_data
+
+    bench_data(args.db, videos=args.videos, frames=args.frames, size=args.size, batch_size=args.batch_size,
+               workers=args.workers, decoder=args.decoder, train=not args.eval, epochs=args.epochs)
+    return 0
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="convert videos or frame folders into LMDB, inspect, generate the demo set")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    build = dsub.add_parser("build", help="convert frame folders or video files into a videoiq LMDB (resumable)")
+    bsub = build.add_subparsers(dest="source", required=True)
+    for source, text in (("frames", "frame folders listed in a TSN list file"),
+                         ("videos", "video files (a list file, or class sub-folders) decoded with PyAV")):
+        b = bsub.add_parser(source, help=text)
+        b.add_argument("--out", required=True, help="the LMDB directory to write, e.g. data/train.lmdb")
+        b.add_argument("--root", required=True, help="folder the list's paths are relative to"
+                       + (" (or with class sub-folders, when no --list)" if source == "videos" else ""))
+        b.add_argument("--list", required=source == "frames", help="list file, one video per line")
+        b.add_argument("--dataset", default="custom", help="a dataset name: sets separator/template defaults and checks the class count")
+        b.add_argument("--split", default="", help="recorded in the metadata (train, val, ...)")
+        b.add_argument("--classes", help="class names, one per line in label order (categories.txt)")
+        b.add_argument("--sep", help="list-file field separator (default: the dataset's, else a space)")
+        b.add_argument("--workers", type=int, default=2, help="conversion processes (default 2)")
+        b.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
+        b.add_argument("--overwrite", action="store_true", help="delete an existing database at --out first")
+        b.add_argument("--map-size-gib", type=float, default=1024, help="LMDB address space (sparse; default 1024)")
+        if source == "frames":
+            b.add_argument("--template", help="frame file name, formatted with the frame number (default: the dataset's, e.g. '{:05d}.jpg')")
+            b.add_argument("--layout", choices=["start_end", "count"], default="start_end",
+                           help="start_end: 'folder start end label...' (the original's); count: 'folder num_frames label...'")
+            b.add_argument("--no-verify", action="store_true", help="check JPEG headers only instead of decoding every frame")
+        else:
+            b.add_argument("--fps", type=float, default=0, help="frames per second to keep (0: every frame)")
+            b.add_argument("--short-side", type=int, default=256, help="resize so the short side is this (0: keep)")
+            b.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored frames")
+        b.set_defaults(run=_data_build)
+
+    inspect = dsub.add_parser("inspect", help="print a database's metadata, counts and class histogram")
+    inspect.add_argument("db")
+    inspect.add_argument("--sheet", help="also write a contact-sheet PNG of a few clips here")
+    inspect.add_argument("--clips", type=int, default=4)
+    inspect.add_argument("--frames", type=int, default=8)
+    inspect.add_argument("--top", type=int, default=10, help="classes shown in the histogram")
+    inspect.set_defaults(run=_data_inspect)
+
+    synth = dsub.add_parser("synth", help="generate the moving-shapes demo set as videos, then convert it")
+    synth.add_argument("out", help="output folder: videos, train.txt, val.txt, classes.txt, train.lmdb, val.lmdb")
+    synth.add_argument("--classes", type=int, default=8)
+    synth.add_argument("--train-per-class", type=int, default=24)
+    synth.add_argument("--val-per-class", type=int, default=8)
+    synth.add_argument("--min-frames", type=int, default=24)
+    synth.add_argument("--max-frames", type=int, default=40)
+    synth.add_argument("--size", type=int, default=64)
+    synth.add_argument("--fps", type=int, default=8)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--source", choices=["videos", "frames"], default="videos", help="write mp4 files or JPEG folders")
+    synth.add_argument("--workers", type=int, default=2)
+    synth.set_defaults(run=_data_synth)
+
+    bench = sub.add_parser("bench", help="benchmarks that print measured figures")
+    besub = bench.add_subparsers(dest="bench_command", required=True)
+    bd = besub.add_parser("data", help="videos/s: decode-only, PyTorch DataLoader and Ray Data on the same records")
+    bd.add_argument("db")
+    bd.add_argument("--videos", type=int, default=0, help="videos per pass (0: the whole database)")
+    bd.add_argument("--frames", type=int, default=16, help="segments (frames) per clip")
+    bd.add_argument("--size", type=int, default=112, help="output crop size")
+    bd.add_argument("--batch-size", type=int, default=16)
+    bd.add_argument("--workers", type=int, default=2, help="DataLoader workers and Ray CPUs")
+    bd.add_argument("--decoder", choices=["simplejpeg", "pil"], default="simplejpeg")
+    bd.add_argument("--eval", action="store_true", help="evaluation clips (centre crop) instead of training augmentation")
+    bd.add_argument("--epochs", type=int, default=2, help="passes per pipeline; the best pass after the first is reported")
+    bd.set_defaults(run=_bench_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videoiq", description="VideoIQ on Ray Train and Tune")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--skips", type=int, nargs="*", default=[1])
     flops.add_argument("--fp-action", action="store_true", help="offer the full-precision teacher as an action")
     flops.set_defaults(run=_flops)
+    _add_data_commands(sub)
     return parser
 
 
@@ -130,9 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "flags", None) and args.flags[0] == "--":
         args.flags = args.flags[1:]
+    from .data.build import BuildError
+
     try:
         return args.run(args)
-    except (ConfigError, KeyError, ValueError, FileNotFoundError, OSError) as e:
+    except KeyboardInterrupt:
+        print("videoiq: interrupted; work already committed is kept (a conversion resumes when re-run)", file=sys.stderr)
+        return 130
+    except (ConfigError, BuildError, KeyError, ValueError, FileNotFoundError, OSError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"videoiq: error: {message}", file=sys.stderr)
         return 2

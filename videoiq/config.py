@@ -104,6 +104,13 @@ class DataConfig:
     scale_up: bool = False  # eval: resize the short side to input_size/0.875 (False: --disable_scaleup)
     batch_size: int = 72  # global, across all training workers
     num_workers: int = 4  # data-loading processes per training worker
+    segment_offsets: Literal["independent", "shared"] = "independent"  # "shared": the original's sampler
+    decoder: Literal["simplejpeg", "pil"] = "simplejpeg"
+    on_error: Literal["fail", "skip"] = "fail"  # a bad record stops training, or is skipped and counted
+
+    def lmdb_path(self, split: str) -> str:
+        """The database of a split: ``<root>/<split>.lmdb``."""
+        return os.path.join(self.root, f"{split}.lmdb")
 
     def problems(self) -> list[str]:
         from .data.specs import DATASETS
@@ -290,7 +297,16 @@ class StageConfig:
                     out.append(f"{key}: not set")
             elif not Path(value).exists():
                 out.append(f"{key}: {value!r} does not exist")
+        if self.data.root and Path(self.data.root).exists():
+            for split in dict.fromkeys(self._splits()):
+                if not Path(self.data.lmdb_path(split), "data.mdb").exists():
+                    out.append(f"data.root: no {split}.lmdb database in {self.data.root!r} "
+                               "(convert one with `videoiq data build`)")
         return out
+
+    def _splits(self) -> tuple[str, ...]:
+        """The data splits a run of this stage reads."""
+        return (self.data.train_split, self.data.val_split)
 
     def get(self, dotted: str) -> Any:
         """The value of a dotted key, e.g. ``cfg.get("optim.lr")``."""
@@ -441,6 +457,9 @@ class EvalConfig(StageConfig):
     eval: EvalSection = field(default_factory=EvalSection)
 
     REQUIRED_INPUTS: ClassVar[tuple[str, ...]] = ("data.root", "eval.checkpoint")
+
+    def _splits(self) -> tuple[str, ...]:
+        return (self.data.val_split,)
 
 
 STAGES: dict[str, type[StageConfig]] = {

@@ -1,0 +1,1 @@
+"""``videoiq bench``: benchmarks that print figures measured in one run, compared as ratios."""

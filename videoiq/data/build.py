@@ -1,0 +1,421 @@
+"""Converters into the videoiq LMDB format (see ``records.py``): frame folders or video files in, one database out.
+
+Conversion is parallel (worker processes encode, the parent alone writes), commits every few dozen
+videos, and is resumable: ``__build__`` holds the settings and the planned keys, so re-running the
+same command skips the videos already written and finishes; a different command on the same path is
+refused instead of mixing two datasets. Inputs that cannot be converted (missing frames, undecodable
+images or videos) are skipped and listed in the summary and in ``__meta__["skipped_inputs"]``, unless
+``strict`` asks to stop at the first one. A malformed list file is an error before anything is written.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Literal, TextIO
+
+import lmdb
+import msgpack
+
+from .._version import __version__
+from ..progress import Progress
+from .codec import FrameError, VideoDecodeError, encode_jpeg, normalize_jpeg, read_video
+from .records import (BUILD_KEY, FORMAT, INDEX_KEY, META_KEY, RESERVED_PREFIX, VERSION, decode_header, encode_record,
+                      forget, iter_keys)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
+ListLayout = Literal["start_end", "count"]
+DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file only grows as records are written
+
+
+class ListFileError(ValueError):
+    """A list file with malformed lines (every bad line is named, with its number)."""
+
+
+class BuildError(RuntimeError):
+    """A conversion that cannot start or produced nothing."""
+
+
+class InputError(ValueError):
+    """One input video or frame folder that cannot be converted (skipped unless strict)."""
+
+
+@dataclass(frozen=True)
+class SourceVideo:
+    """One video to convert: its key in the database, where it is, its labels and (frames) which frames."""
+
+    key: str
+    path: str
+    labels: tuple[int, ...]
+    first: int = 1  # frame folders: number of the first frame file
+    count: int = 0  # frame folders: number of frames
+
+
+@dataclass
+class BuildReport:
+    """What a conversion did."""
+
+    path: str
+    planned: int
+    converted: int = 0
+    already_present: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    reencoded_frames: int = 0
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.path}: {self.meta.get('num_videos', 0)} videos, {self.meta.get('num_frames', 0)} frames, "
+            f"{self.meta.get('num_classes', 0)} classes ({self.converted} converted now, {self.already_present} "
+            f"already present, {len(self.skipped)} skipped) in {self.seconds:.1f} s"
+        ]
+        if self.reencoded_frames:
+            lines.append(f"  {self.reencoded_frames} frames were not plain RGB JPEGs and were re-encoded")
+        for source, reason in self.skipped[:20]:
+            lines.append(f"  skipped {source}: {reason}")
+        if len(self.skipped) > 20:
+            lines.append(f"  ... and {len(self.skipped) - 20} more (all listed in __meta__['skipped_inputs'])")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def read_class_names(path: str) -> list[str]:
+    """One class name per line, in label-id order (the original's ``categories.txt``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [ln.strip() for ln in f if ln.strip()]
+    except OSError as e:
+        raise ListFileError(f"{path}: cannot read the class names ({e.strerror})") from None
+    if len(set(names)) != len(names):
+        raise ListFileError(f"{path}: class names repeat")
+    return names
+
+
+def _read_lines(path: str) -> list[tuple[int, str]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [(n, ln.strip()) for n, ln in enumerate(f, 1) if ln.strip() and not ln.lstrip().startswith("#")]
+    except OSError as e:
+        raise ListFileError(f"{path}: cannot read the list file ({e.strerror})") from None
+
+
+def _key_of(rel: str) -> str:
+    key = rel.replace(os.sep, "/").strip("/")
+    for ext in VIDEO_EXTENSIONS:
+        if key.lower().endswith(ext):
+            return key[: -len(ext)]
+    return key
+
+
+def _finish_list(path: str, items: list[SourceVideo], problems: list[str], num_classes: int | None) -> list[SourceVideo]:
+    seen: dict[str, int] = {}
+    for it in items:
+        if it.key.startswith(RESERVED_PREFIX) or not it.key:
+            problems.append(f"video id {it.key!r} is empty or starts with the reserved '{RESERVED_PREFIX}'")
+        if it.key in seen:
+            problems.append(f"video id {it.key!r} appears twice")
+        seen[it.key] = 1
+        if num_classes is not None and any(not 0 <= x < num_classes for x in it.labels):
+            problems.append(f"{it.key}: label(s) {list(it.labels)} outside 0..{num_classes - 1}")
+    if problems:
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ListFileError(f"{path}: {len(problems)} bad line(s):\n  " + "\n  ".join(problems[:10]) + more)
+    if not items:
+        raise ListFileError(f"{path}: no videos listed")
+    return items
+
+
+def parse_frame_list(
+    path: str, frames_root: str, separator: str = " ", layout: ListLayout = "start_end", num_classes: int | None = None,
+) -> list[SourceVideo]:
+    """Videos of a TSN list file over frame folders under ``frames_root``.
+
+    ``start_end`` (the original's): ``folder start end label [label ...]``, frames numbered start..end.
+    ``count``: ``folder num_frames label [label ...]``, frames numbered 1..num_frames.
+    """
+    min_fields = 4 if layout == "start_end" else 3
+    items, problems = [], []
+    for n, line in _read_lines(path):
+        parts = [p for p in line.split(separator) if p != ""]
+        if len(parts) < min_fields:
+            problems.append(f"line {n}: expected {min_fields}+ fields separated by {separator!r} ({layout}), got {line!r}")
+            continue
+        try:
+            if layout == "start_end":
+                first, last = int(parts[1]), int(parts[2])
+                count, labels = last - first + 1, tuple(int(float(x)) for x in parts[3:])
+            else:
+                first, count, labels = 1, int(parts[1]), tuple(int(float(x)) for x in parts[2:])
+        except ValueError:
+            problems.append(f"line {n}: frame numbers and labels must be integers, got {line!r}")
+            continue
+        if count < 1:
+            problems.append(f"line {n}: no frames ({line!r})")
+            continue
+        items.append(SourceVideo(_key_of(parts[0]), os.path.join(frames_root, parts[0]), labels, first, count))
+    return _finish_list(path, items, problems, num_classes)
+
+
+def parse_video_list(path: str, videos_root: str, separator: str = " ", num_classes: int | None = None) -> list[SourceVideo]:
+    """Videos of a list file ``relative/video.mp4 label [label ...]`` under ``videos_root``."""
+    items, problems = [], []
+    for n, line in _read_lines(path):
+        parts = [p for p in line.split(separator) if p != ""]
+        if len(parts) < 2:
+            problems.append(f"line {n}: expected 'video label [label ...]' separated by {separator!r}, got {line!r}")
+            continue
+        try:
+            labels = tuple(int(float(x)) for x in parts[1:])
+        except ValueError:
+            problems.append(f"line {n}: labels must be integers, got {line!r}")
+            continue
+        items.append(SourceVideo(_key_of(parts[0]), os.path.join(videos_root, parts[0]), labels))
+    return _finish_list(path, items, problems, num_classes)
+
+
+def scan_video_folders(root: str) -> tuple[list[SourceVideo], list[str]]:
+    """Videos laid out as ``root/<class name>/<video>.<ext>``; classes sorted by name."""
+    if not os.path.isdir(root):
+        raise ListFileError(f"{root}: no such directory")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    items = []
+    for label, name in enumerate(classes):
+        for f in sorted(os.listdir(os.path.join(root, name))):
+            if f.lower().endswith(VIDEO_EXTENSIONS):
+                items.append(SourceVideo(_key_of(f"{name}/{f}"), os.path.join(root, name, f), (label,)))
+    if not items:
+        raise ListFileError(f"{root}: no {'/'.join(VIDEO_EXTENSIONS)} files in class sub-folders")
+    return items, classes
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-video conversion (runs in worker processes; returns record parts, never touches the database)
+
+
+def convert_frame_folder(item: SourceVideo, template: str, verify: bool) -> tuple[bytes, int]:
+    """The record of one frame folder and how many frames were re-encoded."""
+    frames, size, reencoded = [], None, 0
+    for number in range(item.first, item.first + item.count):
+        p = os.path.join(item.path, template.format(number))
+        try:
+            with open(p, "rb") as f:
+                data = f.read()
+            data, h, w, again = normalize_jpeg(data, verify)
+        except FileNotFoundError:
+            raise InputError(f"missing frame {p}") from None
+        except (OSError, FrameError) as e:
+            raise InputError(f"{p}: {e}") from None
+        if size is None:
+            size = (h, w)
+        elif size != (h, w):
+            raise InputError(f"{p}: {w}x{h} differs from the first frame's {size[1]}x{size[0]}")
+        frames.append(data)
+        reencoded += again
+    return encode_record(frames, list(item.labels), size[0], size[1], item.key), reencoded
+
+
+def convert_video_file(item: SourceVideo, fps: float | None, short_side: int, quality: int) -> tuple[bytes, int]:
+    """The record of one video file, decoded at ``fps`` with the short side at ``short_side``."""
+    try:
+        pixels = list(read_video(item.path, fps, short_side))
+    except VideoDecodeError as e:
+        raise InputError(str(e)) from None
+    frames = [encode_jpeg(p, quality) for p in pixels]
+    return encode_record(frames, list(item.labels), pixels[0].shape[0], pixels[0].shape[1], item.key), 0
+
+
+def _run_one(fn: Callable[..., tuple[bytes, int]], item: SourceVideo, args: tuple) -> tuple[str, bytes | None, str, int]:
+    try:
+        record, reencoded = fn(item, *args)
+        return item.key, record, "", reencoded
+    except InputError as e:
+        return item.key, None, str(e), 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The writer
+
+
+def build_frames(out: str, items: list[SourceVideo], classes: list[str], template: str = "{:05d}.jpg",
+                 verify: bool = True, **kw: Any) -> BuildReport:
+    """Convert frame folders (``template.format(n)`` file names) into the LMDB at ``out``."""
+    try:
+        template.format(1)
+    except (IndexError, KeyError, ValueError) as e:
+        raise BuildError(f"frame template {template!r} does not format a frame number ({e})") from None
+    settings = {"kind": "frames", "template": template, "verify": verify}
+    return _build(out, items, classes, settings, convert_frame_folder, (template, verify), **kw)
+
+
+def build_videos(out: str, items: list[SourceVideo], classes: list[str], fps: float | None = None,
+                 short_side: int = 256, quality: int = 90, **kw: Any) -> BuildReport:
+    """Convert video files (decoded with PyAV at ``fps``, short side ``short_side``) into the LMDB at ``out``."""
+    settings = {"kind": "videos", "fps": fps, "short_side": short_side, "quality": quality}
+    return _build(out, items, classes, settings, convert_video_file, (fps, short_side, quality), **kw)
+
+
+def _build(
+    out: str, items: list[SourceVideo], classes: list[str], settings: dict[str, Any],
+    fn: Callable[..., tuple[bytes, int]], args: tuple, *, dataset: str = "custom", split: str = "",
+    workers: int = 1, strict: bool = False, overwrite: bool = False, commit_every: int = 64,
+    commit_seconds: float = 2.0, map_size: int = DEFAULT_MAP_SIZE, stream: TextIO | None = None,
+) -> BuildReport:
+    settings = {**settings, "dataset": dataset, "split": split, "classes": list(classes)}
+    if not classes:
+        raise BuildError("no class names given")
+    bad = [it.key for it in items if any(not 0 <= x < len(classes) for x in it.labels)]
+    if bad:
+        raise BuildError(f"{len(bad)} videos have labels outside 0..{len(classes) - 1} (e.g. {bad[0]!r})")
+    start = time.perf_counter()
+    env = _open_for_writing(out, overwrite, map_size)
+    report = BuildReport(out, len(items))
+    try:
+        present = _claim(env, out, settings, [it.key for it in items])
+        todo = [it for it in items if it.key not in present]
+        report.already_present = len(items) - len(todo)
+        if todo:
+            _convert(env, todo, fn, args, workers, strict, (commit_every, commit_seconds), report, stream)
+        report.meta = _finalize(env, out, items, settings, report)
+    finally:
+        env.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _open_for_writing(out: str, overwrite: bool, map_size: int) -> lmdb.Environment:
+    forget(out)
+    if os.path.exists(out):
+        entries = set(os.listdir(out)) if os.path.isdir(out) else {"?"}
+        if entries - {"data.mdb", "lock.mdb"}:
+            raise BuildError(f"{out}: exists and is not an LMDB directory; choose another output path")
+        if overwrite and entries:
+            shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    try:
+        return lmdb.open(out, map_size=map_size, readahead=False, meminit=False, max_dbs=0)
+    except lmdb.Error as e:
+        raise BuildError(f"{out}: cannot open for writing ({e}); a smaller --map-size may help on this filesystem") from None
+
+
+def _claim(env: lmdb.Environment, out: str, settings: dict[str, Any], keys: list[str]) -> set[str]:
+    """Record this build's settings, or check they match the interrupted/finished build found at ``out``."""
+    with env.begin(write=True) as txn:
+        raw_build, raw_meta = txn.get(BUILD_KEY), txn.get(META_KEY)
+        previous = msgpack.unpackb(raw_build)["settings"] if raw_build else (
+            msgpack.unpackb(raw_meta).get("build") if raw_meta else None)
+        present = set(iter_keys(env)) if raw_build or raw_meta else set()
+        if previous is None and present:
+            raise BuildError(f"{out}: holds records of something else (no videoiq build settings); use a new path")
+        if previous is not None and previous != settings:
+            diff = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise BuildError(
+                f"{out}: was built with different settings ({', '.join(diff)}); use the same command to resume, "
+                "or --overwrite to start again"
+            )
+        strangers = present - set(keys)
+        if strangers:
+            raise BuildError(
+                f"{out}: holds {len(strangers)} videos that are not in this list (e.g. {sorted(strangers)[0]!r}); "
+                "use --overwrite or another path"
+            )
+        txn.put(BUILD_KEY, msgpack.packb({"settings": settings, "keys": keys}))
+    return present
+
+
+def _convert(env: lmdb.Environment, todo: list[SourceVideo], fn: Callable[..., tuple[bytes, int]], args: tuple,
+             workers: int, strict: bool, commit_after: tuple[int, float], report: BuildReport,
+             stream: TextIO | None) -> None:
+    """Convert ``todo`` and write each record; commit every ``commit_after`` = (videos, seconds), whichever
+    comes first, so a killed run loses at most that much work."""
+    progress = Progress(len(todo), f"converting into {os.path.basename(env.path())}", stream=stream)
+    txn, pending, last_commit = env.begin(write=True), 0, time.monotonic()
+
+    def take(key: str, record: bytes | None, error: str, reencoded: int) -> None:
+        nonlocal txn, pending, last_commit
+        if record is None:
+            if strict:
+                raise BuildError(f"{key}: {error} (strict mode; {report.converted} videos written so far, "
+                                 "re-run to resume)")
+            report.skipped.append((key, error))
+        else:
+            txn.put(key.encode(), record)
+            report.converted += 1
+            report.reencoded_frames += reencoded
+            pending += 1
+            if pending >= commit_after[0] or time.monotonic() - last_commit >= commit_after[1]:
+                txn.commit()
+                txn, pending, last_commit = env.begin(write=True), 0, time.monotonic()
+        progress.update(1, f"{len(report.skipped)} skipped" if report.skipped else "")
+
+    try:
+        if workers <= 1:
+            for it in todo:
+                take(*_run_one(fn, it, args))
+        else:
+            ctx = multiprocessing.get_context("spawn")  # no forked copies of the open write environment
+            with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                queue = iter(todo)
+                running = {pool.submit(_run_one, fn, it, args) for it in _take(queue, 4 * workers)}
+                while running:
+                    done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for fut in done:
+                        take(*fut.result())
+                    running |= {pool.submit(_run_one, fn, it, args) for it in _take(queue, len(done))}
+        txn.commit()
+    except BaseException:
+        txn.commit()  # keep every finished record: the same command resumes from here
+        progress.close()
+        raise
+    progress.close()
+
+
+def _take(it: Any, n: int) -> list[SourceVideo]:
+    out = []
+    for _ in range(n):
+        nxt = next(it, None)
+        if nxt is None:
+            break
+        out.append(nxt)
+    return out
+
+
+def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], settings: dict[str, Any],
+              report: BuildReport) -> dict[str, Any]:
+    keys, counts, labels, sizes = [], [], [], []
+    with env.begin(write=True, buffers=True) as txn:
+        for it in items:
+            value = txn.get(it.key.encode())
+            if value is None:
+                continue
+            header, _ = decode_header(value, out, it.key)
+            keys.append(it.key)
+            counts.append(header.num_frames)
+            labels.append(list(header.labels))
+            sizes.append((header.height, header.width))
+        if not keys:
+            raise BuildError(f"{out}: no video could be converted:\n" + report.summary())
+        skipped = [list(s) for s in report.skipped]
+        meta = {
+            "format": FORMAT, "version": VERSION, "dataset": settings["dataset"], "split": settings["split"],
+            "classes": settings["classes"], "num_classes": len(settings["classes"]), "num_videos": len(keys),
+            "num_frames": sum(counts),
+            "frames_per_video": {"min": min(counts), "max": max(counts), "mean": sum(counts) / len(counts)},
+            "frame_size": list(sizes[0]) if len(set(sizes)) == 1 else None,
+            "short_side": [min(min(s) for s in sizes), max(min(s) for s in sizes)],
+            "multilabel": any(len(ls) > 1 for ls in labels), "skipped": len(skipped), "skipped_inputs": skipped,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "videoiq_version": __version__,
+            "build": settings,
+        }
+        txn.put(INDEX_KEY, msgpack.packb({"keys": keys, "num_frames": counts, "labels": labels}))
+        txn.put(META_KEY, msgpack.packb(meta))
+        txn.delete(BUILD_KEY)
+    env.sync()
+    return meta

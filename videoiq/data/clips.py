@@ -1,0 +1,161 @@
+"""From a database record to a training or evaluation sample; the plain PyTorch ``Dataset`` over an LMDB.
+
+One :class:`ClipSpec` says how clips are made (segments, crops, decoder, error policy); the two steps,
+:func:`read_clip` (pick frame indices, slice their JPEG bytes out of the record) and
+:func:`decode_clip` (decode, transform, stack views), are shared by :class:`VideoClipDataset` and the
+Ray Data pipeline (``videoiq.ray_data``), so both give the same samples.
+
+A sample is a dict:
+
+* ``video``: uint8 ``(T, 3, S, S)`` in training, ``(V, T, 3, S, S)`` in evaluation, where
+  ``T = segments * frames_per_segment`` and ``V = num_clips * num_crops`` views whose logits are averaged;
+* ``label``: int64 class id (the first label of a multi-label video; -1 when the record has none);
+* ``index``: int64 position of the video in the database's ``__index__`` (its key and every label);
+* ``valid``: bool, False only for a bad record skipped under ``on_error="skip"`` (its video is zeros).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .codec import DECODERS, Decoder, FrameError, decode_jpeg
+from .records import RecordError, VideoDB
+from .sampling import SegmentOffsets, eval_indices, train_indices
+from .transforms import EvalTransform, TrainTransform
+
+log = logging.getLogger("videoiq.data")
+OnError = Literal["fail", "skip"]
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How a clip is cut from a video and turned into pixels."""
+
+    train: bool
+    segments: int = 16
+    frames_per_segment: int = 1
+    size: int = 224
+    scale_size: int = 224  # eval: short side before cropping (size / 0.875 with scale-up)
+    num_clips: int = 1
+    num_crops: int = 1
+    offsets: SegmentOffsets = "independent"
+    decoder: Decoder = "simplejpeg"
+    on_error: OnError = "fail"
+    min_frames: int = 0  # training videos with fewer frames are left out (the original's filter_video)
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be 'fail' or 'skip', got {self.on_error!r}")
+
+    @property
+    def frames(self) -> int:
+        return self.segments * self.frames_per_segment
+
+    @property
+    def views(self) -> int:
+        return 1 if self.train else self.num_clips * self.num_crops
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        clip = (self.frames, 3, self.size, self.size)
+        return clip if self.train else (self.views, *clip)
+
+    @classmethod
+    def from_config(cls, data: Any, train: bool, num_clips: int = 1, num_crops: int = 1) -> "ClipSpec":
+        """The spec for a stage config's ``data`` section (``num_clips``/``num_crops`` from its eval section)."""
+        from .specs import dataset_spec
+
+        return cls(
+            train=train, segments=data.num_frames, frames_per_segment=data.frames_per_segment,
+            size=data.input_size,
+            scale_size=int(round(data.input_size / 0.875)) if data.scale_up else data.input_size,
+            num_clips=1 if train else num_clips, num_crops=1 if train else num_crops,
+            offsets=data.segment_offsets, decoder=data.decoder, on_error=data.on_error,
+            min_frames=dataset_spec(data.dataset).min_train_frames if train else 0,
+        )
+
+
+def clip_indices(spec: ClipSpec, num_frames: int, rng: np.random.Generator) -> list[int]:
+    """The frame indices of every view's clip, concatenated clip by clip."""
+    if spec.train:
+        return train_indices(num_frames, spec.segments, spec.frames_per_segment, rng, spec.offsets).tolist()
+    return np.concatenate(
+        [eval_indices(num_frames, spec.segments, spec.frames_per_segment, c, spec.num_clips) for c in range(spec.num_clips)]
+    ).tolist()
+
+
+def read_clip(db: VideoDB, position: int, spec: ClipSpec, rng: np.random.Generator) -> list[bytes]:
+    """JPEG bytes of the sampled frames of video ``position`` (only those frames leave the record)."""
+    _, jpegs = db.read(position, clip_indices(spec, db.index.num_frames[position], rng))
+    return jpegs
+
+
+def decode_clip(spec: ClipSpec, jpegs: list[bytes], rng: np.random.Generator, db: str = "", key: str = "") -> torch.Tensor:
+    """uint8 pixels of a clip from its JPEG bytes, transformed per ``spec`` (shape ``spec.sample_shape``)."""
+    frames = []
+    for j, data in enumerate(jpegs):
+        try:
+            frames.append(decode_jpeg(data, spec.decoder))
+        except FrameError as e:
+            raise RecordError(db, key, f"sampled frame {j}: {e}") from None
+    if len({f.shape for f in frames}) > 1:
+        raise RecordError(db, key, f"frames differ in size: {sorted({f.shape for f in frames})}")
+    clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    if spec.train:
+        return TrainTransform(spec.size)(clip, rng)
+    crop = EvalTransform(spec.size, spec.scale_size, spec.num_crops)
+    per_clip = [crop(c) for c in clip.split(spec.frames)]  # each (crops, T, 3, S, S)
+    return torch.cat(per_clip).contiguous()
+
+
+def primary_label(labels: tuple[int, ...]) -> int:
+    return labels[0] if labels else -1
+
+
+def invalid_sample(spec: ClipSpec, position: int, error: Exception) -> dict[str, Any]:
+    """The placeholder for a bad record skipped under ``on_error="skip"`` (logged with its reason)."""
+    log.warning("skipping bad record: %s", error)
+    return {"video": torch.zeros(spec.sample_shape, dtype=torch.uint8), "label": torch.tensor(-1),
+            "index": torch.tensor(position), "valid": torch.tensor(False)}
+
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    """Map-style dataset of clips from a videoiq LMDB; the no-Ray path and the benchmark baseline.
+
+    Each DataLoader worker opens the database itself (read-only, no lock). Training randomness comes
+    from a per-sample generator seeded by ``(seed, epoch, index)``; call :meth:`set_epoch` each epoch
+    for fresh clips that are still reproducible.
+    """
+
+    def __init__(self, path: str, spec: ClipSpec, seed: int = 0):
+        self.db = VideoDB(path)
+        self.spec, self.seed, self.epoch = spec, seed, 0
+        counts = self.db.index.num_frames
+        self.positions = [i for i, n in enumerate(counts) if n >= spec.min_frames] if spec.train else list(range(len(counts)))
+        if not self.positions:
+            raise ValueError(f"{path}: no videos to read (of {len(counts)}, none has >= {spec.min_frames} frames)")
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        position = self.positions[item]
+        rng = np.random.default_rng([self.seed, self.epoch, position])
+        try:
+            video = decode_clip(self.spec, read_clip(self.db, position, self.spec, rng), rng,
+                                self.db.path, self.db.index.keys[position])
+        except RecordError as e:
+            if self.spec.on_error == "fail":
+                raise
+            return invalid_sample(self.spec, position, e)
+        return {"video": video, "label": torch.tensor(primary_label(self.db.index.labels[position])),
+                "index": torch.tensor(position), "valid": torch.tensor(True)}

@@ -1,0 +1,68 @@
+"""``videoiq data inspect``: what a database holds (meta, counts, class histogram) and a contact sheet of clips."""
+from __future__ import annotations
+
+from collections import Counter
+
+from .codec import decode_jpeg
+from .records import VideoDB
+from .sampling import eval_indices
+
+
+def describe(db: VideoDB, top: int = 10) -> str:
+    """A readable summary of a database: meta, frame statistics and the class histogram."""
+    m = db.meta
+    fpv = m["frames_per_video"]
+    size = "x".join(str(v) for v in reversed(m["frame_size"])) if m["frame_size"] else f"short side {m['short_side']}"
+    lines = [
+        f"database     {db.path}",
+        f"format       {m['format']} v{m['version']} (written by videoiq {m['videoiq_version']} on {m['created']})",
+        f"dataset      {m['dataset']}  split {m['split'] or '-'}  from {m['build']['kind']}",
+        f"videos       {m['num_videos']}  ({m['skipped']} inputs skipped at conversion)",
+        f"frames       {m['num_frames']}  per video min {fpv['min']} / mean {fpv['mean']:.1f} / max {fpv['max']}",
+        f"frame size   {size}",
+        f"classes      {m['num_classes']}{'  (multi-label)' if m['multilabel'] else ''}",
+    ]
+    counts = Counter(x for labels in db.index.labels for x in labels)
+    names = db.classes
+    per_class = [(counts.get(c, 0), c) for c in range(len(names))]
+    empty = [names[c] for n, c in per_class if n == 0]
+    lines.append(f"videos/class min {min(per_class)[0]} / max {max(per_class)[0]}"
+                 + (f"; {len(empty)} classes have none (e.g. {empty[0]})" if empty else ""))
+    width = max(len(n) for n in names)
+    most = max(n for n, _ in per_class) or 1
+    shown = sorted(per_class, key=lambda p: (-p[0], p[1]))[:top]
+    lines.append(f"top {len(shown)} classes:")
+    for n, c in shown:
+        lines.append(f"  {c:>4} {names[c]:<{width}} {n:>6} {'#' * max(1, round(30 * n / most)) if n else ''}")
+    return "\n".join(lines)
+
+
+def contact_sheet(db: VideoDB, path: str, clips: int = 4, frames: int = 8, tile: int = 96) -> list[str]:
+    """Write a PNG with one row per clip (one video from each of the first ``clips`` classes found) and
+    ``frames`` evenly spaced frames per row; returns the keys shown."""
+    from PIL import Image, ImageDraw
+
+    chosen, seen = [], set()
+    for i, labels in enumerate(db.index.labels):
+        if not labels or labels[0] not in seen:
+            chosen.append(i)
+            seen.update(labels)
+        if len(chosen) == clips:
+            break
+    label_w = 8 * max(len(_row_title(db, i)) for i in chosen) + 8
+    sheet = Image.new("RGB", (label_w + frames * tile, len(chosen) * tile), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, i in enumerate(chosen):
+        _, jpegs = db.read(i, eval_indices(db.index.num_frames[i], frames).tolist())
+        for col, data in enumerate(jpegs):
+            img = Image.fromarray(decode_jpeg(data)).resize((tile, tile))
+            sheet.paste(img, (label_w + col * tile, row * tile))
+        draw.text((4, row * tile + tile // 2 - 6), _row_title(db, i), fill="black")
+    sheet.save(path)
+    return [db.index.keys[i] for i in chosen]
+
+
+def _row_title(db: VideoDB, i: int) -> str:
+    labels = db.index.labels[i]
+    return ", ".join(db.classes[x] for x in labels) if labels else db.index.keys[i]
+

@@ -1,0 +1,255 @@
+"""The videoiq LMDB format (version 1): one record per video, a ``__meta__`` and an ``__index__`` record.
+
+This module owns the byte layout, reading it back, and every error about a database's contents. It
+needs ``lmdb`` and ``msgpack`` only, and nothing here unpickles: a record is a small fixed header,
+a msgpack map and the JPEG bytes of the frames back to back::
+
+    value  = b"VIQR" | u32 version (=1) | u32 n | header (n bytes of msgpack) | frame 0 | frame 1 | ...
+    header = {"labels": [int, ...],          # class ids; empty when unknown (test sets)
+              "sizes": [int, ...],           # byte length of each JPEG frame, in frame order
+              "height": int, "width": int,   # every frame of a video has this size
+              "source": str}                 # where it came from (relative video path or frame folder)
+
+All integers in the fixed part are little-endian. Frame ``i`` starts at ``12 + n + sum(sizes[:i])``,
+so a reader slices out only the frames it samples without touching the others.
+
+Two reserved keys (video keys never start with ``__``)::
+
+    __meta__  = msgpack {"format": "videoiq-lmdb", "version": 1, "dataset", "split", "classes": [names],
+                         "num_classes", "num_videos", "num_frames", "frames_per_video": {"min","max","mean"},
+                         "frame_size": [h, w] or None, "short_side": [min, max], "multilabel", "skipped",
+                         "created", "videoiq_version", "build": {how it was converted}}
+    __index__ = msgpack {"keys": [str], "num_frames": [int], "labels": [[int]]}   # in the input list's order
+
+A database without ``__meta__`` is a conversion still in progress (``__build__`` holds its settings);
+readers refuse it. Keys are UTF-8 video ids (the relative path of the video or frame folder, without
+extension). Open databases read-only with ``lock=False``: many processes read one file at once.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import lmdb
+import msgpack
+
+FORMAT = "videoiq-lmdb"
+VERSION = 1
+MAGIC = b"VIQR"
+META_KEY = b"__meta__"
+INDEX_KEY = b"__index__"
+BUILD_KEY = b"__build__"
+RESERVED_PREFIX = "__"
+_FIXED = struct.Struct("<4sII")  # magic, version, header length
+
+
+class DatabaseError(ValueError):
+    """A database that is missing, of another format or version, unfinished or inconsistent."""
+
+
+class RecordError(ValueError):
+    """A video record that cannot be read; names the database and the key."""
+
+    def __init__(self, db: str, key: str, reason: str):
+        super().__init__(f"{db}: record {key!r}: {reason}")
+        self.db, self.key, self.reason = db, key, reason
+
+
+@dataclass(frozen=True)
+class RecordHeader:
+    """What a record says about its video, without the frame bytes."""
+
+    labels: tuple[int, ...]
+    sizes: tuple[int, ...]
+    height: int
+    width: int
+    source: str
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.sizes)
+
+
+def encode_record(frames: list[bytes], labels: list[int], height: int, width: int, source: str) -> bytes:
+    """The bytes of one video record (JPEG ``frames`` in order)."""
+    if not frames:
+        raise ValueError("a video record needs at least one frame")
+    header = msgpack.packb(
+        {"labels": [int(x) for x in labels], "sizes": [len(f) for f in frames],
+         "height": int(height), "width": int(width), "source": str(source)}
+    )
+    return b"".join([_FIXED.pack(MAGIC, VERSION, len(header)), header, *frames])
+
+
+def decode_header(value: bytes | memoryview, db: str = "<bytes>", key: str = "?") -> tuple[RecordHeader, int]:
+    """The header of a record and the offset of its first frame; checks the layout is complete."""
+    if len(value) < _FIXED.size:
+        raise RecordError(db, key, f"truncated: {len(value)} bytes, shorter than the {_FIXED.size}-byte prefix")
+    magic, version, n = _FIXED.unpack_from(value)
+    if magic != MAGIC:
+        raise RecordError(db, key, f"not a videoiq record (starts with {bytes(magic)!r}, expected {MAGIC!r})")
+    if version != VERSION:
+        raise RecordError(db, key, f"record format version {version}; this videoiq reads version {VERSION}")
+    start = _FIXED.size + n
+    if start > len(value):
+        raise RecordError(db, key, f"truncated: header of {n} bytes but only {len(value) - _FIXED.size} follow")
+    try:
+        h = msgpack.unpackb(value[_FIXED.size:start])
+        header = RecordHeader(
+            tuple(int(x) for x in h["labels"]), tuple(int(x) for x in h["sizes"]),
+            int(h["height"]), int(h["width"]), str(h["source"]),
+        )
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
+        raise RecordError(db, key, f"unreadable header ({type(e).__name__}: {e})") from None
+    if not header.sizes or min(header.sizes) <= 0:
+        raise RecordError(db, key, "header lists no frames or an empty frame")
+    if start + sum(header.sizes) != len(value):
+        raise RecordError(
+            db, key, f"truncated or padded: frames need {sum(header.sizes)} bytes, {len(value) - start} present"
+        )
+    return header, start
+
+
+def split_frames(value: bytes | memoryview, header: RecordHeader, start: int, indices: list[int]) -> list[bytes]:
+    """The JPEG bytes of frames ``indices`` (copied out, so they outlive an LMDB transaction)."""
+    offsets = [start]
+    for s in header.sizes:
+        offsets.append(offsets[-1] + s)
+    view = memoryview(value)
+    return [bytes(view[offsets[i]:offsets[i + 1]]) for i in indices]
+
+
+# --------------------------------------------------------------------------------------------------
+# Environments: py-lmdb refuses to open one database twice in a process, Ray reuses worker processes,
+# and a forked child (a DataLoader worker) inherits both the parent's environment and that refusal.
+
+_ENVS: dict[str, tuple[int, lmdb.Environment]] = {}
+
+
+def open_readonly(path: str) -> lmdb.Environment:
+    """A read-only environment for ``path``, opened once per process.
+
+    In a forked child the inherited environment is closed (which only drops the child's copies of the
+    map and file handles) and the database opened afresh, as LMDB requires.
+    """
+    real = os.path.realpath(path)
+    cached = _ENVS.get(real)
+    if cached is not None and cached[0] == os.getpid():
+        return cached[1]
+    if cached is not None:
+        cached[1].close()
+    if not os.path.exists(os.path.join(real, "data.mdb")):
+        raise DatabaseError(f"{path}: no LMDB database here (expected {os.path.join(path, 'data.mdb')})")
+    env = lmdb.open(real, readonly=True, lock=False, readahead=False, meminit=False, max_readers=1024)
+    _ENVS[real] = (os.getpid(), env)
+    return env
+
+
+def _unpack_reserved(path: str, name: str, value: bytes | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return msgpack.unpackb(value)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise DatabaseError(f"{path}: the {name} record is not readable msgpack ({type(e).__name__})") from None
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """Keys, frame counts and labels of every video, in the order the database lists them."""
+
+    keys: tuple[str, ...]
+    num_frames: tuple[int, ...]
+    labels: tuple[tuple[int, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class VideoDB:
+    """A finished videoiq LMDB opened for reading: ``meta``, ``index`` and frame access by position."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        if not os.path.isdir(self.path):
+            raise DatabaseError(f"{self.path}: no such database directory")
+        env = open_readonly(self.path)
+        with env.begin() as txn:
+            meta = _unpack_reserved(self.path, "__meta__", txn.get(META_KEY))
+            index = _unpack_reserved(self.path, "__index__", txn.get(INDEX_KEY))
+            unfinished = txn.get(BUILD_KEY) is not None
+            original = txn.get(b"__keys__") is not None
+        if meta is None:
+            if original:
+                raise DatabaseError(
+                    f"{self.path}: an LMDB written by the original VideoIQ create_lmdb.py (pyarrow records), which "
+                    "videoiq does not read; convert the frame folders with `videoiq data build frames`"
+                )
+            if unfinished:
+                raise DatabaseError(
+                    f"{self.path}: conversion not finished (no __meta__ yet); re-run the same "
+                    "`videoiq data build` command to finish it"
+                )
+            raise DatabaseError(f"{self.path}: not a videoiq database (no __meta__ record)")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise DatabaseError(f"{self.path}: __meta__ says format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT!r}")
+        if meta.get("version") != VERSION:
+            raise DatabaseError(
+                f"{self.path}: format version {meta.get('version')!r}; this videoiq reads version {VERSION}. "
+                "Rebuild it with this version's `videoiq data build`"
+            )
+        try:
+            self.index = VideoIndex(
+                tuple(str(k) for k in index["keys"]),
+                tuple(int(n) for n in index["num_frames"]),
+                tuple(tuple(int(x) for x in ls) for ls in index["labels"]),
+            )
+        except (TypeError, KeyError, ValueError) as e:
+            raise DatabaseError(f"{self.path}: __index__ is missing or malformed ({type(e).__name__}: {e})") from None
+        if not len(self.index.keys) == len(self.index.num_frames) == len(self.index.labels) == meta["num_videos"]:
+            raise DatabaseError(f"{self.path}: __index__ and __meta__ disagree on the number of videos")
+        self.meta: dict[str, Any] = meta
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def read(self, i: int, frame_indices: list[int] | None = None) -> tuple[RecordHeader, list[bytes]]:
+        """Header and JPEG bytes of frames ``frame_indices`` (all frames when None) of video ``i``."""
+        key = self.index.keys[i]
+        with open_readonly(self.path).begin(buffers=True) as txn:
+            value = txn.get(key.encode())
+            if value is None:
+                raise RecordError(self.path, key, "listed in __index__ but missing from the database")
+            header, start = decode_header(value, self.path, key)
+            if header.num_frames != self.index.num_frames[i]:
+                raise RecordError(self.path, key, f"has {header.num_frames} frames, __index__ says {self.index.num_frames[i]}")
+            wanted = list(range(header.num_frames)) if frame_indices is None else list(frame_indices)
+            bad = [j for j in wanted if not 0 <= j < header.num_frames]
+            if bad:
+                raise RecordError(self.path, key, f"frame indices {bad[:5]} outside 0..{header.num_frames - 1}")
+            return header, split_frames(value, header, start, wanted)
+
+
+def iter_keys(env: lmdb.Environment) -> Iterator[str]:
+    """Every video key in an environment (reserved keys left out), in LMDB (byte) order."""
+    with env.begin() as txn:
+        for k in txn.cursor().iternext(keys=True, values=False):
+            if not k.startswith(RESERVED_PREFIX.encode()):
+                yield k.decode()
+
+
+def forget(path: str) -> None:
+    """Close this process's cached read-only environment of ``path`` (before writing to it)."""
+    cached = _ENVS.pop(os.path.realpath(path), None)
+    if cached is not None:
+        cached[1].close()
