@@ -181,7 +181,7 @@ def test_foreign_unfinished_and_other_version_databases_are_refused(tmp_path, ti
 def test_generated_videos_convert_through_pyav(tiny_videos):
     db = VideoDB(tiny_videos / "train.lmdb")
     assert len(db) == 16 and db.num_classes == 4 and db.meta["build"]["kind"] == "videos"
-    assert db.classes == ["red_disc", "red_square", "red_triangle", "red_cross"]
+    assert db.classes == ["red_disc", "blue_disc", "green_disc", "yellow_disc"]
     assert db.meta["frame_size"] == [32, 32] and 8 <= db.meta["frames_per_video"]["min"]
     assert sorted(x for ls in db.index.labels for x in ls) == sorted(list(range(4)) * 4)
     assert db.index.keys[0] == "videos/train/red_disc/red_disc_0000"
@@ -294,3 +294,23 @@ def test_corrupt_record_fails_or_is_skipped(tiny_videos, tmp_path):
     batch = next(iter(loader))
     assert batch["valid"].tolist() == [True, False, False] + [True] * 5
     assert batch["video"][1].count_nonzero() == 0 and batch["label"][1] == -1
+
+
+def test_a_record_reads_without_videoiq_as_the_readme_shows(tiny_videos):
+    import struct
+
+    forget(str(tiny_videos / "val.lmdb"))  # py-lmdb refuses a second open in one process
+    env = lmdb.open(str(tiny_videos / "val.lmdb"), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            index = msgpack.unpackb(txn.get(b"__index__"))
+            meta = msgpack.unpackb(txn.get(b"__meta__"))
+            value = txn.get(index["keys"][0].encode())
+    finally:
+        env.close()
+    magic, version, n = struct.unpack_from("<4sII", value)
+    header = msgpack.unpackb(value[12:12 + n])
+    first = value[12 + n:12 + n + header["sizes"][0]]
+    assert (magic, version, meta["format"], meta["version"]) == (b"VIQR", 1, "videoiq-lmdb", 1)
+    assert header["labels"] == index["labels"][0] and len(header["sizes"]) == index["num_frames"][0]
+    assert np.asarray(Image.open(io.BytesIO(first))).shape == (header["height"], header["width"], 3)
