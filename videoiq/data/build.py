@@ -224,12 +224,14 @@ def convert_frame_folder(item: SourceVideo, template: str, verify: bool) -> tupl
 
 def convert_video_file(item: SourceVideo, fps: float | None, short_side: int, quality: int) -> tuple[bytes, int]:
     """The record of one video file, decoded at ``fps`` with the short side at ``short_side``."""
+    frames, shape = [], (0, 0)
     try:
-        pixels = list(read_video(item.path, fps, short_side))
+        for pixels in read_video(item.path, fps, short_side):  # encoded one by one: a long video never sits decoded
+            frames.append(encode_jpeg(pixels, quality))
+            shape = pixels.shape[:2]
     except VideoDecodeError as e:
         raise InputError(str(e)) from None
-    frames = [encode_jpeg(p, quality) for p in pixels]
-    return encode_record(frames, list(item.labels), pixels[0].shape[0], pixels[0].shape[1], item.key), 0
+    return encode_record(frames, list(item.labels), shape[0], shape[1], item.key), 0
 
 
 def _run_one(fn: Callable[..., tuple[bytes, int]], item: SourceVideo, args: tuple) -> tuple[str, bytes | None, str, int]:

@@ -19,6 +19,7 @@ from typing import Literal, TextIO
 import numpy as np
 
 from .build import BuildReport, build_frames, build_videos, parse_frame_list, parse_video_list, read_class_names
+from ..progress import Progress
 from .codec import encode_jpeg, write_video
 
 SHAPES = ("disc", "cross", "square", "triangle")  # the first two differ most at a few pixels
@@ -135,6 +136,7 @@ def write_synthetic(
     reports = {}
     for split_id, (split, per_class) in enumerate((("train", cfg.train_per_class), ("val", cfg.val_per_class))):
         lines = []
+        progress = Progress(per_class * len(names), f"generating {split} {source}", stream=stream)
         for label, name in enumerate(names):
             for k in range(per_class):
                 rng = np.random.default_rng([cfg.seed, split_id, label, k])
@@ -151,6 +153,8 @@ def write_synthetic(
                         with open(os.path.join(target, f"{t:05d}.jpg"), "wb") as fh:
                             fh.write(encode_jpeg(pixels))
                     lines.append(f"{rel} 1 {len(frames)} {label}")
+                progress.update()
+        progress.close()
         list_file = os.path.join(out_dir, f"{split}.txt")
         with open(list_file, "w") as f:
             f.write("\n".join(lines) + "\n")
