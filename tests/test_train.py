@@ -1,0 +1,130 @@
+"""The stages in-process on tiny models and the generated data: hand-off, resume, tasks and checkpoints."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from videoiq.config import ConfigError, config_from_dict
+from videoiq.losses import soft_cross_entropy
+from videoiq.models import create_model
+from videoiq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from videoiq.train.stage import run_stage
+from videoiq.train.tasks import AnyPrecisionTask
+
+QUIET = lambda line: None  # noqa: E731
+
+
+def _cfg(stage, root, **sections):
+    data = {"dataset": "custom", "root": str(root), "num_frames": 4, "input_size": 32, "batch_size": 8,
+            "num_workers": 0}
+    base = {"stage": stage, "data": data, "optim": {"epochs": 1, "lr": 0.05}, "ray": {"num_workers": 0}}
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v}
+    return config_from_dict(base)
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_videos, tmp_path_factory):
+    """fp -> ap, policy_pretrain, policy on tiny models, one epoch each (fp two), run once for this module."""
+    runs = tmp_path_factory.mktemp("runs")
+    out = {}
+    out["fp"] = run_stage(_cfg("fp", tiny_videos, model={"name": "resnet_tiny"}, optim={"epochs": 2}), runs / "fp", printer=QUIET)
+    out["ap"] = run_stage(_cfg("ap", tiny_videos, model={"name": "ap_resnet_tiny"},
+                               init={"backbone_checkpoint": str(runs / "fp")}), runs / "ap", printer=QUIET)
+    out["policy_pretrain"] = run_stage(_cfg("policy_pretrain", tiny_videos, model={"name": "mobilenet_v2_tiny"}),
+                                       runs / "pp", printer=QUIET)
+    policy = {"model": "policy_mobilenet_v2_tiny", "hidden_size": 32, "input_size": 32, "skip_choices": [1]}
+    init = {"backbone_checkpoint": str(runs / "ap" / "checkpoint.pt"), "policy_backbone_checkpoint": str(runs / "pp")}
+    out["policy"] = run_stage(_cfg("policy", tiny_videos, policy=policy, init=init,
+                                   optim={"policy_lr": 0.01, "policy_backbone_lr": 0.001}), runs / "policy", printer=QUIET)
+    return runs, out
+
+
+def test_the_four_stages_chain_by_checkpoint(chain):
+    runs, metrics = chain
+    assert metrics["fp"]["epoch"] == 2.0 and 0.0 <= metrics["fp"]["val/top1"] <= 100.0
+    assert {"val/b32/top1", "val/b4/top1", "val/b2/top1", "train/b32", "train/b2"} <= set(metrics["ap"])
+    ap = load_checkpoint(runs / "ap", stages=("ap",))
+    assert ap["models"]["model"]["kwargs"]["bit_widths"] == [32, 4, 2] and ap["models"]["teacher"]["name"] == "resnet_tiny"
+    p = metrics["policy"]
+    usage = sum(v for k, v in p.items() if k.startswith("val/usage/"))
+    assert usage == pytest.approx(100.0) and {"val/usage/32bit", "val/usage/skip1", "val/gflops", "val/mAP"} <= set(p)
+    policy = load_checkpoint(runs / "policy", stages=("policy",))
+    assert policy["extra"]["actions"] == ["32bit", "4bit", "2bit", "skip1"]
+    assert policy["extra"]["temperature"] == pytest.approx(5.0)  # epoch 0 runs at the initial temperature
+    lines = [json.loads(x) for x in (runs / "fp" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1.0, 2.0] and lines[-1] == metrics["fp"]
+    # the frozen parts stayed exactly as the ap stage left them
+    for key, value in ap["models"]["model"]["state_dict"].items():
+        assert torch.equal(policy["models"]["model"]["state_dict"][key], value), key
+
+
+def test_resume_continues_at_the_next_epoch(chain, tiny_videos, tmp_path):
+    runs, _ = chain
+    lines = []
+    cfg = _cfg("policy_pretrain", tiny_videos, model={"name": "mobilenet_v2_tiny"}, optim={"epochs": 2})
+    import shutil
+    shutil.copytree(runs / "pp", tmp_path / "pp")  # one epoch done
+    final = run_stage(cfg, tmp_path / "pp", printer=lines.append)
+    assert lines[0].startswith("policy_pretrain: resuming from") and "after epoch 1" in lines[0]
+    assert final["epoch"] == 2.0 and load_checkpoint(tmp_path / "pp")["epoch"] == 2
+    again = []
+    assert run_stage(cfg, tmp_path / "pp", printer=again.append) == final
+    assert "already has all 2 epochs" in again[0]
+
+
+def test_hand_off_traps_are_errors(chain, tiny_videos, tmp_path):
+    runs, _ = chain
+    policy = {"model": "policy_mobilenet_v2_tiny", "hidden_size": 32, "input_size": 32}
+    with pytest.raises(CheckpointError, match="is a 'fp'-stage checkpoint; expected 'ap'"):
+        run_stage(_cfg("policy", tiny_videos, policy=policy, init={"backbone_checkpoint": str(runs / "fp")}),
+                  tmp_path / "x", printer=QUIET)
+    with pytest.raises(CheckpointError, match=r"quant.bit_widths \[32, 4\] differs from the family \[32, 4, 2\]"):
+        run_stage(_cfg("policy", tiny_videos, policy=policy, quant={"bit_widths": [32, 4]},
+                       init={"backbone_checkpoint": str(runs / "ap")}), tmp_path / "y", printer=QUIET)
+    with pytest.raises(CheckpointError, match="policy_pretrain"):
+        run_stage(_cfg("policy", tiny_videos, policy=policy, init={"backbone_checkpoint": str(runs / "ap"),
+                                                                   "policy_backbone_checkpoint": str(runs / "fp")}),
+                  tmp_path / "z", printer=QUIET)
+    with pytest.raises(CheckpointError, match="needs its full-precision twin 'resnet18'"):
+        run_stage(_cfg("ap", tiny_videos, model={"name": "ap_resnet18"}, init={"backbone_checkpoint": str(runs / "fp")}),
+                  tmp_path / "w", printer=QUIET)
+    with pytest.raises(ConfigError, match="inputs not ready"):
+        run_stage(_cfg("policy", tiny_videos, policy=policy), tmp_path / "v", printer=QUIET)
+
+
+def test_any_precision_loss_is_the_sum_over_widths():
+    model = create_model("ap_resnet_tiny", num_classes=5)
+    teacher = create_model("resnet_tiny", num_classes=5).eval()
+    task = AnyPrecisionTask(model, (32, 4, 2), teacher)
+    task.train(True)
+    assert not task.module.teacher.training and task.module.model.training
+    video, labels = torch.randn(2, 3, 3, 32, 32), torch.tensor([1, 4])
+    out = task.module(video)
+    losses = task.losses(out, labels)
+    expected = sum(F.cross_entropy(z, labels) + soft_cross_entropy(z, out["teacher"]) for z in out["logits_per_width"])
+    assert torch.allclose(losses["loss"], expected) and set(losses) == {"loss", "loss/b32", "loss/b4", "loss/b2"}
+    losses["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for n, p in model.named_parameters() if "alpha" not in n or n.endswith((".32", ".4", ".2")))
+
+
+def test_checkpoints_refuse_foreign_and_pickled_files(tmp_path):
+    import pickle
+
+    save_checkpoint(tmp_path / "c.pt", {"stage": "fp", "epoch": 1})
+    assert load_checkpoint(tmp_path / "c.pt", stages=("fp",))["epoch"] == 1
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match="a plain weight file"):
+        load_checkpoint(tmp_path / "weights.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "videoiq-ckpt/1", "x": Evil()}))
+    with pytest.raises(CheckpointError, match="not a readable videoiq checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt", what="init.backbone_checkpoint")

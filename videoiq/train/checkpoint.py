@@ -1,0 +1,115 @@
+"""One checkpoint format for every stage: written atomically, read with ``weights_only=True``, checked on load.
+
+A checkpoint is a dict that ``torch.load(weights_only=True)`` can read (tensors, numbers, strings,
+lists and dicts only; no pickled classes)::
+
+    {"format": "videoiq-ckpt/1", "stage": "fp" | "ap" | "policy_pretrain" | "policy",
+     "epoch": completed epochs, "config": the stage config as a dict,
+     "models": {role: {"name": registry name, "kwargs": builder arguments, "state_dict": {...}}},
+     "optimizer": ..., "scheduler": ..., "metrics": {...}, "extra": {...}, "versions": {...}}
+
+Roles: ``model`` (what the stage trains; for ``policy`` the any-precision backbone), ``teacher``
+(the frozen full-precision model, ap and policy), ``policy`` (the policy network). Each role carries
+the registry name and arguments that rebuild it, so a checkpoint alone is enough to rebuild its
+models, and the precision family of an ap backbone is read from it, never guessed.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._version import __version__
+from ..models import create_model
+
+FORMAT = "videoiq-ckpt/1"
+FILENAME = "checkpoint.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, of another format or stage, or that does not fit."""
+
+
+def model_entry(name: str, kwargs: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """The checkpoint entry of one model: how to rebuild it and its weights (unwrapped, on the CPU)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"name": name, "kwargs": _plain(kwargs), "state_dict": state}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, **payload, "versions": {"videoiq": __version__, "torch": str(torch.__version__)}}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint file: ``path`` itself, or ``path/checkpoint.pt`` for a checkpoint directory."""
+    p = Path(path)
+    return p / FILENAME if p.is_dir() else p
+
+
+def load_checkpoint(path: str | os.PathLike, stages: Iterable[str] | None = None, what: str = "checkpoint") -> dict[str, Any]:
+    """Read and check a checkpoint; ``stages`` are those accepted, and ``what`` names the config key for errors."""
+    p = resolve(path)
+    if not p.is_file():
+        raise CheckpointError(f"{what}: {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle refusals, truncation and foreign files all surface here
+        raise CheckpointError(f"{what}: {str(p)!r} is not a readable videoiq checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        hint = " (a plain weight file? use init.imagenet_weights for torchvision weights)" if isinstance(ckpt, dict) and "format" not in ckpt else ""
+        raise CheckpointError(f"{what}: {str(p)!r} has format {found!r}, expected {FORMAT!r}{hint}")
+    allowed = tuple(stages) if stages is not None else None
+    if allowed is not None and ckpt.get("stage") not in allowed:
+        raise CheckpointError(
+            f"{what}: {str(p)!r} is a {ckpt.get('stage')!r}-stage checkpoint; expected {' or '.join(map(repr, allowed))}"
+        )
+    return ckpt
+
+
+def build_from_entry(entry: dict[str, Any], role: str, source: str) -> nn.Module:
+    """Rebuild a model from its checkpoint entry and load its weights strictly."""
+    try:
+        model = create_model(entry["name"], **entry["kwargs"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: cannot rebuild its {role} ({type(e).__name__}: {e})") from None
+    try:
+        model.load_state_dict(entry["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: its {role} weights do not fit {entry['name']}: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def load_role(ckpt: dict[str, Any], role: str, source: str) -> nn.Module:
+    """The model in role ``role`` of a loaded checkpoint."""
+    entry = ckpt.get("models", {}).get(role)
+    if entry is None:
+        raise CheckpointError(f"{source}: a {ckpt.get('stage')!r} checkpoint without a {role!r} model")
+    return build_from_entry(entry, role, source)

@@ -1,0 +1,127 @@
+"""The one training loop and the evaluation pass, shared by every stage; no Ray, no argparse.
+
+Batches are dicts ``{"video": uint8, "label", "index", "valid"}`` from either reader (the PyTorch
+``DataLoader`` or a Ray Data shard). Videos are normalised on the device; samples flagged invalid
+(bad records skipped under ``data.on_error: skip``) are dropped and counted.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..data.transforms import normalize
+from ..distributed import all_gather_objects, all_reduce_sum
+from ..metrics import average_precision, multi_hot, softmax, topk_accuracy
+from .tasks import Task
+
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or infinite loss: training stops before the step can touch the weights."""
+
+
+def _valid(batch: dict[str, Tensor], device: torch.device) -> tuple[Tensor, Tensor, Tensor, int]:
+    valid = batch["valid"].bool()
+    skipped = int((~valid).sum())
+    video, label, index = batch["video"], batch["label"], batch["index"]
+    if skipped:
+        video, label, index = video[valid], label[valid], index[valid]
+    return normalize(video.to(device, non_blocking=True)), label.to(device), index, skipped
+
+
+def train_one_epoch(task: Task, module: nn.Module, batches: Iterable[dict[str, Tensor]],
+                    optimizer: torch.optim.Optimizer, device: torch.device, *, epoch: int, log_every: int = 20,
+                    on_log: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
+    """One pass over ``batches``; ``module`` is ``task.module`` or its DDP wrapper. Returns epoch means."""
+    task.train(True)
+    sums: dict[str, float] = {}
+    seen = correct = skipped = steps = 0
+    start = time.perf_counter()
+    for batch in batches:
+        video, label, _, bad = _valid(batch, device)
+        skipped += bad
+        if len(label) == 0:
+            continue
+        out = module(video)
+        losses = task.losses(out, label)
+        if not torch.isfinite(losses["loss"]):
+            raise NonFiniteLoss(f"epoch {epoch} step {steps}: the loss is {losses['loss'].item()} "
+                                f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items() if k != 'loss')})")
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        steps += 1
+        seen += len(label)
+        correct += int((task.logits(out).argmax(dim=-1) == label).sum())
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(label)
+        if on_log is not None and log_every and steps % log_every == 0:
+            on_log({"epoch": epoch, "step": steps, "loss": float(losses["loss"]),
+                    "lr": optimizer.param_groups[0]["lr"]})
+    totals = all_reduce_sum(torch.tensor([seen, correct, skipped, *sums.values()], dtype=torch.float64))
+    n = max(totals[0].item(), 1.0)
+    metrics = {f"train/{k.removeprefix('loss/') if k != 'loss' else 'loss'}": totals[3 + i].item() / n
+               for i, k in enumerate(sums)}
+    metrics.update({"train/top1": 100.0 * totals[1].item() / n, "train/videos": totals[0].item(),
+                    "train/skipped_records": totals[2].item(), "train/seconds": time.perf_counter() - start})
+    return metrics
+
+
+@dataclass
+class Predictions:
+    """Scores of every evaluated video, gathered from all ranks and de-duplicated by index."""
+
+    index: np.ndarray  # (N,) positions in the database index
+    logits: np.ndarray  # (N, C) view-averaged logits
+    extra: dict[str, np.ndarray]  # per-video arrays a predictor returned (e.g. decisions)
+    skipped: int
+
+
+@torch.no_grad()
+def predict(predictor: Callable[[Tensor], dict[str, Tensor]], batches: Iterable[dict[str, Tensor]],
+            device: torch.device) -> Predictions:
+    """Run ``predictor(video (B, T, 3, S, S)) -> {"logits": (B, C), ...}`` over evaluation batches whose
+    videos carry a views axis; every output is averaged over a video's views (logits, as the original
+    does, and e.g. one-hot decisions into per-frame action shares)."""
+    idx, logits, extra, skipped = [], [], {}, 0
+    for batch in batches:
+        video, _, index, bad = _valid(batch, device)
+        skipped += bad
+        if len(index) == 0:
+            continue
+        b, v = video.shape[:2]
+        out = predictor(video.flatten(0, 1))
+        logits.append(out["logits"].float().view(b, v, -1).mean(dim=1).cpu())
+        for k, t in out.items():
+            if k != "logits":
+                extra.setdefault(k, []).append(t.float().view(b, v, *t.shape[1:]).mean(dim=1).cpu())
+        idx.append(index.cpu())
+    local = (torch.cat(idx).numpy() if idx else np.zeros(0, np.int64),
+             torch.cat(logits).numpy() if logits else None,
+             {k: torch.cat(v).numpy() for k, v in extra.items()}, skipped)
+    parts = all_gather_objects(local)
+    index = np.concatenate([p[0] for p in parts])
+    if len(index) == 0:
+        raise ValueError("evaluation produced no predictions (every record was skipped, or the set is empty)")
+    order = np.unique(index, return_index=True)[1]  # shards can repeat videos to even out; keep one each
+    cat = lambda arrays: np.concatenate([a for a in arrays if a is not None])[order]  # noqa: E731
+    return Predictions(index[order], cat([p[1] for p in parts]),
+                       {k: cat([p[2][k] for p in parts]) for k in parts[0][2]}, sum(p[3] for p in parts))
+
+
+def score(pred: Predictions, labels: tuple[tuple[int, ...], ...], num_classes: int, prefix: str = "val") -> dict[str, float]:
+    """top-1, top-5 and mAP (spec 8.4) of predictions against every video's labels (the database index)."""
+    primary = np.array([labels[i][0] if labels[i] else -1 for i in pred.index])
+    probs = softmax(pred.logits)
+    ap = average_precision(probs, multi_hot([labels[i] for i in pred.index], num_classes))
+    out = {f"{prefix}/top1": topk_accuracy(pred.logits, primary, 1), f"{prefix}/mAP": ap.mean,
+           f"{prefix}/videos": float(len(pred.index)), f"{prefix}/skipped_records": float(pred.skipped)}
+    if num_classes >= 5:
+        out[f"{prefix}/top5"] = topk_accuracy(pred.logits, primary, 5)
+    if ap.classes_without_positives:
+        out[f"{prefix}/classes_without_positives"] = float(ap.classes_without_positives)
+    return out

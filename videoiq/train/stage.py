@@ -1,0 +1,305 @@
+"""Build a stage from its config and the previous stages' checkpoints, then train and evaluate it.
+
+:func:`build_stage` turns a validated stage config into a :class:`Stage`: the models (initialised from
+local weight files or the previous stage's checkpoint, checked on load), the Task, the optimizer and
+schedule, and the evaluation. :func:`run_epochs` is the epoch loop with checkpointing and resume;
+:func:`run_stage` runs it in-process (``ray.num_workers: 0``), and the Ray Train worker runs the same
+loop on each worker. Hand-off between stages is by checkpoint path:
+
+* ``ap`` reads the ``fp`` checkpoint (``init.backbone_checkpoint``): its model initialises every width
+  and is the frozen KD teacher;
+* ``policy`` reads the ``ap`` checkpoint (its backbone, precision family and teacher: a ``fp``
+  checkpoint here is an error, the original's README trap) and the ``policy_pretrain`` checkpoint
+  (``init.policy_backbone_checkpoint``) for the policy's MobileNetV2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import APConfig, ConfigError, FPConfig, PolicyPretrainConfig, PolicyStageConfig, StageConfig, config_to_dict
+from ..data.records import VideoDB
+from ..flops import action_usage, video_cost
+from ..models import VideoIQ, create_model, load_fp_weights, load_fp_weights_file
+from ..quant import bit_width
+from .checkpoint import CheckpointError, load_checkpoint, load_role, model_entry, save_checkpoint
+from .loop import Predictions, predict, score, train_one_epoch
+from .optim import any_precision_groups, build_optimizer, build_scheduler, policy_groups, single_group
+from .tasks import AnyPrecisionTask, FPTask, PolicyTask, Task
+
+log = logging.getLogger("videoiq.train")
+
+
+@dataclass
+class Stage:
+    """Everything a stage's epochs need, built once per worker."""
+
+    cfg: StageConfig
+    task: Task
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    entries: dict[str, tuple[str, dict[str, Any], nn.Module]]  # role -> (registry name, kwargs, model)
+    classes: list[str]
+    val_labels: tuple[tuple[int, ...], ...]
+    evaluate: Callable[[Iterable[dict[str, Tensor]], torch.device], dict[str, float]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """The checkpoint of this stage after ``epoch`` completed epochs."""
+        extra = {"classes": self.classes, **self.extra}
+        if isinstance(self.task, PolicyTask):
+            extra["temperature"] = float(self.task.model.policy.temperature)
+        return {"stage": self.cfg.STAGE, "epoch": epoch, "config": config_to_dict(self.cfg),
+                "models": {role: model_entry(name, kw, m) for role, (name, kw, m) in self.entries.items()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "metrics": metrics, "extra": extra}
+
+    def restore(self, ckpt: dict[str, Any]) -> int:
+        """Load a checkpoint of this same stage (resume); returns the epochs already done."""
+        for role, (_, _, model) in self.entries.items():
+            model.load_state_dict(ckpt["models"][role]["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        return int(ckpt["epoch"])
+
+
+def dataset_classes(cfg: StageConfig) -> tuple[list[str], tuple[tuple[int, ...], ...]]:
+    """Class names (from the training database) and the validation labels; the two must agree."""
+    from ..data.specs import dataset_spec
+
+    train = VideoDB(cfg.data.lmdb_path(cfg.data.train_split))
+    val = VideoDB(cfg.data.lmdb_path(cfg.data.val_split))
+    if train.classes != val.classes:
+        raise ConfigError(f"{train.path} and {val.path} list different classes")
+    expected = dataset_spec(cfg.data.dataset).num_classes
+    if expected is not None and train.num_classes != expected:
+        raise ConfigError(f"data.dataset: {cfg.data.dataset} has {expected} classes, {train.path} has {train.num_classes}")
+    return train.classes, val.index.labels
+
+
+def _recognition(cfg: FPConfig | PolicyPretrainConfig, num_classes: int) -> tuple[str, dict[str, Any], nn.Module]:
+    kwargs = {"num_classes": num_classes, "dropout": cfg.model.dropout}
+    model = create_model(cfg.model.name, **kwargs)
+    if cfg.init.imagenet_weights:
+        log.info(load_fp_weights_file(model, cfg.init.imagenet_weights, load_head=False).summary())
+    return cfg.model.name, kwargs, model
+
+
+def _any_precision(cfg: APConfig, num_classes: int) -> tuple[dict[str, tuple[str, dict[str, Any], nn.Module]], str]:
+    q = cfg.quant
+    kwargs = {"num_classes": num_classes, "dropout": cfg.model.dropout, "bit_widths": list(q.bit_widths),
+              "switchable_bn": q.switchable_bn, "switchable_clip": q.switchable_clip, "clip_init": q.clip_init,
+              "mean_aligned": q.mean_aligned}
+    model = create_model(cfg.model.name, **kwargs)
+    entries = {"model": (cfg.model.name, kwargs, model)}
+    source = cfg.init.backbone_checkpoint
+    if source:
+        ckpt = load_checkpoint(source, stages=("fp",), what="init.backbone_checkpoint")
+        fp_entry = ckpt["models"]["model"]
+        if cfg.model.name != f"ap_{fp_entry['name']}":
+            raise CheckpointError(f"init.backbone_checkpoint: {source!r} holds a {fp_entry['name']}; "
+                                  f"model.name {cfg.model.name!r} needs its full-precision twin {cfg.model.name[3:]!r}")
+        teacher = load_role(ckpt, "model", source)
+        if fp_entry["kwargs"]["num_classes"] != num_classes:
+            raise CheckpointError(f"init.backbone_checkpoint: {source!r} has {fp_entry['kwargs']['num_classes']} "
+                                  f"classes, the data has {num_classes}")
+        log.info(load_fp_weights(model, teacher.state_dict(), source=source, load_head=True).summary())
+        if cfg.loss.teacher:
+            entries["teacher"] = (fp_entry["name"], fp_entry["kwargs"], teacher.eval())
+    elif cfg.init.imagenet_weights:
+        log.info(load_fp_weights_file(model, cfg.init.imagenet_weights, load_head=False).summary())
+    if cfg.loss.teacher and "teacher" not in entries:
+        raise ConfigError("loss.teacher: the KD teacher is the fp stage's model; set init.backbone_checkpoint")
+    return entries, source or ""
+
+
+def _policy(cfg: PolicyStageConfig, num_classes: int) -> tuple[dict[str, tuple[str, dict[str, Any], nn.Module]], VideoIQ]:
+    source = cfg.init.backbone_checkpoint
+    ckpt = load_checkpoint(source, stages=("ap",), what="init.backbone_checkpoint")
+    bb_entry = ckpt["models"]["model"]
+    family = tuple(bb_entry["kwargs"]["bit_widths"])
+    if cfg.quant is not None and tuple(cfg.quant.bit_widths) != family:
+        raise CheckpointError(f"quant.bit_widths {list(cfg.quant.bit_widths)} differs from the family {list(family)} "
+                              f"the ap checkpoint {source!r} was trained with (master width and order included)")
+    if bb_entry["kwargs"]["num_classes"] != num_classes:
+        raise CheckpointError(f"init.backbone_checkpoint: {source!r} has {bb_entry['kwargs']['num_classes']} classes, "
+                              f"the data has {num_classes}")
+    backbone = load_role(ckpt, "model", source)
+    entries: dict[str, tuple[str, dict[str, Any], nn.Module]] = {"model": (bb_entry["name"], bb_entry["kwargs"], backbone)}
+    teacher = None
+    if cfg.loss.teacher or cfg.policy.fp_action:
+        teacher = load_role(ckpt, "teacher", source)
+        entries["teacher"] = (ckpt["models"]["teacher"]["name"], ckpt["models"]["teacher"]["kwargs"], teacher)
+    p = cfg.policy
+    precisions = tuple(p.precisions) if p.precisions is not None else family
+    pkw = {"num_precisions": len(precisions) + int(p.fp_action), "skip_choices": list(p.skip_choices),
+           "hidden_size": p.hidden_size, "input_size": p.input_size, "dropout": p.dropout,
+           "num_classes": num_classes if p.aux_classifier else None, "temperature": p.temperature_init}
+    policy = create_model(p.model, **pkw)
+    if cfg.init.policy_backbone_checkpoint:
+        pre = load_checkpoint(cfg.init.policy_backbone_checkpoint, stages=("policy_pretrain",),
+                              what="init.policy_backbone_checkpoint")
+        mobilenet = load_role(pre, "model", cfg.init.policy_backbone_checkpoint)
+        try:
+            policy.features.load_state_dict(mobilenet.features.state_dict())
+        except RuntimeError as e:
+            raise CheckpointError(f"init.policy_backbone_checkpoint: its {pre['models']['model']['name']} does not fit "
+                                  f"policy.model {p.model!r}: {str(e).splitlines()[0]}") from None
+    entries["policy"] = (p.model, pkw, policy)
+    model = VideoIQ(backbone, policy, precisions=precisions, teacher=teacher, fp_action=p.fp_action)
+    return entries, model
+
+
+def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
+    """Models, task, optimizer, schedule and evaluation of a training stage (fp, ap, policy_pretrain, policy)."""
+    classes, val_labels = dataset_classes(cfg)
+    num_classes = len(classes)
+    if getattr(getattr(cfg, "model", None), "num_classes", None) not in (None, num_classes):
+        raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the data has {num_classes} classes")
+    extra: dict[str, Any] = {}
+    if isinstance(cfg, (FPConfig, PolicyPretrainConfig)):
+        name, kw, model = _recognition(cfg, num_classes)
+        entries = {"model": (name, kw, model)}
+        task: Task = FPTask(model)
+        groups = single_group(model, cfg.optim)
+
+        def evaluate(batches, dev):
+            return score(predict(lambda v: {"logits": model(v)}, batches, dev), val_labels, num_classes)
+    elif isinstance(cfg, APConfig):
+        entries, _ = _any_precision(cfg, num_classes)
+        model = entries["model"][2]
+        teacher = entries.get("teacher", (None, None, None))[2]
+        task = AnyPrecisionTask(model, cfg.quant.bit_widths, teacher, cfg.loss.kind, cfg.loss.kd_weight)
+        groups = any_precision_groups(model, cfg.optim)
+
+        def evaluate(batches, dev):
+            # one pass over the data; every width scores the same clips
+            def all_widths(v):
+                out = {}
+                for bits in cfg.quant.bit_widths:
+                    with bit_width(model, bits):
+                        out[f"b{bits}"] = model(v)
+                return {"logits": out[f"b{cfg.quant.bit_widths[0]}"], **out}
+            pred = predict(all_widths, batches, dev)
+            metrics = score(pred, val_labels, num_classes)
+            for bits in cfg.quant.bit_widths:
+                per = Predictions(pred.index, pred.extra[f"b{bits}"], {}, pred.skipped)
+                metrics.update({k.replace("val/", f"val/b{bits}/"): v for k, v in score(per, val_labels, num_classes).items()
+                                if k.endswith(("top1", "mAP"))})
+            return metrics
+    elif isinstance(cfg, PolicyStageConfig):
+        entries, model = _policy(cfg, num_classes)
+        task = PolicyTask(model, cfg.loss, cfg.policy.temperature_init, cfg.policy.temperature_decay)
+        groups = policy_groups(model.policy, cfg.optim)
+        cost = video_cost(model.backbone, model.policy, num_frames=cfg.data.num_frames * cfg.data.frames_per_segment,
+                          input_size=cfg.data.input_size)
+        extra.update({"actions": list(model.actions), "precisions": list(model.precisions)})
+
+        def evaluate(batches, dev):
+            model.eval()
+            pred = predict(lambda v: _videoiq_eval(model, v), batches, dev)
+            return policy_metrics(pred, model.actions, cost, val_labels, num_classes)
+    else:
+        raise ConfigError(f"stage {cfg.STAGE!r} does not train; run it with the eval launcher")
+    optimizer = build_optimizer(groups, cfg.optim)
+    for _, _, m in entries.values():
+        m.to(device)
+    return Stage(cfg, task, optimizer, build_scheduler(optimizer, cfg.optim), entries, classes, val_labels, evaluate, extra)
+
+
+def _videoiq_eval(model: VideoIQ, video: Tensor) -> dict[str, Tensor]:
+    out = model(video, deterministic=True)
+    return {"logits": out.logits, "decisions": out.decisions}
+
+
+def policy_metrics(pred: Predictions, actions: tuple[str, ...], cost: Any, labels: tuple[tuple[int, ...], ...],
+                   num_classes: int, prefix: str = "val") -> dict[str, float]:
+    """Accuracy, mAP, precision usage and GMACs per video of VideoIQ predictions."""
+    metrics = score(pred, labels, num_classes, prefix)
+    usage = action_usage(torch.from_numpy(pred.extra["decisions"]), actions)
+    metrics.update({f"{prefix}/usage/{a}": 100.0 * u for a, u in usage.items()})
+    g = cost.gmacs(usage)
+    metrics.update({f"{prefix}/gflops": g.total, f"{prefix}/gflops_backbone": g.backbone,
+                    f"{prefix}/gflops_run": cost.gmacs(usage, charge_skipped=False).total})
+    return metrics
+
+
+def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], Iterable[dict[str, Tensor]]],
+               val_batches: Callable[[], Iterable[dict[str, Tensor]]], device: torch.device, start_epoch: int,
+               on_epoch_end: Callable[[int, dict[str, float]], None]) -> dict[str, float]:
+    """Train from ``start_epoch`` to ``optim.epochs``; after each epoch evaluate and call ``on_epoch_end``
+    (which saves the checkpoint and logs). Returns the last epoch's metrics."""
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, stage.cfg.optim.epochs):
+        stage.task.on_epoch_start(epoch)
+        metrics = {"epoch": float(epoch + 1), "lr": stage.optimizer.param_groups[0]["lr"]}
+        if isinstance(stage.task, PolicyTask):
+            metrics["temperature"] = float(stage.task.model.policy.temperature)
+        metrics.update(train_one_epoch(stage.task, module, train_batches(epoch), stage.optimizer, device,
+                                       epoch=epoch, log_every=stage.cfg.logging.log_every))
+        stage.scheduler.step()
+        metrics.update(stage.evaluate(val_batches(), device))
+        on_epoch_end(epoch + 1, metrics)
+    return metrics
+
+
+def write_metrics(path: Path, metrics: dict[str, float]) -> None:
+    """Append one JSON line (the local record that never depends on wandb)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+
+
+def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
+              printer: Callable[[str], None] = print) -> dict[str, float]:
+    """Run a training stage in this process (no Ray) into ``out_dir``; resumes from its checkpoint there."""
+    from torch.utils.data import DataLoader
+
+    from ..data.clips import ClipSpec, VideoClipDataset
+    from .checkpoint import FILENAME
+
+    problems = cfg.input_problems()
+    if problems:
+        raise ConfigError("inputs not ready:\n  - " + "\n  - ".join(problems))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    torch.manual_seed(cfg.seed)
+    stage = build_stage(cfg, dev)
+    start = 0
+    if (out / FILENAME).exists():
+        ckpt = load_checkpoint(out / FILENAME, stages=(cfg.STAGE,), what="resume")
+        start = stage.restore(ckpt)
+        if start >= cfg.optim.epochs:
+            printer(f"{cfg.STAGE}: {out / FILENAME} already has all {start} epochs; nothing to do")
+            return dict(ckpt["metrics"])
+        printer(f"{cfg.STAGE}: resuming from {out / FILENAME} after epoch {start}")
+    ev = getattr(cfg, "eval", None)
+    train_ds = VideoClipDataset(cfg.data.lmdb_path(cfg.data.train_split), ClipSpec.from_config(cfg.data, train=True), cfg.seed)
+    val_ds = VideoClipDataset(cfg.data.lmdb_path(cfg.data.val_split), ClipSpec.from_config(
+        cfg.data, train=False, num_clips=ev.num_clips if ev else 1, num_crops=ev.num_crops if ev else 1))
+    workers = cfg.data.num_workers
+
+    def train_batches(epoch: int):
+        train_ds.set_epoch(epoch)
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        return DataLoader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, generator=g, num_workers=workers,
+                          drop_last=len(train_ds) > cfg.data.batch_size)
+
+    def val_batches():
+        return DataLoader(val_ds, batch_size=cfg.data.batch_size, num_workers=workers)
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        save_checkpoint(out / FILENAME, stage.payload(epoch, metrics))
+        write_metrics(out / "metrics.jsonl", metrics)
+        shown = {k: v for k, v in metrics.items() if k in ("epoch", "train/loss", "train/top1", "val/top1", "val/mAP", "val/gflops")}
+        printer(f"{cfg.STAGE}: " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+
+    return run_epochs(stage, stage.task.module, train_batches, val_batches, dev, start, on_epoch_end)
