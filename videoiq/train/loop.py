@@ -60,7 +60,7 @@ def train_one_epoch(task: Task, module: nn.Module, batches: Iterable[dict[str, T
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(label)
         if on_log is not None and log_every and steps % log_every == 0:
-            on_log({"epoch": epoch, "step": steps, "loss": float(losses["loss"]),
+            on_log({"epoch": epoch, "step": steps, "loss": float(losses["loss"].detach()),
                     "lr": optimizer.param_groups[0]["lr"]})
     totals = all_reduce_sum(torch.tensor([seen, correct, skipped, *sums.values()], dtype=torch.float64))
     n = max(totals[0].item(), 1.0)

@@ -234,9 +234,11 @@ def policy_metrics(pred: Predictions, actions: tuple[str, ...], cost: Any, label
 
 def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], Iterable[dict[str, Tensor]]],
                val_batches: Callable[[], Iterable[dict[str, Tensor]]], device: torch.device, start_epoch: int,
-               on_epoch_end: Callable[[int, dict[str, float]], None]) -> dict[str, float]:
+               on_epoch_end: Callable[[int, dict[str, float]], None],
+               on_log: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train from ``start_epoch`` to ``optim.epochs``; after each epoch evaluate and call ``on_epoch_end``
-    (which saves the checkpoint and logs). Returns the last epoch's metrics."""
+    (which saves the checkpoint and logs); ``on_log`` gets a progress record every ``logging.log_every``
+    steps. Returns the last epoch's metrics."""
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, stage.cfg.optim.epochs):
         stage.task.on_epoch_start(epoch)
@@ -244,7 +246,7 @@ def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], I
         if isinstance(stage.task, PolicyTask):
             metrics["temperature"] = float(stage.task.model.policy.temperature)
         metrics.update(train_one_epoch(stage.task, module, train_batches(epoch), stage.optimizer, device,
-                                       epoch=epoch, log_every=stage.cfg.logging.log_every))
+                                       epoch=epoch, log_every=stage.cfg.logging.log_every, on_log=on_log))
         stage.scheduler.step()
         metrics.update(stage.evaluate(val_batches(), device))
         on_epoch_end(epoch + 1, metrics)
@@ -302,4 +304,7 @@ def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
         shown = {k: v for k, v in metrics.items() if k in ("epoch", "train/loss", "train/top1", "val/top1", "val/mAP", "val/gflops")}
         printer(f"{cfg.STAGE}: " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
-    return run_epochs(stage, stage.task.module, train_batches, val_batches, dev, start, on_epoch_end)
+    def on_log(record: dict[str, float]) -> None:
+        printer(f"{cfg.STAGE}: epoch {record['epoch'] + 1} step {record['step']} loss={record['loss']:.4g} lr={record['lr']:.3g}")
+
+    return run_epochs(stage, stage.task.module, train_batches, val_batches, dev, start, on_epoch_end, on_log)
