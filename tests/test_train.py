@@ -110,6 +110,7 @@ def test_any_precision_loss_is_the_sum_over_widths():
     assert all(p.grad is not None for n, p in model.named_parameters() if "alpha" not in n or n.endswith((".32", ".4", ".2")))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoints_refuse_foreign_and_pickled_files(tmp_path):
     import pickle
 

@@ -1,0 +1,120 @@
+"""A stage on Ray Train: the per-worker function and the driver that builds the ``TorchTrainer``.
+
+Part of the thin Ray layer. Each worker builds the same :class:`~videoiq.train.stage.Stage` as the
+in-process path, wraps its task module in DDP (gloo on CPU, nccl on GPU) and runs
+:func:`~videoiq.train.stage.run_epochs`. Training clips come from this worker's Ray Data shard;
+validation reads the LMDB directly, each rank a disjoint slice with nothing dropped, and predictions
+are gathered so every rank reports the same numbers. Rank 0 writes the checkpoint (the same
+``checkpoint.pt`` format) and reports it; the run directory ``<ray.storage_path>/<name>`` also gets a
+``metrics.jsonl``. Re-running with the same name resumes from the latest checkpoint (Train V2).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ..config import ConfigError, StageConfig, config_from_dict, config_to_dict
+from ..data.clips import ClipSpec, VideoClipDataset
+from ..distributed import is_main, rank, world_size
+from ..ray_data import clip_dataset, iter_clip_batches, train_data_config
+from .checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from .stage import build_stage, run_epochs, write_metrics
+
+
+def run_name(cfg: StageConfig) -> str:
+    """The Ray run name: ``ray.name``, else ``<stage>_<dataset>``."""
+    return cfg.ray.name or f"{cfg.STAGE}_{cfg.data.dataset}"
+
+
+def _keep_epochs(path: Path, upto: int) -> None:
+    """Drop metric lines of epochs after ``upto`` (re-run after a restart), so none is counted twice."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("epoch", 0) <= upto]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
+    """What each Ray Train worker runs; returns the last epoch's metrics (``Result.return_value``)."""
+    cfg = config_from_dict(config["stage"])
+    run_dir = Path(config["run_dir"])
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+    stage = build_stage(cfg, device)
+    module = ray.train.torch.prepare_model(stage.task.module)
+    start, last = 0, {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            ckpt = load_checkpoint(Path(d) / FILENAME, stages=(cfg.STAGE,), what="resume")
+        start, last = stage.restore(ckpt), dict(ckpt["metrics"])
+    if is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _keep_epochs(run_dir / "metrics.jsonl", start)
+    batch = max(1, cfg.data.batch_size // world_size())
+    shard = ray.train.get_dataset_shard("train")
+    ev = getattr(cfg, "eval", None)
+    val = VideoClipDataset(cfg.data.lmdb_path(cfg.data.val_split), ClipSpec.from_config(
+        cfg.data, train=False, num_clips=ev.num_clips if ev else 1, num_crops=ev.num_crops if ev else 1))
+    val.positions = val.positions[rank()::world_size()]
+
+    def train_batches(epoch: int):
+        return iter_clip_batches(shard, batch)
+
+    def val_batches():
+        return torch.utils.data.DataLoader(val, batch_size=batch, num_workers=cfg.data.num_workers)
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        if is_main():
+            write_metrics(run_dir / "metrics.jsonl", metrics)
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(Path(d) / FILENAME, stage.payload(epoch, metrics))
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)  # every rank reports the same number of times
+
+    return run_epochs(stage, module, train_batches, val_batches, device, start, on_epoch_end) or last
+
+
+def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print) -> tuple[str, dict[str, float]]:
+    """Train a stage with ``cfg.ray.num_workers`` Ray Train workers; returns (checkpoint file, final metrics).
+
+    Connects to the cluster of ``RAY_ADDRESS`` (as ``ray job submit`` sets it) or starts a local one.
+    """
+    problems = cfg.input_problems()
+    if problems:
+        raise ConfigError("inputs not ready:\n  - " + "\n  - ".join(problems))
+    if cfg.ray.num_workers < 1:
+        raise ConfigError("ray.num_workers: 0 means in-process; use videoiq.train.stage.run_stage")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+    storage = os.path.abspath(cfg.ray.storage_path)
+    name = run_name(cfg)
+    spec = ClipSpec.from_config(cfg.data, train=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"stage": config_to_dict(cfg), "run_dir": os.path.join(storage, name)},
+        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
+        datasets={"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec)},
+        dataset_config=train_data_config(),
+    )
+    printer(f"{cfg.STAGE}: {cfg.ray.num_workers} Ray Train workers, run {os.path.join(storage, name)}")
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"{cfg.STAGE}: the run finished without a checkpoint")
+    return os.path.join(result.checkpoint.path, FILENAME), dict(result.return_value or result.metrics or {})
