@@ -129,3 +129,31 @@ def test_checkpoints_refuse_foreign_and_pickled_files(tmp_path):
         load_checkpoint(tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "none.pt", what="init.backbone_checkpoint")
+
+
+def test_eval_scores_every_kind_of_checkpoint(chain, tiny_videos):
+    from videoiq.train.evaluate import evaluate_checkpoint
+
+    runs, metrics = chain
+
+    def ev(path, **eval_section):
+        cfg = config_from_dict({"stage": "eval", "data": {"dataset": "custom", "root": str(tiny_videos), "num_frames": 4,
+                                                          "input_size": 32, "batch_size": 8, "num_workers": 0},
+                                "eval": {"checkpoint": str(path), **eval_section}})
+        return evaluate_checkpoint(cfg, printer=QUIET)
+
+    fp = ev(runs / "fp")
+    assert fp["metrics"]["val/top1"] == pytest.approx(metrics["fp"]["val/top1"])  # same clips, same model
+    assert json.loads((runs / "fp" / "eval_val.json").read_text())["metrics"] == fp["metrics"]
+    ap = ev(runs / "ap")["metrics"]
+    assert ap["val/b32/top1"] == pytest.approx(metrics["ap"]["val/b32/top1"])
+    assert ap["val/b32/gflops"] > ap["val/b4/gflops"] > ap["val/b2/gflops"]
+    argmax = ev(runs / "policy")
+    assert argmax["decisions"] == "argmax" and argmax["metrics"]["val/gflops"] == pytest.approx(metrics["policy"]["val/gflops"])
+    sampled = ev(runs / "policy", decisions="sampled", num_samples=3)
+    assert set(sampled["spread"]) == set(sampled["metrics"]) and sampled["spread"]["val/top1"] >= 0.0
+    with pytest.raises(ConfigError, match="eval.checkpoint: .*nothing.pt' does not exist"):
+        ev(runs / "nothing.pt")
+    with pytest.raises(CheckpointError, match="eval.checkpoint: .* has format"):
+        torch.save({"conv1.weight": torch.zeros(1)}, runs / "plain.pt")
+        ev(runs / "plain.pt")

@@ -204,8 +204,7 @@ def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
         extra.update({"actions": list(model.actions), "precisions": list(model.precisions)})
 
         def evaluate(batches, dev):
-            model.eval()
-            pred = predict(lambda v: _videoiq_eval(model, v), batches, dev)
+            pred = predict(lambda v: decide(model, v), batches, dev)
             return policy_metrics(pred, model.actions, cost, val_labels, num_classes)
     else:
         raise ConfigError(f"stage {cfg.STAGE!r} does not train; run it with the eval launcher")
@@ -215,8 +214,9 @@ def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
     return Stage(cfg, task, optimizer, build_scheduler(optimizer, cfg.optim), entries, classes, val_labels, evaluate, extra)
 
 
-def _videoiq_eval(model: VideoIQ, video: Tensor) -> dict[str, Tensor]:
-    out = model(video, deterministic=True)
+def decide(model: VideoIQ, video: Tensor, deterministic: bool = True) -> dict[str, Tensor]:
+    """VideoIQ logits and one-hot decisions of a batch (argmax, or Gumbel samples at the model's temperature)."""
+    out = model(video, deterministic=deterministic)
     return {"logits": out.logits, "decisions": out.decisions}
 
 
@@ -248,6 +248,7 @@ def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], I
         metrics.update(train_one_epoch(stage.task, module, train_batches(epoch), stage.optimizer, device,
                                        epoch=epoch, log_every=stage.cfg.logging.log_every, on_log=on_log))
         stage.scheduler.step()
+        stage.task.train(False)
         metrics.update(stage.evaluate(val_batches(), device))
         on_epoch_end(epoch + 1, metrics)
     return metrics

@@ -1,0 +1,94 @@
+"""The ``eval`` stage: score any stage's checkpoint on the validation split, with GFLOPs per video.
+
+* a ``fp`` or ``policy_pretrain`` checkpoint: top-1/top-5/mAP and the model's GMACs per video;
+* an ``ap`` checkpoint: the same at every width of its family (each priced at ``bit_cost(width)``);
+* a ``policy`` checkpoint: VideoIQ with argmax decisions (default), or ``eval.num_samples`` runs with
+  sampled Gumbel decisions at the checkpoint's temperature, reported as mean and standard deviation;
+  plus the share of frames at each action and GFLOPs per video in the paper's convention.
+
+Results are written as JSON next to the checkpoint (``eval_<split>.json``) and returned.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, EvalConfig
+from ..data.clips import ClipSpec, VideoClipDataset
+from ..flops import video_cost
+from ..models import VideoIQ
+from ..quant import bit_width
+from .checkpoint import CheckpointError, load_checkpoint, load_role, resolve
+from .loop import predict, score
+from .stage import decide, policy_metrics
+
+STAGES_SCORED = ("fp", "policy_pretrain", "ap", "policy")
+
+
+def videoiq_from_checkpoint(ckpt: dict[str, Any], source: str) -> VideoIQ:
+    """The VideoIQ model of a ``policy`` checkpoint (backbone, policy and teacher as trained)."""
+    models = ckpt["models"]
+    teacher = load_role(ckpt, "teacher", source) if "teacher" in models else None
+    return VideoIQ(load_role(ckpt, "model", source), load_role(ckpt, "policy", source),
+                   precisions=tuple(ckpt["extra"]["precisions"]), teacher=teacher,
+                   fp_action=ckpt["extra"]["actions"][0] == "fp")
+
+
+def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score ``cfg.eval.checkpoint`` on ``cfg.data``'s validation split; writes and returns the results."""
+    problems = cfg.input_problems()
+    if problems:
+        raise ConfigError("inputs not ready:\n  - " + "\n  - ".join(problems))
+    source = cfg.eval.checkpoint
+    ckpt = load_checkpoint(source, stages=STAGES_SCORED, what="eval.checkpoint")
+    spec = ClipSpec.from_config(cfg.data, train=False, num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops)
+    val = VideoClipDataset(cfg.data.lmdb_path(cfg.data.val_split), spec)
+    if val.db.classes != ckpt["extra"]["classes"]:
+        raise CheckpointError(f"eval.checkpoint: {source!r} was trained on other classes than {val.db.path} lists")
+    dev = torch.device(device)
+    labels, num_classes = val.db.index.labels, val.db.num_classes
+    frames, size = spec.frames, spec.size
+
+    def batches():
+        return torch.utils.data.DataLoader(val, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+
+    stage = ckpt["stage"]
+    results: dict[str, Any] = {"checkpoint": str(resolve(source)), "stage": stage, "split": cfg.data.val_split,
+                               "videos": len(val), "frames": frames, "input_size": size}
+    if stage == "policy":
+        model = videoiq_from_checkpoint(ckpt, source).to(dev).eval()
+        cost = video_cost(model.backbone, model.policy, num_frames=frames, input_size=size)
+        run = lambda deterministic: policy_metrics(  # noqa: E731
+            predict(lambda v: decide(model, v, deterministic), batches(), dev), model.actions, cost, labels, num_classes)
+        results["decisions"] = cfg.eval.decisions
+        if cfg.eval.decisions == "argmax":
+            results["metrics"] = run(True)
+        else:
+            runs = [run(False) for _ in range(cfg.eval.num_samples)]
+            results["metrics"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+            results["spread"] = {k: float(np.std([r[k] for r in runs])) for k in runs[0]}
+        results["actions"] = list(model.actions)
+    else:
+        model = load_role(ckpt, "model", source).to(dev).eval()
+        cost = video_cost(model, None, num_frames=frames, input_size=size)
+        family = ckpt["models"]["model"]["kwargs"].get("bit_widths") if stage == "ap" else None
+        if family:
+            results["metrics"] = {}
+            for bits in family:
+                with bit_width(model, bits):
+                    m = score(predict(lambda v: {"logits": model(v)}, batches(), dev), labels, num_classes)
+                m["val/gflops"] = cost.gmacs({f"{bits}bit": 1.0}, with_policy=False).total
+                results["metrics"].update({k.replace("val/", f"val/b{bits}/"): v for k, v in m.items()})
+        else:
+            results["metrics"] = score(predict(lambda v: {"logits": model(v)}, batches(), dev), labels, num_classes)
+            results["metrics"]["val/gflops"] = cost.gmacs({"32bit": 1.0}, with_policy=False).total
+    out = resolve(source).parent / f"eval_{cfg.data.val_split}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    printer(f"eval: {stage} checkpoint scored on {len(val)} videos; results in {out}")
+    return results
+
