@@ -16,7 +16,7 @@ from videoiq.config import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_YAMLS = sorted((ROOT / "launch" / "configs").glob("*.yaml"))
+STAGE_YAMLS = sorted((ROOT / "launch" / "configs").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

@@ -43,6 +43,16 @@ def _keep_epochs(path: Path, upto: int) -> None:
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
+def latest_checkpoint(run: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint with the most epochs among a run's ``checkpoint_*`` directories, if any."""
+    best = None
+    for path in run.glob(f"checkpoint_*/{FILENAME}"):
+        ckpt = load_checkpoint(path, what="resume")
+        if best is None or ckpt["epoch"] > best[1]["epoch"]:
+            best = (path, ckpt)
+    return best
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     """What each Ray Train worker runs; returns the last epoch's metrics (``Result.return_value``)."""
     cfg = config_from_dict(config["stage"])
@@ -99,6 +109,10 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print) -
         ray.init(address=os.environ.get("RAY_ADDRESS") or None)
     storage = os.path.abspath(cfg.ray.storage_path)
     name = run_name(cfg)
+    finished = latest_checkpoint(Path(storage) / name)
+    if finished is not None and finished[1]["epoch"] >= cfg.optim.epochs:
+        printer(f"{cfg.STAGE}: {finished[0]} already has all {finished[1]['epoch']} epochs; nothing to do")
+        return str(finished[0]), dict(finished[1]["metrics"])
     spec = ClipSpec.from_config(cfg.data, train=True)
     trainer = TorchTrainer(
         train_loop_per_worker,

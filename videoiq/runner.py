@@ -1,0 +1,153 @@
+"""Run a stage or the whole pipeline from config files: the code behind ``launch/*.py`` and ``videoiq run``.
+
+A stage runs in-process when ``ray.num_workers`` is 0 and on Ray Train workers otherwise (connecting
+to ``RAY_ADDRESS``, as ``ray job submit`` sets it, or starting a local Ray). Its output goes to the run
+directory ``<ray.storage_path>/<ray.name or stage_dataset>``; re-running the same command resumes it,
+and a finished stage is not trained again.
+
+The pipeline runs ``fp -> ap``, ``policy_pretrain``, ``policy``, then ``eval`` of the fp, ap (every
+width) and policy checkpoints, passing each checkpoint to the next stage's config
+(``init.backbone_checkpoint``, ``init.policy_backbone_checkpoint``, ``eval.checkpoint``), and prints
+one table: accuracy, mAP, GFLOPs per video and precision usage.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import STAGES, ConfigError, StageConfig, apply_overrides, config_from_dict, read_yaml
+
+PIPELINE = ("fp", "ap", "policy_pretrain", "policy", "eval")
+
+
+def run_dir(cfg: StageConfig) -> Path:
+    """Where a stage's run lives: ``<ray.storage_path>/<ray.name or <stage>_<dataset>>``."""
+    return Path(os.path.abspath(cfg.ray.storage_path)) / (cfg.ray.name or f"{cfg.STAGE}_{cfg.data.dataset}")
+
+
+def run_config(cfg: StageConfig, printer: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run one stage; returns ``{"checkpoint": path, "metrics": {...}}`` (for eval, the results too)."""
+    if cfg.STAGE == "eval":
+        from .train.evaluate import evaluate_checkpoint
+
+        results = evaluate_checkpoint(cfg, device="cuda" if cfg.ray.use_gpu else "cpu", printer=printer)
+        return {"checkpoint": results["checkpoint"], "metrics": results["metrics"], "results": results}
+    if cfg.ray.num_workers == 0:
+        from .train.stage import run_stage
+
+        out = run_dir(cfg)
+        metrics = run_stage(cfg, out, device="cuda" if cfg.ray.use_gpu else "cpu", printer=printer)
+        return {"checkpoint": str(out / "checkpoint.pt"), "metrics": metrics}
+    from .train.worker import run_stage_on_ray
+
+    path, metrics = run_stage_on_ray(cfg, printer=printer)
+    return {"checkpoint": path, "metrics": metrics}
+
+
+def load_stage_config(path: str, overrides: Sequence[str], stage: str | None = None) -> StageConfig:
+    """A stage config from YAML with ``--set`` overrides; ``stage`` (a launcher's) must match its ``stage:``."""
+    data = apply_overrides(read_yaml(path), overrides)
+    if stage is not None and data.get("stage") != stage:
+        raise ConfigError(f"{path}: is a {data.get('stage')!r} config; this launcher runs the {stage!r} stage")
+    return config_from_dict(data, path)
+
+
+def stage_main(stage: str | None, argv: Sequence[str] | None = None) -> int:
+    """``launch/<stage>.py --config FILE [--set KEY=VALUE ...]``: run one stage, print its checkpoint and metrics."""
+    parser = argparse.ArgumentParser(prog=f"launch/{stage}.py" if stage else "videoiq run",
+                                     description=f"Run the {stage or 'configured'} stage of VideoIQ.")
+    parser.add_argument("--config", required=True, help="stage YAML (launch/configs/...)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, values in YAML")
+    args = parser.parse_args(argv)
+    return _guard(lambda: _print_result(run_config(load_stage_config(args.config, args.set, stage))))
+
+
+def _print_result(result: dict[str, Any]) -> int:
+    print(json.dumps({"checkpoint": result["checkpoint"], "metrics": result["metrics"]}, indent=1))
+    return 0
+
+
+def _guard(fn: Callable[[], int]) -> int:
+    from .data.build import BuildError
+    from .train.checkpoint import CheckpointError
+
+    try:
+        return fn()
+    except (ConfigError, CheckpointError, BuildError, FileNotFoundError, ValueError) as e:
+        print(f"videoiq: error: {e}", flush=True)
+        return 2
+
+
+def run_pipeline(configs: dict[str, str], overrides: Sequence[str], printer: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the five stages from their config files, handing checkpoints on; returns every result."""
+    missing = [s for s in PIPELINE if s not in configs]
+    if missing:
+        raise ConfigError(f"the pipeline needs a config for every stage; missing: {', '.join(missing)}")
+    per_stage = {s: shared_overrides(s, overrides) for s in PIPELINE}
+    done: dict[str, dict[str, Any]] = {}
+
+    def stage(name: str, extra: Sequence[str] = ()) -> dict[str, Any]:
+        cfg = load_stage_config(configs[name], [*per_stage[name], *extra], name)
+        printer(f"==> {name}: {configs[name]}")
+        done[name] = run_config(cfg, printer)
+        return done[name]
+
+    fp = stage("fp")["checkpoint"]
+    ap = stage("ap", [f"init.backbone_checkpoint={fp}"])["checkpoint"]
+    pp = stage("policy_pretrain")["checkpoint"]
+    policy = stage("policy", [f"init.backbone_checkpoint={ap}", f"init.policy_backbone_checkpoint={pp}"])["checkpoint"]
+    evals = {}
+    for name, ckpt in (("fp", fp), ("ap", ap), ("policy", policy)):
+        cfg = load_stage_config(configs["eval"], [*per_stage["eval"], f"eval.checkpoint={ckpt}"], "eval")
+        printer(f"==> eval of the {name} checkpoint")
+        evals[name] = run_config(cfg, printer)["results"]
+    summary = {"checkpoints": {k: v["checkpoint"] for k, v in done.items()}, "eval": evals,
+               "table": summary_table(evals)}
+    out = run_dir(load_stage_config(configs["policy"], [*per_stage["policy"], f"init.backbone_checkpoint={ap}"], "policy")).parent
+    (out / "pipeline_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    printer(summary["table"])
+    printer(f"summary: {out / 'pipeline_summary.json'}")
+    return summary
+
+
+def shared_overrides(stage: str, overrides: Sequence[str]) -> list[str]:
+    """The pipeline-wide overrides that apply to ``stage`` (those whose section it has, e.g. no ``optim`` for
+    eval); an override no stage has is an error, so a typo is never silently dropped."""
+    sections = {s: {f.name for f in dataclasses.fields(STAGES[s])} | {"stage"} for s in PIPELINE}
+    for item in overrides:
+        top = item.split("=", 1)[0].split(".")[0].strip()
+        if not any(top in names for names in sections.values()):
+            raise ConfigError(f"--set {item!r}: no stage has a {top!r} section")
+    return [o for o in overrides if o.split("=", 1)[0].split(".")[0].strip() in sections[stage]]
+
+
+def summary_table(evals: dict[str, dict[str, Any]]) -> str:
+    """fp vs ap at each width vs VideoIQ: top-1, mAP, GFLOPs per video and the policy's usage."""
+    rows = [("full precision (fp)", evals["fp"]["metrics"], "")]
+    ap = evals["ap"]["metrics"]
+    for key in sorted({k.split("/")[1] for k in ap if k.startswith("val/b")}, key=lambda b: -int(b[1:])):
+        rows.append((f"any-precision at {key[1:]} bits", {k.replace(f"val/{key}/", "val/"): v for k, v in ap.items()
+                                                          if k.startswith(f"val/{key}/")}, ""))
+    pol = evals["policy"]["metrics"]
+    usage = ", ".join(f"{k.split('/')[-1]} {v:.0f}%" for k, v in pol.items() if k.startswith("val/usage/"))
+    rows.append((f"VideoIQ ({evals['policy']['decisions']})", pol, usage))
+    lines = [f"{'model':28s} {'top-1 %':>8s} {'mAP %':>7s} {'GFLOPs/video':>13s}  frames at each action",
+             "-" * 90]
+    for name, m, use in rows:
+        lines.append(f"{name:28s} {m['val/top1']:8.1f} {m['val/mAP']:7.1f} {m['val/gflops']:13.4f}  {use}")
+    return "\n".join(lines)
+
+
+def pipeline_main(argv: Sequence[str] | None = None) -> int:
+    """``launch/pipeline.py --fp F --ap A --policy-pretrain P --policy Q --eval E [--set ...]``."""
+    parser = argparse.ArgumentParser(prog="launch/pipeline.py", description="Run fp -> ap, policy_pretrain, policy, eval.")
+    for name in PIPELINE:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, help=f"the {name} stage YAML")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides applied to every stage")
+    args = parser.parse_args(argv)
+    return _guard(lambda: (run_pipeline({s: getattr(args, s) for s in PIPELINE}, args.set), 0)[1])
