@@ -20,11 +20,8 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest
 
-demo:
-	@echo "make demo: not available yet. It will generate the demo videos, start a local Ray cluster,"
-	@echo "submit the four-stage pipeline with 'ray job submit' and print fp vs ap vs VideoIQ accuracy"
-	@echo "and GFLOPs once the data (issue #3) and training stages (issue #4) land. Nothing was run."
-	@exit 2
+demo: install
+	bash launch/demo.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
