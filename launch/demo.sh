@@ -16,10 +16,18 @@ echo "==> 1/4 generating the demo set and converting it into $OUT/data (about 25
 "$BIN/videoiq" data synth "$OUT/data"
 
 echo "==> 2/4 starting a local Ray head on 127.0.0.1:$PORT (dashboard and job server on :$DASH)"
-"$BIN/ray" start --head --block --node-ip-address 127.0.0.1 --port "$PORT" --dashboard-host 127.0.0.1 \
+# Its own session (process group): stopping it stops exactly this cluster, never another Ray of this user
+# (which `ray stop` would).
+setsid "$BIN/ray" start --head --block --node-ip-address 127.0.0.1 --port "$PORT" --dashboard-host 127.0.0.1 \
     --dashboard-port "$DASH" --num-cpus 4 --disable-usage-stats > "$OUT/ray_head.log" 2>&1 &
 HEAD=$!
-trap 'echo "==> stopping the Ray head"; kill -TERM "$HEAD" 2>/dev/null || true; wait "$HEAD" 2>/dev/null || true' EXIT
+stop_head() {
+    echo "==> stopping the Ray head"
+    kill -TERM -- "-$HEAD" 2>/dev/null || return 0
+    for _ in $(seq 1 20); do kill -0 -- "-$HEAD" 2>/dev/null || return 0; sleep 1; done
+    kill -KILL -- "-$HEAD" 2>/dev/null || true
+}
+trap stop_head EXIT
 for _ in $(seq 1 120); do
     if "$BIN/ray" job list --address "http://127.0.0.1:$DASH" > /dev/null 2>&1; then break; fi
     if ! kill -0 "$HEAD" 2>/dev/null; then echo "the Ray head did not start; see $OUT/ray_head.log" >&2; exit 1; fi

@@ -1,0 +1,44 @@
+"""`ray job submit` of a launcher to a real `ray start --head` cluster, as the README and `make demo` do it."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_runs_a_stage(tiny_videos, tmp_path):
+    port, dash = _free_port(), _free_port()
+    address = f"http://127.0.0.1:{dash}"
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "4", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # its own process group
+    try:
+        deadline = time.time() + 120
+        while subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], capture_output=True).returncode:
+            assert time.time() < deadline and head.poll() is None, "the Ray head did not come up"
+            time.sleep(1)
+        job = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+             sys.executable, "launch/fp.py", "--config", "launch/configs/demo/fp.yaml", "--set",
+             f"data.root={tiny_videos}", "data.num_frames=4", "data.input_size=32", "optim.epochs=1",
+             "ray.cpus_per_worker=1", f"ray.storage_path={tmp_path}"],
+            capture_output=True, text=True, timeout=400, cwd=ROOT)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "succeeded" in job.stdout + job.stderr
+        checkpoints = list((tmp_path / "fp").glob("checkpoint_*/checkpoint.pt"))
+        assert len(checkpoints) == 1 and (tmp_path / "fp" / "metrics.jsonl").exists()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
