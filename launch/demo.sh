@@ -7,6 +7,7 @@ BIN="$PWD/.venv/bin"
 OUT="$PWD/demo_out"
 PORT="${DEMO_RAY_PORT:-6390}"
 DASH="${DEMO_DASHBOARD_PORT:-8265}"
+AGENT="${DEMO_AGENT_PORT:-52375}"  # not Ray's default 52365, which another local Ray may hold
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_AUTH_MODE=disabled   # the head listens on 127.0.0.1 only; use token auth on a shared cluster
 export WANDB_MODE="${WANDB_MODE:-offline}"
@@ -19,7 +20,8 @@ echo "==> 2/4 starting a local Ray head on 127.0.0.1:$PORT (dashboard and job se
 # Its own session (process group): stopping it stops exactly this cluster, never another Ray of this user
 # (which `ray stop` would).
 setsid "$BIN/ray" start --head --block --node-ip-address 127.0.0.1 --port "$PORT" --dashboard-host 127.0.0.1 \
-    --dashboard-port "$DASH" --num-cpus 4 --disable-usage-stats > "$OUT/ray_head.log" 2>&1 &
+    --dashboard-port "$DASH" --dashboard-agent-listen-port "$AGENT" --num-cpus 4 --disable-usage-stats \
+    > "$OUT/ray_head.log" 2>&1 &
 HEAD=$!
 stop_head() {
     echo "==> stopping the Ray head"
@@ -28,8 +30,9 @@ stop_head() {
     kill -KILL -- "-$HEAD" 2>/dev/null || true
 }
 trap stop_head EXIT
+# Ready when a trivial job runs: the job server answers before the node's job agent can take jobs.
 for _ in $(seq 1 120); do
-    if "$BIN/ray" job list --address "http://127.0.0.1:$DASH" > /dev/null 2>&1; then break; fi
+    if "$BIN/ray" job submit --address "http://127.0.0.1:$DASH" -- true > /dev/null 2>&1; then break; fi
     if ! kill -0 "$HEAD" 2>/dev/null; then echo "the Ray head did not start; see $OUT/ray_head.log" >&2; exit 1; fi
     sleep 1
 done

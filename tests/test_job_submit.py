@@ -18,15 +18,18 @@ def _free_port():
 
 
 def test_ray_job_submit_runs_a_stage(tiny_videos, tmp_path):
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     address = f"http://127.0.0.1:{dash}"
-    head = subprocess.Popen(
+    head = subprocess.Popen(  # its own agent port: the test session's Ray already holds the default one
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "4", "--disable-usage-stats"],
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--dashboard-agent-listen-port", str(agent),
+         "--num-cpus", "4", "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # its own process group
     try:
         deadline = time.time() + 120
-        while subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], capture_output=True).returncode:
+        # ready when a trivial job runs: the job server answers before the node's job agent takes jobs
+        while subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "true"],
+                             capture_output=True).returncode:
             assert time.time() < deadline and head.poll() is None, "the Ray head did not come up"
             time.sleep(1)
         job = subprocess.run(
