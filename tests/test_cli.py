@@ -64,7 +64,8 @@ def test_importing_the_core_does_not_import_ray():
     code = (
         "import sys, videoiq, videoiq.models, videoiq.config, videoiq.flops, videoiq.legacy, videoiq.quant, "
         "videoiq.cli, videoiq.data, videoiq.data.build, videoiq.data.clips, videoiq.data.synthetic, "
-        "videoiq.data.inspect, videoiq.bench.data, videoiq.train.stage, videoiq.metrics, videoiq.losses; "
+        "videoiq.data.inspect, videoiq.bench.data, videoiq.train.stage, videoiq.train.evaluate, videoiq.runner, "
+        "videoiq.tracking, videoiq.metrics, videoiq.losses; "
         "videoiq.create_model('resnet_tiny'); "
         "bad = [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]; print(bad); sys.exit(1 if bad else 0)"
     )

@@ -1,29 +1,99 @@
-"""A stage on real Ray Train workers (2, gloo DDP): checkpoint hand-off to the next stage and resume."""
+"""The whole pipeline on real Ray Train workers (2-worker DDP for fp, ap and policy): hand-off by
+checkpoint, resume after the driver is killed mid-run, and final numbers equal to what was logged."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from test_train import QUIET, _cfg
+import pytest
+import yaml
+from wandb_offline import read_runs
 
 from videoiq.train.checkpoint import load_checkpoint
-from videoiq.train.stage import run_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "launch" / "configs" / "demo"
+WORKERS = {"fp": 2, "ap": 2, "policy_pretrain": 1, "policy": 2}
+EPOCHS = {"fp": 4, "ap": 1, "policy_pretrain": 1, "policy": 2}
 
 
-def test_fp_on_two_workers_hands_off_and_resumes(ray_local, tiny_videos, tmp_path):
-    from videoiq.train.worker import run_stage_on_ray
+def _configs(tmp_path, data_root):
+    """The demo configs, resized for the tiny set (4 frames at 32 px), as files in ``tmp_path``."""
+    out = {}
+    for stage in ("fp", "ap", "policy_pretrain", "policy", "eval"):
+        cfg = yaml.safe_load((DEMO / f"{stage}.yaml").read_text())
+        cfg["data"].update(root=str(data_root), num_frames=4, input_size=32, batch_size=8)
+        cfg["ray"].update(storage_path=str(tmp_path / "runs"))
+        if stage in WORKERS:
+            cfg["ray"].update(num_workers=WORKERS[stage], cpus_per_worker=1)
+            cfg["optim"]["epochs"] = EPOCHS[stage]
+            cfg["logging"]["log_every"] = 1
+        out[stage] = tmp_path / f"{stage}.yaml"
+        out[stage].write_text(yaml.safe_dump(cfg))
+    return out
 
-    ray_cfg = {"num_workers": 2, "storage_path": str(tmp_path / "runs"), "name": "fp_tiny"}
-    cfg = _cfg("fp", tiny_videos, model={"name": "resnet_tiny"}, ray=ray_cfg)
-    path, metrics = run_stage_on_ray(cfg, printer=QUIET)
-    ckpt = load_checkpoint(path, stages=("fp",))
-    assert ckpt["epoch"] == 1 and metrics["epoch"] == 1.0 and metrics["val/videos"] == 8.0  # nothing dropped
-    assert metrics["train/videos"] == 16.0  # both shards together saw the whole training set once
-    # the Ray checkpoint is the next stage's input
-    ap = run_stage(_cfg("ap", tiny_videos, model={"name": "ap_resnet_tiny"}, init={"backbone_checkpoint": path}),
-                   tmp_path / "ap", printer=QUIET)
-    assert ap["epoch"] == 1.0
-    # the same command with more epochs resumes after epoch 1
-    longer = _cfg("fp", tiny_videos, model={"name": "resnet_tiny"}, ray=ray_cfg, optim={"epochs": 2})
-    path2, metrics2 = run_stage_on_ray(longer, printer=QUIET)
-    assert load_checkpoint(path2)["epoch"] == 2 and metrics2["epoch"] == 2.0
-    lines = [json.loads(x) for x in (tmp_path / "runs" / "fp_tiny" / "metrics.jsonl").read_text().splitlines()]
-    assert [x["epoch"] for x in lines] == [1.0, 2.0]
-    assert lines[0] == metrics  # epoch 1 was not re-run (its timings would differ), only epoch 2 was added
+
+def _close(a, b):
+    return a == pytest.approx(b, rel=1e-6, abs=1e-9)
+
+
+def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, tmp_path):
+    files = _configs(tmp_path, tiny_videos)
+    command = [sys.executable, "launch/pipeline.py", *[a for s, f in files.items()
+                                                       for a in (f"--{s.replace('_', '-')}", str(f))]]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "WANDB_MODE": "offline",
+           "PYTHONUNBUFFERED": "1"}
+    runs = tmp_path / "runs"
+
+    # 1. start the pipeline and SIGKILL its driver once fp has a checkpoint (epoch 1 or 2 of 4)
+    driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (runs / "fp" / "checkpoint_manager_snapshot.json").exists():
+        assert driver.poll() is None and time.time() < deadline, "the pipeline never checkpointed fp"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    killed_after = load_checkpoint(next((runs / "fp").glob("checkpoint_*/checkpoint.pt")))["epoch"]
+    assert 1 <= killed_after < EPOCHS["fp"]
+
+    # 2. the same command resumes fp after that checkpoint and runs everything else
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    resumed = [line for line in log.splitlines() if "fp: resuming from the checkpoint after epoch" in line]
+    assert resumed and resumed[0].endswith(f"after epoch {killed_after}"), log[-4000:]
+    fp_lines = [json.loads(x) for x in (runs / "fp" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in fp_lines] == [1.0, 2.0, 3.0, 4.0]  # each epoch once, none lost or repeated
+    assert all(x["train/videos"] == 16.0 and x["val/videos"] == 8.0 for x in fp_lines)  # 2 shards cover the set
+
+    # 3. hand-off: each stage was initialised from the checkpoint the previous stage wrote
+    summary = json.loads((runs / "pipeline_summary.json").read_text())
+    ckpts = {stage: load_checkpoint(path) for stage, path in summary["checkpoints"].items()}
+    assert ckpts["ap"]["config"]["init"]["backbone_checkpoint"] == summary["checkpoints"]["fp"]
+    assert ckpts["policy"]["config"]["init"]["backbone_checkpoint"] == summary["checkpoints"]["ap"]
+    assert ckpts["policy"]["config"]["init"]["policy_backbone_checkpoint"] == summary["checkpoints"]["policy_pretrain"]
+    assert {s: c["epoch"] for s, c in ckpts.items()} == EPOCHS
+    for key, value in ckpts["ap"]["models"]["model"]["state_dict"].items():  # the frozen backbone, unchanged
+        assert (ckpts["policy"]["models"]["model"]["state_dict"][key] == value).all(), key
+
+    # 4. the final numbers are the ones logged: eval JSON = pipeline summary = wandb; training too
+    wandb_runs = {}
+    for run in read_runs(runs):  # a resumed stage has an offline run per attempt; keep the finished one
+        if run.name and run.summary.get("epoch", 0) >= wandb_runs.get(run.name, run).summary.get("epoch", 0):
+            wandb_runs[run.name] = run
+    assert {r.group for r in wandb_runs.values()} == {"/".join(runs.parts[-2:])}
+    policy_eval = json.loads((Path(summary["checkpoints"]["policy"]).parent / "eval_val.json").read_text())
+    assert policy_eval["metrics"] == summary["eval"]["policy"]["metrics"]
+    logged = wandb_runs["eval-policy"].summary
+    assert all(_close(logged[k], v) for k, v in policy_eval["metrics"].items())
+    assert {"val/top1", "val/mAP", "val/gflops", "val/usage/32bit", "val/usage/skip1"} <= set(policy_eval["metrics"])
+    assert f"{policy_eval['metrics']['val/gflops']:13.4f}" in summary["table"] and summary["table"] in log
+    for stage in ("fp", "ap", "policy"):
+        last = json.loads((runs / stage / "metrics.jsonl").read_text().splitlines()[-1])
+        assert last == ckpts[stage]["metrics"]
+        assert all(_close(wandb_runs[stage].summary[k], v) for k, v in last.items()), stage
+    history = [row for run in read_runs(runs / "policy") for row in run.history if "temperature" in row]
+    assert [row["temperature"] for row in history] == pytest.approx([5.0, 5.0 * 0.956])

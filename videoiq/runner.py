@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import STAGES, ConfigError, StageConfig, apply_overrides, config_from_dict, read_yaml
+from .tracking import Tracker, resolve_mode
 
 PIPELINE = ("fp", "ap", "policy_pretrain", "policy", "eval")
 
@@ -90,9 +91,16 @@ def run_pipeline(configs: dict[str, str], overrides: Sequence[str], printer: Cal
         raise ConfigError(f"the pipeline needs a config for every stage; missing: {', '.join(missing)}")
     per_stage = {s: shared_overrides(s, overrides) for s in PIPELINE}
     done: dict[str, dict[str, Any]] = {}
+    out = Path(os.path.abspath(load_stage_config(configs["policy"], per_stage["policy"], "policy").ray.storage_path))
+    group = "/".join(out.parts[-2:])  # every stage's wandb run in one group, named after the storage path
+
+    def load(name: str, extra: Sequence[str] = ()) -> StageConfig:
+        cfg = load_stage_config(configs[name], [*per_stage[name], *extra], name)
+        cfg.logging.group = cfg.logging.group or group
+        return cfg
 
     def stage(name: str, extra: Sequence[str] = ()) -> dict[str, Any]:
-        cfg = load_stage_config(configs[name], [*per_stage[name], *extra], name)
+        cfg = load(name, extra)
         printer(f"==> {name}: {configs[name]}")
         done[name] = run_config(cfg, printer)
         return done[name]
@@ -103,13 +111,18 @@ def run_pipeline(configs: dict[str, str], overrides: Sequence[str], printer: Cal
     policy = stage("policy", [f"init.backbone_checkpoint={ap}", f"init.policy_backbone_checkpoint={pp}"])["checkpoint"]
     evals = {}
     for name, ckpt in (("fp", fp), ("ap", ap), ("policy", policy)):
-        cfg = load_stage_config(configs["eval"], [*per_stage["eval"], f"eval.checkpoint={ckpt}"], "eval")
+        cfg = load("eval", [f"eval.checkpoint={ckpt}"])
         printer(f"==> eval of the {name} checkpoint")
         evals[name] = run_config(cfg, printer)["results"]
+    rows = summary_rows(evals)
     summary = {"checkpoints": {k: v["checkpoint"] for k, v in done.items()}, "eval": evals,
-               "table": summary_table(evals)}
-    out = run_dir(load_stage_config(configs["policy"], [*per_stage["policy"], f"init.backbone_checkpoint={ap}"], "policy")).parent
+               "table": summary_table(rows)}
     (out / "pipeline_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    with Tracker.start(mode=resolve_mode(cfg.logging.wandb), directory=out, project=cfg.logging.project,
+                       name="pipeline", job_type="summary", group=cfg.logging.group,
+                       config={"configs": configs, "overrides": list(overrides)}) as tracker:
+        tracker.table("pipeline", [*SUMMARY_COLUMNS, "frames at each action"],
+                      [[name, *(m[k] for k in SUMMARY_METRICS), use] for name, m, use in rows])
     printer(summary["table"])
     printer(f"summary: {out / 'pipeline_summary.json'}")
     return summary
@@ -126,8 +139,12 @@ def shared_overrides(stage: str, overrides: Sequence[str]) -> list[str]:
     return [o for o in overrides if o.split("=", 1)[0].split(".")[0].strip() in sections[stage]]
 
 
-def summary_table(evals: dict[str, dict[str, Any]]) -> str:
-    """fp vs ap at each width vs VideoIQ: top-1, mAP, GFLOPs per video and the policy's usage."""
+SUMMARY_COLUMNS = ("model", "top-1 %", "mAP %", "GFLOPs/video")
+SUMMARY_METRICS = ("val/top1", "val/mAP", "val/gflops")
+
+
+def summary_rows(evals: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, float], str]]:
+    """fp vs ap at each width vs VideoIQ: ``(model, metrics, usage of each action)`` per row."""
     rows = [("full precision (fp)", evals["fp"]["metrics"], "")]
     ap = evals["ap"]["metrics"]
     for key in sorted({k.split("/")[1] for k in ap if k.startswith("val/b")}, key=lambda b: -int(b[1:])):
@@ -136,8 +153,13 @@ def summary_table(evals: dict[str, dict[str, Any]]) -> str:
     pol = evals["policy"]["metrics"]
     usage = ", ".join(f"{k.split('/')[-1]} {v:.0f}%" for k, v in pol.items() if k.startswith("val/usage/"))
     rows.append((f"VideoIQ ({evals['policy']['decisions']})", pol, usage))
-    lines = [f"{'model':28s} {'top-1 %':>8s} {'mAP %':>7s} {'GFLOPs/video':>13s}  frames at each action",
-             "-" * 90]
+    return rows
+
+
+def summary_table(rows: list[tuple[str, dict[str, float], str]]) -> str:
+    """The rows of :func:`summary_rows` as a text table."""
+    lines = [f"{SUMMARY_COLUMNS[0]:28s} {SUMMARY_COLUMNS[1]:>8s} {SUMMARY_COLUMNS[2]:>7s} {SUMMARY_COLUMNS[3]:>13s}"
+             "  frames at each action", "-" * 90]
     for name, m, use in rows:
         lines.append(f"{name:28s} {m['val/top1']:8.1f} {m['val/mAP']:7.1f} {m['val/gflops']:13.4f}  {use}")
     return "\n".join(lines)

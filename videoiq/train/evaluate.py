@@ -10,6 +10,7 @@ Results are written as JSON next to the checkpoint (``eval_<split>.json``) and r
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +24,10 @@ from ..data.clips import ClipSpec, VideoClipDataset
 from ..flops import video_cost
 from ..models import VideoIQ
 from ..quant import bit_width
+from ..tracking import resolve_mode
 from .checkpoint import CheckpointError, load_checkpoint, load_role, resolve
-from .loop import predict, score
-from .stage import decide, policy_metrics
+from .loop import Predictions, class_ap_table, predict, score
+from .stage import decide, policy_metrics, start_tracker
 
 STAGES_SCORED = ("fp", "policy_pretrain", "ap", "policy")
 
@@ -40,7 +42,11 @@ def videoiq_from_checkpoint(ckpt: dict[str, Any], source: str) -> VideoIQ:
 
 
 def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[[str], None] = print) -> dict[str, Any]:
-    """Score ``cfg.eval.checkpoint`` on ``cfg.data``'s validation split; writes and returns the results."""
+    """Score ``cfg.eval.checkpoint`` on ``cfg.data``'s validation split; writes and returns the results.
+
+    The results also go to a wandb run (``eval-<stage of the checkpoint>``, kept next to the JSON):
+    the metrics as its summary and the per-class AP as a table.
+    """
     problems = cfg.input_problems()
     if problems:
         raise ConfigError("inputs not ready:\n  - " + "\n  - ".join(problems))
@@ -60,16 +66,20 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
     stage = ckpt["stage"]
     results: dict[str, Any] = {"checkpoint": str(resolve(source)), "stage": stage, "split": cfg.data.val_split,
                                "videos": len(val), "frames": frames, "input_size": size}
+    scorings: dict[str, Predictions] = {}  # what the per-class AP table shows, by column
     if stage == "policy":
         model = videoiq_from_checkpoint(ckpt, source).to(dev).eval()
         cost = video_cost(model.backbone, model.policy, num_frames=frames, input_size=size)
-        run = lambda deterministic: policy_metrics(  # noqa: E731
-            predict(lambda v: decide(model, v, deterministic), batches(), dev), model.actions, cost, labels, num_classes)
+
+        def run(deterministic: bool, column: str) -> dict[str, float]:
+            scorings[column] = predict(lambda v: decide(model, v, deterministic), batches(), dev)
+            return policy_metrics(scorings[column], model.actions, cost, labels, num_classes)
+
         results["decisions"] = cfg.eval.decisions
         if cfg.eval.decisions == "argmax":
-            results["metrics"] = run(True)
+            results["metrics"] = run(True, "AP %")
         else:
-            runs = [run(False) for _ in range(cfg.eval.num_samples)]
+            runs = [run(False, f"AP % (sample {i + 1})") for i in range(cfg.eval.num_samples)]
             results["metrics"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
             results["spread"] = {k: float(np.std([r[k] for r in runs])) for k in runs[0]}
         results["actions"] = list(model.actions)
@@ -77,18 +87,20 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
         model = load_role(ckpt, "model", source).to(dev).eval()
         cost = video_cost(model, None, num_frames=frames, input_size=size)
         family = ckpt["models"]["model"]["kwargs"].get("bit_widths") if stage == "ap" else None
-        if family:
-            results["metrics"] = {}
-            for bits in family:
-                with bit_width(model, bits):
-                    m = score(predict(lambda v: {"logits": model(v)}, batches(), dev), labels, num_classes)
-                m["val/gflops"] = cost.gmacs({f"{bits}bit": 1.0}, with_policy=False).total
-                results["metrics"].update({k.replace("val/", f"val/b{bits}/"): v for k, v in m.items()})
-        else:
-            results["metrics"] = score(predict(lambda v: {"logits": model(v)}, batches(), dev), labels, num_classes)
-            results["metrics"]["val/gflops"] = cost.gmacs({"32bit": 1.0}, with_policy=False).total
-    out = resolve(source).parent / f"eval_{cfg.data.val_split}.json"
+        results["metrics"] = {}
+        for bits in family or (32,):
+            column = f"AP % ({bits} bits)" if family else "AP %"
+            with bit_width(model, bits) if family else contextlib.nullcontext():
+                scorings[column] = predict(lambda v: {"logits": model(v)}, batches(), dev)
+            m = score(scorings[column], labels, num_classes)
+            m["val/gflops"] = cost.gmacs({f"{bits}bit": 1.0}, with_policy=False).total
+            results["metrics"].update({k.replace("val/", f"val/b{bits}/") if family else k: v for k, v in m.items()})
+    folder = resolve(source).parent
+    out = folder / f"eval_{cfg.data.val_split}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
+    tracker = start_tracker(cfg, folder, resolve_mode(cfg.logging.wandb), name=f"eval-{stage}", job_type="eval")
+    with tracker:
+        tracker.summary({**results["metrics"], **{f"spread/{k}": v for k, v in results.get("spread", {}).items()}})
+        tracker.table("val/per_class_ap", *class_ap_table(scorings, labels, val.db.classes))
     printer(f"eval: {stage} checkpoint scored on {len(val)} videos; results in {out}")
     return results
-

@@ -7,17 +7,18 @@ Batches are dicts ``{"video": uint8, "label", "index", "valid"}`` from either re
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..data.transforms import normalize
 from ..distributed import all_gather_objects, all_reduce_sum
-from ..metrics import average_precision, multi_hot, softmax, topk_accuracy
+from ..metrics import APResult, average_precision, multi_hot, softmax, topk_accuracy
 from .tasks import Task
-
 
 
 class NonFiniteLoss(RuntimeError):
@@ -67,7 +68,8 @@ def train_one_epoch(task: Task, module: nn.Module, batches: Iterable[dict[str, T
     metrics = {f"train/{k.removeprefix('loss/') if k != 'loss' else 'loss'}": totals[3 + i].item() / n
                for i, k in enumerate(sums)}
     metrics.update({"train/top1": 100.0 * totals[1].item() / n, "train/videos": totals[0].item(),
-                    "train/skipped_records": totals[2].item(), "train/seconds": time.perf_counter() - start})
+                    "train/skipped_records": totals[2].item(), "train/seconds": time.perf_counter() - start,
+                    "train/steps": float(steps)})  # this rank's optimizer steps (the wandb step axis)
     return metrics
 
 
@@ -113,11 +115,27 @@ def predict(predictor: Callable[[Tensor], dict[str, Tensor]], batches: Iterable[
                        {k: cat([p[2][k] for p in parts]) for k in parts[0][2]}, sum(p[3] for p in parts))
 
 
+def class_ap(pred: Predictions, labels: tuple[tuple[int, ...], ...], num_classes: int) -> APResult:
+    """Average precision of each class on the softmax scores (spec 8.4), and their mean."""
+    return average_precision(softmax(pred.logits), multi_hot([labels[i] for i in pred.index], num_classes))
+
+
+def class_ap_table(predictions: Mapping[str, Predictions], labels: tuple[tuple[int, ...], ...],
+                   classes: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """Per-class AP of one or more scorings of the same videos (e.g. each bit width): the columns
+    ``class, <name> (AP %)..., videos`` and one row per class (AP ``None`` where no video has it)."""
+    first = next(iter(predictions.values()))
+    positives = multi_hot([labels[i] for i in first.index], len(classes)).sum(axis=0)
+    per = [class_ap(p, labels, len(classes)).per_class for p in predictions.values()]
+    rows = [[name, *[None if np.isnan(ap[c]) else round(float(ap[c]), 4) for ap in per], int(positives[c])]
+            for c, name in enumerate(classes)]
+    return ["class", *predictions, "videos"], rows
+
+
 def score(pred: Predictions, labels: tuple[tuple[int, ...], ...], num_classes: int, prefix: str = "val") -> dict[str, float]:
     """top-1, top-5 and mAP (spec 8.4) of predictions against every video's labels (the database index)."""
     primary = np.array([labels[i][0] if labels[i] else -1 for i in pred.index])
-    probs = softmax(pred.logits)
-    ap = average_precision(probs, multi_hot([labels[i] for i in pred.index], num_classes))
+    ap = class_ap(pred, labels, num_classes)
     out = {f"{prefix}/top1": topk_accuracy(pred.logits, primary, 1), f"{prefix}/mAP": ap.mean,
            f"{prefix}/videos": float(len(pred.index)), f"{prefix}/skipped_records": float(pred.skipped)}
     if num_classes >= 5:

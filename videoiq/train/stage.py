@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -30,12 +30,20 @@ from ..data.records import VideoDB
 from ..flops import action_usage, video_cost
 from ..models import VideoIQ, create_model, load_fp_weights, load_fp_weights_file
 from ..quant import bit_width
+from ..tracking import Tracker, resolve_mode
 from .checkpoint import CheckpointError, load_checkpoint, load_role, model_entry, save_checkpoint
-from .loop import Predictions, predict, score, train_one_epoch
+from .loop import Predictions, class_ap_table, predict, score, train_one_epoch
 from .optim import any_precision_groups, build_optimizer, build_scheduler, policy_groups, single_group
 from .tasks import AnyPrecisionTask, FPTask, PolicyTask, Task
 
 log = logging.getLogger("videoiq.train")
+
+
+class Evaluation(NamedTuple):
+    """One validation pass: the metrics and the predictions they were scored from (the main model's)."""
+
+    metrics: dict[str, float]
+    predictions: Predictions
 
 
 @dataclass
@@ -49,12 +57,13 @@ class Stage:
     entries: dict[str, tuple[str, dict[str, Any], nn.Module]]  # role -> (registry name, kwargs, model)
     classes: list[str]
     val_labels: tuple[tuple[int, ...], ...]
-    evaluate: Callable[[Iterable[dict[str, Tensor]], torch.device], dict[str, float]]
+    evaluate: Callable[[Iterable[dict[str, Tensor]], torch.device], Evaluation]
     extra: dict[str, Any] = field(default_factory=dict)
+    global_step: int = 0  # optimizer steps so far (rank 0's), the x axis of progress records
 
     def payload(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         """The checkpoint of this stage after ``epoch`` completed epochs."""
-        extra = {"classes": self.classes, **self.extra}
+        extra = {"classes": self.classes, "global_step": self.global_step, **self.extra}
         if isinstance(self.task, PolicyTask):
             extra["temperature"] = float(self.task.model.policy.temperature)
         return {"stage": self.cfg.STAGE, "epoch": epoch, "config": config_to_dict(self.cfg),
@@ -68,6 +77,7 @@ class Stage:
             model.load_state_dict(ckpt["models"][role]["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.global_step = int(ckpt["extra"].get("global_step", 0))
         return int(ckpt["epoch"])
 
 
@@ -172,7 +182,8 @@ def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
         groups = single_group(model, cfg.optim)
 
         def evaluate(batches, dev):
-            return score(predict(lambda v: {"logits": model(v)}, batches, dev), val_labels, num_classes)
+            pred = predict(lambda v: {"logits": model(v)}, batches, dev)
+            return Evaluation(score(pred, val_labels, num_classes), pred)
     elif isinstance(cfg, APConfig):
         entries, _ = _any_precision(cfg, num_classes)
         model = entries["model"][2]
@@ -194,7 +205,7 @@ def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
                 per = Predictions(pred.index, pred.extra[f"b{bits}"], {}, pred.skipped)
                 metrics.update({k.replace("val/", f"val/b{bits}/"): v for k, v in score(per, val_labels, num_classes).items()
                                 if k.endswith(("top1", "mAP"))})
-            return metrics
+            return Evaluation(metrics, pred)
     elif isinstance(cfg, PolicyStageConfig):
         entries, model = _policy(cfg, num_classes)
         task = PolicyTask(model, cfg.loss, cfg.policy.temperature_init, cfg.policy.temperature_decay)
@@ -205,7 +216,7 @@ def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
 
         def evaluate(batches, dev):
             pred = predict(lambda v: decide(model, v), batches, dev)
-            return policy_metrics(pred, model.actions, cost, val_labels, num_classes)
+            return Evaluation(policy_metrics(pred, model.actions, cost, val_labels, num_classes), pred)
     else:
         raise ConfigError(f"stage {cfg.STAGE!r} does not train; run it with the eval launcher")
     optimizer = build_optimizer(groups, cfg.optim)
@@ -234,7 +245,7 @@ def policy_metrics(pred: Predictions, actions: tuple[str, ...], cost: Any, label
 
 def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], Iterable[dict[str, Tensor]]],
                val_batches: Callable[[], Iterable[dict[str, Tensor]]], device: torch.device, start_epoch: int,
-               on_epoch_end: Callable[[int, dict[str, float]], None],
+               on_epoch_end: Callable[[int, dict[str, float], Evaluation], None],
                on_log: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train from ``start_epoch`` to ``optim.epochs``; after each epoch evaluate and call ``on_epoch_end``
     (which saves the checkpoint and logs); ``on_log`` gets a progress record every ``logging.log_every``
@@ -247,17 +258,63 @@ def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], I
             metrics["temperature"] = float(stage.task.model.policy.temperature)
         metrics.update(train_one_epoch(stage.task, module, train_batches(epoch), stage.optimizer, device,
                                        epoch=epoch, log_every=stage.cfg.logging.log_every, on_log=on_log))
+        stage.global_step += int(metrics["train/steps"])
         stage.scheduler.step()
         stage.task.train(False)
-        metrics.update(stage.evaluate(val_batches(), device))
-        on_epoch_end(epoch + 1, metrics)
+        evaluation = stage.evaluate(val_batches(), device)
+        metrics.update(evaluation.metrics)
+        on_epoch_end(epoch + 1, metrics, evaluation)
     return metrics
 
 
-def write_metrics(path: Path, metrics: dict[str, float]) -> None:
-    """Append one JSON line (the local record that never depends on wandb)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(metrics) + "\n")
+def start_tracker(cfg: StageConfig, run_dir: Path, mode: str, name: str | None = None,
+                  job_type: str | None = None) -> Tracker:
+    """The stage's wandb run (``mode`` from :func:`videoiq.tracking.resolve_mode`), kept in ``run_dir``."""
+    return Tracker.start(mode=mode, directory=run_dir, project=cfg.logging.project, name=name or run_dir.name,
+                         job_type=job_type or cfg.STAGE, group=cfg.logging.group, config=config_to_dict(cfg))
+
+
+class StageLog:
+    """Where a stage's results go (rank 0): progress lines, ``metrics.jsonl`` and the wandb run.
+
+    ``metrics.jsonl`` gets one line per epoch *before* the epoch's checkpoint is written, and lines of
+    epochs after the checkpoint a run resumes from are dropped (:meth:`resume`), so after any crash
+    the file holds each completed epoch exactly once. wandb gets the epoch after its checkpoint.
+    """
+
+    SHOWN = ("epoch", "train/loss", "train/top1", "val/top1", "val/mAP", "val/gflops")
+
+    def __init__(self, stage: Stage, run_dir: Path, printer: Callable[[str], None], tracker: Tracker):
+        self.stage, self.path, self.printer, self.tracker = stage, run_dir / "metrics.jsonl", printer, tracker
+
+    def resume(self, epoch: int) -> None:
+        """Keep only the lines of epochs up to ``epoch`` (the checkpoint a run continues from)."""
+        if self.path.exists():
+            lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("epoch", 0) <= epoch]
+            self.path.write_text("".join(ln + "\n" for ln in lines))
+
+    def record(self, metrics: dict[str, float]) -> None:
+        """Append the epoch's line to ``metrics.jsonl`` (the local record that never depends on wandb)."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def publish(self, epoch: int, metrics: dict[str, float], evaluation: Evaluation) -> None:
+        """Print the epoch and log it to wandb; after the last epoch also the summary and per-class AP."""
+        cfg = self.stage.cfg
+        shown = {k: v for k, v in metrics.items() if k in self.SHOWN}
+        self.printer(f"{cfg.STAGE}: " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+        self.tracker.log(metrics)
+        if epoch == cfg.optim.epochs:
+            self.tracker.summary(metrics)
+            self.tracker.table("val/per_class_ap", *class_ap_table({"AP %": evaluation.predictions},
+                                                                   self.stage.val_labels, self.stage.classes))
+
+    def step(self, record: dict[str, float]) -> None:
+        """A progress record from the loop every ``logging.log_every`` steps."""
+        self.printer(f"{self.stage.cfg.STAGE}: epoch {record['epoch'] + 1} step {record['step']} "
+                     f"loss={record['loss']:.4g} lr={record['lr']:.3g}")
+        self.tracker.log({"global_step": self.stage.global_step + record["step"], "step/loss": record["loss"],
+                          "step/lr": record["lr"]})
 
 
 def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
@@ -299,13 +356,13 @@ def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
     def val_batches():
         return DataLoader(val_ds, batch_size=cfg.data.batch_size, num_workers=workers)
 
-    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+    logbook = StageLog(stage, out, printer, start_tracker(cfg, out, resolve_mode(cfg.logging.wandb)))
+    logbook.resume(start)
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float], evaluation: Evaluation) -> None:
+        logbook.record(metrics)
         save_checkpoint(out / FILENAME, stage.payload(epoch, metrics))
-        write_metrics(out / "metrics.jsonl", metrics)
-        shown = {k: v for k, v in metrics.items() if k in ("epoch", "train/loss", "train/top1", "val/top1", "val/mAP", "val/gflops")}
-        printer(f"{cfg.STAGE}: " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+        logbook.publish(epoch, metrics, evaluation)
 
-    def on_log(record: dict[str, float]) -> None:
-        printer(f"{cfg.STAGE}: epoch {record['epoch'] + 1} step {record['step']} loss={record['loss']:.4g} lr={record['lr']:.3g}")
-
-    return run_epochs(stage, stage.task.module, train_batches, val_batches, dev, start, on_epoch_end, on_log)
+    with logbook.tracker:
+        return run_epochs(stage, stage.task.module, train_batches, val_batches, dev, start, on_epoch_end, logbook.step)

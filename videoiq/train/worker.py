@@ -6,11 +6,12 @@ in-process path, wraps its task module in DDP (gloo on CPU, nccl on GPU) and run
 validation reads the LMDB directly, each rank a disjoint slice with nothing dropped, and predictions
 are gathered so every rank reports the same numbers. Rank 0 writes the checkpoint (the same
 ``checkpoint.pt`` format) and reports it; the run directory ``<ray.storage_path>/<name>`` also gets a
-``metrics.jsonl``. Re-running with the same name resumes from the latest checkpoint (Train V2).
+``metrics.jsonl`` and rank 0's wandb run. Re-running with the same name resumes from the latest
+checkpoint (Train V2).
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -27,20 +28,14 @@ from ..config import ConfigError, StageConfig, config_from_dict, config_to_dict
 from ..data.clips import ClipSpec, VideoClipDataset
 from ..distributed import is_main, rank, world_size
 from ..ray_data import clip_dataset, iter_clip_batches, train_data_config
+from ..tracking import resolve_mode, wandb_env
 from .checkpoint import FILENAME, load_checkpoint, save_checkpoint
-from .stage import build_stage, run_epochs, write_metrics
+from .stage import Evaluation, StageLog, build_stage, run_epochs, start_tracker
 
 
 def run_name(cfg: StageConfig) -> str:
     """The Ray run name: ``ray.name``, else ``<stage>_<dataset>``."""
     return cfg.ray.name or f"{cfg.STAGE}_{cfg.data.dataset}"
-
-
-def _keep_epochs(path: Path, upto: int) -> None:
-    """Drop metric lines of epochs after ``upto`` (re-run after a restart), so none is counted twice."""
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("epoch", 0) <= upto]
-        path.write_text("".join(ln + "\n" for ln in lines))
 
 
 def latest_checkpoint(run: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -67,9 +62,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         with checkpoint.as_directory() as d:
             ckpt = load_checkpoint(Path(d) / FILENAME, stages=(cfg.STAGE,), what="resume")
         start, last = stage.restore(ckpt), dict(ckpt["metrics"])
-    if is_main():
+    logbook = None
+    if is_main():  # only rank 0 prints, writes metrics.jsonl and logs to wandb
         run_dir.mkdir(parents=True, exist_ok=True)
-        _keep_epochs(run_dir / "metrics.jsonl", start)
+        logbook = StageLog(stage, run_dir, print, start_tracker(cfg, run_dir, config["wandb_mode"]))
+        logbook.resume(start)
+        if start:
+            print(f"{cfg.STAGE}: resuming from the checkpoint after epoch {start}", flush=True)
     batch = max(1, cfg.data.batch_size // world_size())
     shard = ray.train.get_dataset_shard("train")
     ev = getattr(cfg, "eval", None)
@@ -83,16 +82,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     def val_batches():
         return torch.utils.data.DataLoader(val, batch_size=batch, num_workers=cfg.data.num_workers)
 
-    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-        if is_main():
-            write_metrics(run_dir / "metrics.jsonl", metrics)
-            with tempfile.TemporaryDirectory() as d:
-                save_checkpoint(Path(d) / FILENAME, stage.payload(epoch, metrics))
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
-        else:
+    def on_epoch_end(epoch: int, metrics: dict[str, float], evaluation: Evaluation) -> None:
+        if logbook is None:
             ray.train.report(metrics)  # every rank reports the same number of times
+            return
+        logbook.record(metrics)
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(Path(d) / FILENAME, stage.payload(epoch, metrics))
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+        logbook.publish(epoch, metrics, evaluation)
 
-    return run_epochs(stage, module, train_batches, val_batches, device, start, on_epoch_end) or last
+    with logbook.tracker if logbook else contextlib.nullcontext():
+        metrics = run_epochs(stage, module, train_batches, val_batches, device, start, on_epoch_end,
+                             logbook.step if logbook else None)
+    return metrics or last
 
 
 def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print) -> tuple[str, dict[str, float]]:
@@ -114,14 +117,16 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print) -
         printer(f"{cfg.STAGE}: {finished[0]} already has all {finished[1]['epoch']} epochs; nothing to do")
         return str(finished[0]), dict(finished[1]["metrics"])
     spec = ClipSpec.from_config(cfg.data, train=True)
+    mode = resolve_mode(cfg.logging.wandb)  # here, where the user's environment is; workers may not have it
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"stage": config_to_dict(cfg), "run_dir": os.path.join(storage, name)},
+        train_loop_config={"stage": config_to_dict(cfg), "run_dir": os.path.join(storage, name), "wandb_mode": mode},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
-                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                             worker_runtime_env={"env_vars": wandb_env()} if mode == "online" else None),
         datasets={"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec)},
         dataset_config=train_data_config(),
     )
