@@ -11,7 +11,11 @@ from setuptools import find_packages, setup
 _VERSION = {}
 exec((Path(__file__).parent / "videoiq" / "_version.py").read_text(), _VERSION)
 
-RAY = ["ray[train,tune,data,default]>=2.40"]
+RAY = [
+    "ray[train,tune,data,default]>=2.40",
+    "optuna>=3.0",  # multi-objective (accuracy, GFLOPs) search in Tune sweeps
+    "matplotlib>=3.7",  # the sweep's accuracy-vs-GFLOPs Pareto plot
+]
 
 setup(
     name="videoiq",

@@ -9,6 +9,8 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # reports in 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from helpers import QUIET, TINY_POLICY, stage_config  # noqa: E402
+
 from videoiq.data.synthetic import SynthConfig, write_synthetic  # noqa: E402
 
 TINY = SynthConfig(num_classes=4, train_per_class=4, val_per_class=2, min_frames=8, max_frames=12, size=32)
@@ -38,3 +40,23 @@ def ray_local():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def trained_stages(tiny_videos, tmp_path_factory):
+    """fp -> ap, policy_pretrain, policy on tiny models, in-process, one epoch each (fp two), once per session:
+    ``(runs folder, {stage: final metrics})`` with the checkpoints in ``runs/{fp,ap,pp,policy}``."""
+    from videoiq.train.stage import run_stage
+
+    runs = tmp_path_factory.mktemp("runs")
+    out = {"fp": run_stage(stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}, optim={"epochs": 2}),
+                           runs / "fp", printer=QUIET)}
+    out["ap"] = run_stage(stage_config("ap", tiny_videos, model={"name": "ap_resnet_tiny"},
+                                       init={"backbone_checkpoint": str(runs / "fp")}), runs / "ap", printer=QUIET)
+    out["policy_pretrain"] = run_stage(stage_config("policy_pretrain", tiny_videos, model={"name": "mobilenet_v2_tiny"}),
+                                       runs / "pp", printer=QUIET)
+    init = {"backbone_checkpoint": str(runs / "ap" / "checkpoint.pt"), "policy_backbone_checkpoint": str(runs / "pp")}
+    out["policy"] = run_stage(stage_config("policy", tiny_videos, policy=TINY_POLICY, init=init,
+                                           optim={"policy_lr": 0.01, "policy_backbone_lr": 0.001}),
+                              runs / "policy", printer=QUIET)
+    return runs, out

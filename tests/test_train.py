@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import QUIET, stage_config as _cfg
+
 from videoiq.config import ConfigError, config_from_dict
 from videoiq.losses import soft_cross_entropy
 from videoiq.models import create_model
@@ -12,37 +14,8 @@ from videoiq.train.checkpoint import CheckpointError, load_checkpoint, save_chec
 from videoiq.train.stage import run_stage
 from videoiq.train.tasks import AnyPrecisionTask
 
-QUIET = lambda line: None  # noqa: E731
-
-
-def _cfg(stage, root, **sections):
-    data = {"dataset": "custom", "root": str(root), "num_frames": 4, "input_size": 32, "batch_size": 8,
-            "num_workers": 0}
-    base = {"stage": stage, "data": data, "optim": {"epochs": 1, "lr": 0.05}, "ray": {"num_workers": 0}}
-    for k, v in sections.items():
-        base[k] = {**base.get(k, {}), **v}
-    return config_from_dict(base)
-
-
-@pytest.fixture(scope="module")
-def chain(tiny_videos, tmp_path_factory):
-    """fp -> ap, policy_pretrain, policy on tiny models, one epoch each (fp two), run once for this module."""
-    runs = tmp_path_factory.mktemp("runs")
-    out = {}
-    out["fp"] = run_stage(_cfg("fp", tiny_videos, model={"name": "resnet_tiny"}, optim={"epochs": 2}), runs / "fp", printer=QUIET)
-    out["ap"] = run_stage(_cfg("ap", tiny_videos, model={"name": "ap_resnet_tiny"},
-                               init={"backbone_checkpoint": str(runs / "fp")}), runs / "ap", printer=QUIET)
-    out["policy_pretrain"] = run_stage(_cfg("policy_pretrain", tiny_videos, model={"name": "mobilenet_v2_tiny"}),
-                                       runs / "pp", printer=QUIET)
-    policy = {"model": "policy_mobilenet_v2_tiny", "hidden_size": 32, "input_size": 32, "skip_choices": [1]}
-    init = {"backbone_checkpoint": str(runs / "ap" / "checkpoint.pt"), "policy_backbone_checkpoint": str(runs / "pp")}
-    out["policy"] = run_stage(_cfg("policy", tiny_videos, policy=policy, init=init,
-                                   optim={"policy_lr": 0.01, "policy_backbone_lr": 0.001}), runs / "policy", printer=QUIET)
-    return runs, out
-
-
-def test_the_four_stages_chain_by_checkpoint(chain):
-    runs, metrics = chain
+def test_the_four_stages_chain_by_checkpoint(trained_stages):
+    runs, metrics = trained_stages
     assert metrics["fp"]["epoch"] == 2.0 and 0.0 <= metrics["fp"]["val/top1"] <= 100.0
     assert {"val/b32/top1", "val/b4/top1", "val/b2/top1", "train/b32", "train/b2"} <= set(metrics["ap"])
     ap = load_checkpoint(runs / "ap", stages=("ap",))
@@ -60,8 +33,8 @@ def test_the_four_stages_chain_by_checkpoint(chain):
         assert torch.equal(policy["models"]["model"]["state_dict"][key], value), key
 
 
-def test_resume_continues_at_the_next_epoch(chain, tiny_videos, tmp_path):
-    runs, _ = chain
+def test_resume_continues_at_the_next_epoch(trained_stages, tiny_videos, tmp_path):
+    runs, _ = trained_stages
     lines = []
     cfg = _cfg("policy_pretrain", tiny_videos, model={"name": "mobilenet_v2_tiny"}, optim={"epochs": 2})
     import shutil
@@ -74,8 +47,8 @@ def test_resume_continues_at_the_next_epoch(chain, tiny_videos, tmp_path):
     assert "already has all 2 epochs" in again[0]
 
 
-def test_hand_off_traps_are_errors(chain, tiny_videos, tmp_path):
-    runs, _ = chain
+def test_hand_off_traps_are_errors(trained_stages, tiny_videos, tmp_path):
+    runs, _ = trained_stages
     policy = {"model": "policy_mobilenet_v2_tiny", "hidden_size": 32, "input_size": 32}
     with pytest.raises(CheckpointError, match="is a 'fp'-stage checkpoint; expected 'ap'"):
         run_stage(_cfg("policy", tiny_videos, policy=policy, init={"backbone_checkpoint": str(runs / "fp")}),
@@ -131,10 +104,10 @@ def test_checkpoints_refuse_foreign_and_pickled_files(tmp_path):
         load_checkpoint(tmp_path / "none.pt", what="init.backbone_checkpoint")
 
 
-def test_eval_scores_every_kind_of_checkpoint(chain, tiny_videos):
+def test_eval_scores_every_kind_of_checkpoint(trained_stages, tiny_videos):
     from videoiq.train.evaluate import evaluate_checkpoint
 
-    runs, metrics = chain
+    runs, metrics = trained_stages
 
     def ev(path, **eval_section):
         cfg = config_from_dict({"stage": "eval", "data": {"dataset": "custom", "root": str(tiny_videos), "num_frames": 4,

@@ -155,6 +155,34 @@ def _bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_report(args: argparse.Namespace) -> int:
+    from .experiment import build_report
+
+    build_report(args.experiment, printer=print)
+    return 0
+
+
+def _tune_run(args: argparse.Namespace) -> int:
+    from .sweep import load_sweep
+    from .tune import run_sweep
+
+    run_sweep(load_sweep(args.sweep, args.storage_path, args.set))
+    return 0
+
+
+def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
+    tune = sub.add_parser("tune", help="Ray Tune sweeps of the policy stage and their Pareto reports")
+    tsub = tune.add_subparsers(dest="tune_command", required=True)
+    run = tsub.add_parser("run", help="run (or continue) a sweep: the same as launch/tune.py")
+    run.add_argument("sweep", help="sweep YAML (tune_configs/...)")
+    run.add_argument("--storage-path", help="where experiments live (default: the sweep file's storage_path)")
+    run.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="values fixed for every trial")
+    run.set_defaults(run=_tune_run)
+    report = tsub.add_parser("report", help="rebuild pareto.csv/json/png of a finished or interrupted sweep, print the table")
+    report.add_argument("experiment", help="the experiment folder, <storage_path>/<name>")
+    report.set_defaults(run=_tune_report)
+
+
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="convert videos or frame folders into LMDB, inspect, generate the demo set")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -263,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--fp-action", action="store_true", help="offer the full-precision teacher as an action")
     flops.set_defaults(run=_flops)
     _add_data_commands(sub)
+    _add_tune_commands(sub)
     return parser
 
 

@@ -631,32 +631,43 @@ def _schema_check(cls: type, path: list[str], source: str) -> None:
         tp = typing.get_type_hints(tp)[key]
 
 
+def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
+    """``"a.b=value"`` -> ``("a.b", value)``, the value parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"{source} {item!r}: expected key=value, e.g. optim.lr=0.001")
+    key, raw = item.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} {item!r}: value is not valid YAML: {e}") from None
+
+
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str = "--set") -> dict[str, Any]:
     """Apply ``a.b=value`` overrides to a raw config dict; values are parsed as YAML."""
+    for item in overrides:
+        key, value = parse_override(item, source)
+        set_value(data, key, value, f"{source} {item!r}")
+    return data
+
+
+def set_value(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set the dotted ``key`` of a raw config dict to ``value``, checking the key against the stage's
+    schema (``source`` names where the key came from in errors)."""
     stage = data.get("stage")
     cls = STAGES.get(stage) if isinstance(stage, str) else None
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{source} {item!r}: expected key=value, e.g. optim.lr=0.001")
-        key, raw = item.split("=", 1)
-        path = key.strip().split(".")
-        if not all(path):
-            raise ConfigError(f"{source} {item!r}: empty key segment")
-        if path == ["stage"]:
-            raise ConfigError(f"{source} {item!r}: the stage comes from the config file, it cannot be overridden")
-        if cls is not None:
-            _schema_check(cls, path, f"{source} {item!r}")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source} {item!r}: value is not valid YAML: {e}") from None
-        node = data
-        for part in path[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[path[-1]] = value
-    return data
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"{source}: empty key segment")
+    if path == ["stage"]:
+        raise ConfigError(f"{source}: the stage comes from the config file, it cannot be overridden")
+    if cls is not None:
+        _schema_check(cls, path, source)
+    node = data
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

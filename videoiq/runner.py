@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import STAGES, ConfigError, StageConfig, apply_overrides, config_from_dict, read_yaml
-from .tracking import Tracker, resolve_mode
+from .tracking import Tracker, TrackingError, resolve_mode
 
 PIPELINE = ("fp", "ap", "policy_pretrain", "policy", "eval")
 
@@ -65,7 +65,7 @@ def stage_main(stage: str | None, argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="stage YAML (launch/configs/...)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, values in YAML")
     args = parser.parse_args(argv)
-    return _guard(lambda: _print_result(run_config(load_stage_config(args.config, args.set, stage))))
+    return guard(lambda: _print_result(run_config(load_stage_config(args.config, args.set, stage))))
 
 
 def _print_result(result: dict[str, Any]) -> int:
@@ -73,13 +73,14 @@ def _print_result(result: dict[str, Any]) -> int:
     return 0
 
 
-def _guard(fn: Callable[[], int]) -> int:
+def guard(fn: Callable[[], int]) -> int:
+    """Run a launcher's body; a bad config, checkpoint or input is one ``videoiq: error:`` line and exit 2."""
     from .data.build import BuildError
     from .train.checkpoint import CheckpointError
 
     try:
         return fn()
-    except (ConfigError, CheckpointError, BuildError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, BuildError, TrackingError, FileNotFoundError, ValueError) as e:
         print(f"videoiq: error: {e}", flush=True)
         return 2
 
@@ -172,4 +173,4 @@ def pipeline_main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, help=f"the {name} stage YAML")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides applied to every stage")
     args = parser.parse_args(argv)
-    return _guard(lambda: (run_pipeline({s: getattr(args, s) for s in PIPELINE}, args.set), 0)[1])
+    return guard(lambda: (run_pipeline({s: getattr(args, s) for s in PIPELINE}, args.set), 0)[1])

@@ -16,6 +16,7 @@ metrics are plotted against ``epoch``, progress records (``step/*``) against ``g
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 MODES = ("online", "offline", "disabled")
+log = logging.getLogger("videoiq.tracking")
 
 
 class TrackingError(RuntimeError):
@@ -102,6 +104,13 @@ class Tracker:
 
             self.run.log({key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
 
+    def image(self, key: str, path: str | os.PathLike) -> None:
+        """Log an image file (e.g. the Pareto plot) under ``key``."""
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path))})
+
     def __enter__(self) -> Tracker:
         return self
 
@@ -109,6 +118,15 @@ class Tracker:
         self.finish(failed=kind is not None)
 
     def finish(self, failed: bool = False) -> None:
-        if self.run is not None:
-            self.run.finish(exit_code=1 if failed else 0)
-            self.run = None
+        if self.run is None:
+            return
+        import wandb
+
+        run, self.run = self.run, None
+        try:
+            run.finish(exit_code=1 if failed else 0)
+            # stop wandb's service process now: left to the interpreter's exit, its teardown races the
+            # end of Ray worker processes and prints a spurious "Connection lost" traceback
+            wandb.teardown()
+        except Exception as e:  # the dashboard must never fail a run whose results are already on disk
+            log.warning("wandb: closing the run failed (%s: %s); metrics.jsonl has every result", type(e).__name__, e)

@@ -113,3 +113,15 @@ def load_role(ckpt: dict[str, Any], role: str, source: str) -> nn.Module:
     if entry is None:
         raise CheckpointError(f"{source}: a {ckpt.get('stage')!r} checkpoint without a {role!r} model")
     return build_from_entry(entry, role, source)
+
+
+def latest_checkpoint(run: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint with the most epochs in a run directory, and its content: ``checkpoint.pt`` of an
+    in-process run, or the newest of a Ray run's ``checkpoint_*/checkpoint.pt``; ``None`` if it has none."""
+    best = None
+    for path in [Path(run) / FILENAME, *sorted(Path(run).glob(f"checkpoint_*/{FILENAME}"))]:
+        if path.is_file():
+            ckpt = load_checkpoint(path, what="resume")
+            if best is None or ckpt["epoch"] > best[1]["epoch"]:
+                best = (path, ckpt)
+    return best

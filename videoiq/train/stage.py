@@ -318,8 +318,12 @@ class StageLog:
 
 
 def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
-              printer: Callable[[str], None] = print) -> dict[str, float]:
-    """Run a training stage in this process (no Ray) into ``out_dir``; resumes from its checkpoint there."""
+              printer: Callable[[str], None] = print,
+              on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+    """Run a training stage in this process (no Ray) into ``out_dir``; resumes from its checkpoint there.
+
+    ``on_epoch(epoch, metrics)`` is called after each epoch's checkpoint is written (a Tune trial reports there).
+    """
     from torch.utils.data import DataLoader
 
     from ..data.clips import ClipSpec, VideoClipDataset
@@ -363,6 +367,8 @@ def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
         logbook.record(metrics)
         save_checkpoint(out / FILENAME, stage.payload(epoch, metrics))
         logbook.publish(epoch, metrics, evaluation)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
 
     with logbook.tracker:
         return run_epochs(stage, stage.task.module, train_batches, val_batches, dev, start, on_epoch_end, logbook.step)

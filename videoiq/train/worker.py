@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +30,7 @@ from ..data.clips import ClipSpec, VideoClipDataset
 from ..distributed import is_main, rank, world_size
 from ..ray_data import clip_dataset, iter_clip_batches, train_data_config
 from ..tracking import resolve_mode, wandb_env
-from .checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from .checkpoint import FILENAME, latest_checkpoint, load_checkpoint, save_checkpoint
 from .stage import Evaluation, StageLog, build_stage, run_epochs, start_tracker
 
 
@@ -38,14 +39,13 @@ def run_name(cfg: StageConfig) -> str:
     return cfg.ray.name or f"{cfg.STAGE}_{cfg.data.dataset}"
 
 
-def latest_checkpoint(run: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint with the most epochs among a run's ``checkpoint_*`` directories, if any."""
-    best = None
-    for path in run.glob(f"checkpoint_*/{FILENAME}"):
-        ckpt = load_checkpoint(path, what="resume")
-        if best is None or ckpt["epoch"] > best[1]["epoch"]:
-            best = (path, ckpt)
-    return best
+def _say(line: str) -> None:
+    """A progress line to the worker's stdout, which Ray forwards to the driver and the job's log.
+
+    Not ``print``: Ray Train patches it to also log each line, so every line would appear twice.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
@@ -65,10 +65,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     logbook = None
     if is_main():  # only rank 0 prints, writes metrics.jsonl and logs to wandb
         run_dir.mkdir(parents=True, exist_ok=True)
-        logbook = StageLog(stage, run_dir, print, start_tracker(cfg, run_dir, config["wandb_mode"]))
+        logbook = StageLog(stage, run_dir, _say, start_tracker(cfg, run_dir, config["wandb_mode"]))
         logbook.resume(start)
         if start:
-            print(f"{cfg.STAGE}: resuming from the checkpoint after epoch {start}", flush=True)
+            _say(f"{cfg.STAGE}: resuming from the checkpoint after epoch {start}")
     batch = max(1, cfg.data.batch_size // world_size())
     shard = ray.train.get_dataset_shard("train")
     ev = getattr(cfg, "eval", None)
@@ -98,10 +98,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     return metrics or last
 
 
-def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print) -> tuple[str, dict[str, float]]:
+def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
+                     callbacks: list[Any] | None = None) -> tuple[str, dict[str, float]]:
     """Train a stage with ``cfg.ray.num_workers`` Ray Train workers; returns (checkpoint file, final metrics).
 
     Connects to the cluster of ``RAY_ADDRESS`` (as ``ray job submit`` sets it) or starts a local one.
+    ``callbacks`` go to the run (a Tune trial passes the one that forwards reports to Tune).
     """
     problems = cfg.input_problems()
     if problems:
@@ -123,7 +125,7 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print) -
         train_loop_config={"stage": config_to_dict(cfg), "run_dir": os.path.join(storage, name), "wandb_mode": mode},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=storage,
+        run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              worker_runtime_env={"env_vars": wandb_env()} if mode == "online" else None),

@@ -1,0 +1,186 @@
+"""Ray Tune sweeps of the policy stage (the Ray layer): trials, searchers, schedulers, restore and the report.
+
+:func:`run_sweep` runs a validated :class:`~videoiq.sweep.Sweep`. Each trial is a Tune function trial
+(the Train V2 pattern; a ``Tuner`` over a ``TorchTrainer`` fails under Train V2) that trains the policy
+stage on the base config's frozen ap backbone and policy_pretrain checkpoints, read once per trial and
+never retrained: in the trial's own process when ``ray.num_workers`` is 0, else on Ray Train workers
+whose reports are forwarded to Tune. Every epoch reports accuracy, mAP, GFLOPs per video and the share
+of frames at each action. A trial's run lives in ``<experiment>/trials/<trial id>`` and resumes from
+its own checkpoint whenever Tune restarts it (a retry after a crash, or a restored sweep).
+
+Re-running an interrupted sweep (same file, same storage) restores it with ``Tuner.restore``:
+finished trials are kept, unfinished and errored ones continue. At the end the Pareto report is
+written (``videoiq.experiment``) and logged to wandb with the plot, next to one wandb run per trial
+(all in the group named after the sweep).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+import yaml
+from ray import tune
+
+from .config import ConfigError, config_to_dict
+from .experiment import SWEEP_FILE, Report, build_report, read_state, trial_dir, update_state
+from .sweep import COST, Sweep, load_sweep
+from .tracking import Tracker, resolve_mode
+
+
+def connect() -> None:
+    """Join the cluster of ``RAY_ADDRESS`` (``ray job submit`` sets it; ``auto`` finds a running one),
+    else start a local Ray (never a stale address left by a dead cluster: that would hang)."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+
+
+def param_space(sweep: Sweep) -> dict[str, Any]:
+    """The Tune search space of a sweep, keyed by dotted config key."""
+    make = {"uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
+            "randint": lambda v: tune.randint(*v), "choice": lambda v: tune.choice(list(v)),
+            "grid": lambda v: tune.grid_search(list(v))}
+    return {key: make[d.kind](d.values) for key, d in sweep.space.items()}
+
+
+def search_algorithm(sweep: Sweep) -> Any:
+    """Random/grid sampling (seeded), or Optuna with two objectives: accuracy up, GFLOPs down; at most
+    ``max_concurrent_trials`` trials at once either way."""
+    seed = sweep.searcher_options.get("seed")
+    if sweep.searcher == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna = OptunaSearch(metric=[sweep.metric, COST], mode=["max", "min"], seed=seed)
+        return ConcurrencyLimiter(optuna, max_concurrent=sweep.max_concurrent_trials)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed, max_concurrent=sweep.max_concurrent_trials)
+
+
+def trial_scheduler(sweep: Sweep, epochs: int) -> Any:
+    """ASHA on the accuracy metric over epochs (``training_iteration``), or none."""
+    if sweep.scheduler == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    options = sweep.scheduler_options
+    return ASHAScheduler(time_attr="training_iteration", metric=sweep.metric, mode="max", max_t=epochs,
+                         grace_period=options.get("grace_period", 1),
+                         reduction_factor=options.get("reduction_factor", 2))
+
+
+def _trial(params: dict[str, Any], *, sweep: Sweep, base: dict[str, Any], experiment: str, wandb_mode: str) -> None:
+    """One Tune trial: the policy stage with the trial's values, reporting every epoch.
+
+    The last epoch is reported only once the stage is over (checkpoint written, wandb run closed), as
+    the trial's very last act: Tune may end a trial as soon as it has a report it wants to stop at.
+    """
+    trial_id = tune.get_context().get_trial_id()
+    folder = trial_dir(experiment, trial_id)
+    cfg = sweep.trial_config(params, base)
+    cfg.ray.storage_path, cfg.ray.name = str(folder.parent), trial_id
+    cfg.logging.wandb = wandb_mode  # resolved in the driver: trial processes may not have its environment
+    cfg.logging.group = cfg.logging.group or sweep.name
+    epochs = cfg.optim.epochs
+    attempts = int(read_state(folder).get("attempts", 0)) + 1
+    update_state(folder, trial_id=trial_id, params=params, status="running", attempts=attempts, error="")
+    try:
+        if cfg.ray.num_workers == 0:
+            from .train.stage import run_stage
+
+            def report(epoch: int, metrics: dict[str, float]) -> None:
+                if epoch < epochs:
+                    tune.report(metrics)
+
+            final = run_stage(cfg, folder, device="cuda" if cfg.ray.use_gpu else "cpu", on_epoch=report)
+        else:
+            from .train.worker import run_stage_on_ray
+
+            final = run_stage_on_ray(cfg, callbacks=[_train_reports_to_tune(epochs)])[1]
+    except Exception as e:
+        update_state(folder, status="error", error=f"{type(e).__name__}: {e}")
+        raise
+    update_state(folder, status="finished")
+    tune.report(final)
+
+
+def _train_reports_to_tune(epochs: int) -> Any:
+    """Forward the Ray Train workers' reports of every epoch but the last to this Tune trial."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class AllButLast(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if metrics and metrics[0].get("epoch", epochs) < epochs:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return AllButLast()
+
+
+def _check_resumable(sweep: Sweep, spec: dict[str, Any]) -> None:
+    """An experiment folder is only continued by the sweep that started it."""
+    path = sweep.experiment_dir / SWEEP_FILE
+    if not path.is_file():
+        return
+    saved = yaml.safe_load(path.read_text())
+    differ = sorted(k for k in set(saved) | set(spec) if k != "storage_path" and saved.get(k) != spec.get(k))
+    if differ:
+        raise ConfigError(f"{sweep.source}: the experiment {sweep.experiment_dir} was started by a different sweep "
+                          f"(differs in {', '.join(differ)}); give this sweep another name or storage_path")
+
+
+def run_sweep(sweep: Sweep, printer: Callable[[str], None] = print) -> Report:
+    """Run (or continue) a sweep to the end; write, log and return its Pareto report."""
+    base = sweep.base_config()
+    base_cfg = sweep.trial_config({}, base)
+    problems = base_cfg.input_problems()
+    if problems:
+        raise ConfigError(f"{sweep.source}: the base config's inputs are not ready:\n  - " + "\n  - ".join(problems))
+    spec = {**sweep.as_dict(), "base_config": config_to_dict(base_cfg)}
+    _check_resumable(sweep, spec)
+    exp = sweep.experiment_dir
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / SWEEP_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
+    connect()
+    mode = resolve_mode(base_cfg.logging.wandb)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, sweep=sweep, base=base, experiment=str(exp), wandb_mode=mode), {"CPU": sweep.cpus})
+    if tune.Tuner.can_restore(str(exp)):
+        printer(f"tune: continuing the interrupted sweep in {exp}")
+        tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        printer(f"tune: {sweep.name}: {sweep.num_samples} sample(s) of {len(sweep.space)} key(s), "
+                f"{sweep.searcher} search, scheduler {sweep.scheduler}; experiment {exp}")
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(sweep),
+            tune_config=tune.TuneConfig(search_alg=search_algorithm(sweep),
+                                        scheduler=trial_scheduler(sweep, base_cfg.optim.epochs),
+                                        num_samples=sweep.num_samples),
+            run_config=tune.RunConfig(name=sweep.name, storage_path=str(exp.parent),
+                                      failure_config=tune.FailureConfig(max_failures=sweep.max_failures)))
+    tuner.fit()
+    for folder in (exp / "trials").glob("*"):
+        if read_state(folder).get("status") == "running":  # fit() is over: the scheduler ended it early
+            update_state(folder, status="stopped")
+    report = build_report(exp, printer)
+    with Tracker.start(mode=mode, directory=exp, project=base_cfg.logging.project, name="pareto", job_type="sweep",
+                       group=base_cfg.logging.group or sweep.name, config=spec) as tracker:
+        tracker.table("pareto", *report.columns())
+        tracker.image("pareto_plot", report.files["png"])
+        tracker.summary({"trials": len(report.trials), "front": sum(t.front == 0 for t in report.trials)})
+    return report
+
+
+def tune_main(argv: Sequence[str] | None = None) -> int:
+    """``launch/tune.py --sweep FILE [--storage-path DIR] [--set KEY=VALUE ...]``: run or continue a sweep."""
+    from .runner import guard
+
+    parser = argparse.ArgumentParser(prog="launch/tune.py", description="Run (or continue) a Ray Tune sweep of the policy stage.")
+    parser.add_argument("--sweep", required=True, help="sweep YAML (tune_configs/...)")
+    parser.add_argument("--storage-path", help="where experiments live (default: the sweep file's storage_path)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="values fixed for every trial (added to the sweep's fixed:), e.g. data.root=/data/anet")
+    args = parser.parse_args(argv)
+    return guard(lambda: (run_sweep(load_sweep(args.sweep, args.storage_path, args.set)), 0)[1])
