@@ -12,7 +12,7 @@ import pytest
 import yaml
 from wandb_offline import read_runs
 
-from videoiq.train.checkpoint import load_checkpoint
+from videoiq.train.checkpoint import CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "launch" / "configs" / "demo"
@@ -36,6 +36,15 @@ def _configs(tmp_path, data_root):
     return out
 
 
+def _readable(path):
+    """False for a checkpoint whose copy the kill cut short."""
+    try:
+        load_checkpoint(path)
+        return True
+    except CheckpointError:
+        return False
+
+
 def _close(a, b):
     return a == pytest.approx(b, rel=1e-6, abs=1e-9)
 
@@ -56,15 +65,16 @@ def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, t
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    killed_after = load_checkpoint(next((runs / "fp").glob("checkpoint_*/checkpoint.pt")))["epoch"]
-    assert 1 <= killed_after < EPOCHS["fp"]
+    written = {load_checkpoint(p)["epoch"] for p in (runs / "fp").glob("checkpoint_*/checkpoint.pt") if _readable(p)}
 
     # 2. the same command resumes fp after that checkpoint and runs everything else
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     resumed = [line for line in log.splitlines() if "fp: resuming from the checkpoint after epoch" in line]
-    assert resumed and resumed[0].endswith(f"after epoch {killed_after}"), log[-4000:]
+    assert resumed, log[-4000:]
+    resumed_after = int(resumed[0].rsplit(" ", 1)[-1])  # the last checkpoint Ray had registered
+    assert resumed_after in written and 1 <= resumed_after < EPOCHS["fp"]
     fp_lines = [json.loads(x) for x in (runs / "fp" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in fp_lines] == [1.0, 2.0, 3.0, 4.0]  # each epoch once, none lost or repeated
     assert all(x["train/videos"] == 16.0 and x["val/videos"] == 8.0 for x in fp_lines)  # 2 shards cover the set

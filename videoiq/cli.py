@@ -54,6 +54,11 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gmacs(value: float) -> str:
+    """Two decimals for paper-sized models, four significant digits for tiny ones."""
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.4g}"
+
+
 def _flops(args: argparse.Namespace) -> int:
     from .flops import PAPER_COSTS, video_cost
     from .models import action_names, create_model
@@ -72,9 +77,9 @@ def _flops(args: argparse.Namespace) -> int:
     print("\n" + header + (f" {'paper formula':>14s}" if paper else ""))
     for action in actions:
         usage = {action: 1.0}
-        row = f"{action:16s} {cost.gmacs(usage).total:12.2f} {cost.gmacs(usage, charge_skipped=False).total:13.2f}"
+        row = f"{action:16s} {_gmacs(cost.gmacs(usage).total):>12s} {_gmacs(cost.gmacs(usage, charge_skipped=False).total):>13s}"
         if paper:
-            row += f" {paper.gmacs(usage).total:14.2f}"
+            row += f" {_gmacs(paper.gmacs(usage).total):>14s}"
         print(row)
     print(
         "\nGMACs/video charges the full-precision stem and fc for skipped frames (the paper's convention); "

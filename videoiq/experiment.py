@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from .sweep import COST
-from .train.checkpoint import FILENAME
+from .train.checkpoint import resolve
 
 TRIALS = "trials"
 STATE = "trial.json"
@@ -76,14 +76,6 @@ class TrialRecord:
     front: int | None = None  # 0: on the Pareto front, 1: on it once front 0 is removed, ...
 
 
-def _checkpoint(folder: Path) -> str:
-    """The trial's final checkpoint file (in-process: ``checkpoint.pt``; Ray: the newest ``checkpoint_*``)."""
-    if (folder / FILENAME).is_file():
-        return str(folder / FILENAME)
-    ray_checkpoints = sorted(folder.glob(f"checkpoint_*/{FILENAME}"))
-    return str(ray_checkpoints[-1]) if ray_checkpoints else ""
-
-
 def read_trials(experiment: str | os.PathLike) -> list[TrialRecord]:
     """Every trial of an experiment, from its trial folders (in trial-id order)."""
     out = []
@@ -96,7 +88,7 @@ def read_trials(experiment: str | os.PathLike) -> list[TrialRecord]:
         status = state.get("status", "running")
         out.append(TrialRecord(state["trial_id"], "interrupted" if status == "running" else status,
                                int(state.get("attempts", 1)), state.get("params", {}), int(last.get("epoch", 0)),
-                               last, _checkpoint(folder), state.get("error", "")))
+                               last, str(resolve(folder)) if lines else "", state.get("error", "")))
     return out
 
 
@@ -283,9 +275,12 @@ def plot_report(report: Report, path: Path) -> Path:
             lw=1.5, zorder=3)
     ax.scatter([t.metrics[COST] for t in front], [t.metrics[report.metric] for t in front], c="#d62728", s=40,
                label="Pareto front", zorder=4)
+    same_point: dict[tuple[float, float], list[str]] = {}
     for t in front:
-        ax.annotate(t.trial_id.split("_")[-1], (t.metrics[COST], t.metrics[report.metric]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+        same_point.setdefault((t.metrics[COST], t.metrics[report.metric]), []).append(t.trial_id)
+    for xy, ids in same_point.items():
+        ax.annotate(ids[0] + (f" (+{len(ids) - 1})" if len(ids) > 1 else ""), xy, fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
     for r in report.references:
         if report.metric in r.metrics:
             marker = "*" if r.name == "fp" else "s"

@@ -15,8 +15,10 @@ models, and the precision family of an ap backbone is read from it, never guesse
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from .._version import __version__
 from ..models import create_model
 
 FORMAT = "videoiq-ckpt/1"
+log = logging.getLogger("videoiq.train")
 FILENAME = "checkpoint.pt"
 
 
@@ -67,9 +70,14 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint file: ``path`` itself, or ``path/checkpoint.pt`` for a checkpoint directory."""
+    """A checkpoint file from a file, a checkpoint directory or a run directory: ``path`` itself,
+    ``path/checkpoint.pt``, or else the newest complete ``path/checkpoint_*/checkpoint.pt`` of a Ray run
+    (their names sort by time; a torch checkpoint is a zip archive, and one cut short is not)."""
     p = Path(path)
-    return p / FILENAME if p.is_dir() else p
+    if not p.is_dir():
+        return p
+    candidates = [p / FILENAME, *sorted(p.glob(f"checkpoint_*/{FILENAME}"), reverse=True)]
+    return next((c for c in candidates if c.is_file() and zipfile.is_zipfile(c)), p / FILENAME)
 
 
 def load_checkpoint(path: str | os.PathLike, stages: Iterable[str] | None = None, what: str = "checkpoint") -> dict[str, Any]:
@@ -120,8 +128,13 @@ def latest_checkpoint(run: str | os.PathLike) -> tuple[Path, dict[str, Any]] | N
     in-process run, or the newest of a Ray run's ``checkpoint_*/checkpoint.pt``; ``None`` if it has none."""
     best = None
     for path in [Path(run) / FILENAME, *sorted(Path(run).glob(f"checkpoint_*/{FILENAME}"))]:
-        if path.is_file():
+        if not path.is_file():
+            continue
+        try:
             ckpt = load_checkpoint(path, what="resume")
-            if best is None or ckpt["epoch"] > best[1]["epoch"]:
-                best = (path, ckpt)
+        except CheckpointError as e:  # a copy cut short when its run was killed; Ray never registered it
+            log.warning("skipping %s", e)
+            continue
+        if best is None or ckpt["epoch"] > best[1]["epoch"]:
+            best = (path, ckpt)
     return best
