@@ -164,6 +164,34 @@ def test_skipped_frames_are_left_out_of_the_average():
     assert torch.allclose(out.logits[1], bb.fc.bias, atol=1e-6)  # all skipped: the bias alone
 
 
+@pytest.mark.parametrize("fp_action, precisions", [(False, None), (True, (4, 2))])
+def test_conditional_inference_equals_the_dense_forward(fp_action, precisions):
+    model = _videoiq(fp_action=fp_action, precisions=precisions, skips=(1, 2))
+    video = torch.randn(3, 6, 3, 32, 32)
+    with torch.no_grad():
+        dense = model(video)
+        logits, decisions = model.infer(video)  # the policy's own (argmax) decisions
+        assert torch.equal(decisions, dense.decisions)
+        assert torch.allclose(logits, dense.logits, atol=1e-5)
+        forced = torch.randint(0, len(model.actions), (3, 6), generator=torch.Generator().manual_seed(1))
+        forced[0] = len(model.actions) - 1  # a video that skips every frame: the bias alone
+        forced[1] = torch.arange(6) % len(model.actions)  # every action
+        logits, _ = model.infer(video, forced_actions=forced)
+        assert torch.allclose(logits, model(video, forced_actions=forced).logits, atol=1e-5)
+        assert torch.allclose(logits[0], model.backbone.fc.bias, atol=1e-6)
+
+
+def test_conditional_inference_runs_each_network_once_on_its_frames_only():
+    model = _videoiq(fp_action=True, precisions=(4, 2), skips=(1,))  # actions fp, 4bit, 2bit, skip1
+    calls = []
+    for name, net in (("fp", model.teacher), ("ap", model.backbone)):
+        net.frame_features = (lambda f, name=name, orig=net.frame_features: calls.append((name, len(f))) or orig(f))
+    forced = torch.tensor([[0, 1, 3, 3], [1, 3, 1, 0]])
+    with torch.no_grad():
+        model.infer(torch.randn(2, 4, 3, 32, 32), forced_actions=forced)
+    assert calls == [("fp", 2), ("ap", 3)]  # 2bit chosen nowhere: not run; the 3 skipped frames: never run
+
+
 def test_videoiq_gradients_reach_the_policy_in_training():
     model = _videoiq().train()
     model.backbone.requires_grad_(False)

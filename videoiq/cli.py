@@ -175,6 +175,23 @@ def _tune_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import predict_main
+
+    return predict_main(args)
+
+
+def _add_predict_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify video files with a policy checkpoint (conditional execution)")
+    p.add_argument("checkpoint", help="a policy-stage checkpoint file, or its run folder")
+    p.add_argument("videos", nargs="+", help="video files (mp4, avi, webm, ...)")
+    p.add_argument("--top", type=int, default=3, help="classes shown per video")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--sampled", action="store_true", help="Gumbel-sampled decisions instead of argmax")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(run=_predict)
+
+
 def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
     tune = sub.add_parser("tune", help="Ray Tune sweeps of the policy stage and their Pareto reports")
     tsub = tune.add_subparsers(dest="tune_command", required=True)
@@ -297,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     flops.set_defaults(run=_flops)
     _add_data_commands(sub)
     _add_tune_commands(sub)
+    _add_predict_command(sub)
     return parser
 
 

@@ -126,3 +126,36 @@ def write_video(path: str, frames: np.ndarray, fps: int, codec: str = "libx264",
         for pixels in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")))
         container.mux(stream.encode())
+
+
+def count_frames(path: str) -> int:
+    """The number of frames a video file decodes to (decoded without converting pixels)."""
+    import av
+
+    try:
+        container = av.open(path)
+    except Exception as e:
+        raise VideoDecodeError(f"{path}: cannot open ({type(e).__name__}: {e})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{path}: no video stream")
+        try:
+            return sum(1 for _ in container.decode(container.streams.video[0]))
+        except Exception as e:
+            raise VideoDecodeError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
+
+
+def read_frames_at(path: str, indices: list[int], short_side: int = 0) -> np.ndarray:
+    """RGB frames ``(len(indices), H, W, 3)`` at the given 0-based frame indices (repeats allowed),
+    decoding the file once and keeping only those frames."""
+    wanted = sorted(set(indices))
+    kept: dict[int, np.ndarray] = {}
+    for i, pixels in enumerate(read_video(path, None, short_side)):
+        if i in wanted:
+            kept[i] = pixels
+        if len(kept) == len(wanted):
+            break
+    missing = [i for i in wanted if i not in kept]
+    if missing:
+        raise VideoDecodeError(f"{path}: frames {missing[:5]} are past its end")
+    return np.stack([kept[i] for i in indices])

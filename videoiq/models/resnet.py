@@ -183,13 +183,19 @@ class ResNet(nn.Module):
         blocks += [block(inplanes, planes, 1, None, layers) for _ in range(1, n)]
         return nn.Sequential(*blocks), inplanes
 
+    def frame_features(self, frames: Tensor) -> Tensor:
+        """Pooled features ``(N, num_features)`` of a batch of frames ``(N, C, H, W)``."""
+        if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            frames = frames.contiguous(memory_format=torch.channels_last)  # the model was put in channels_last
+        x = self.maxpool(self.relu(self.bn1(self.conv1(frames))))
+        for i in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return torch.flatten(self.avgpool(x), 1)
+
     def forward_features(self, video: Tensor) -> Tensor:
         """Per-frame pooled features ``(B, T, num_features)`` of a video batch ``(B, T, C, H, W)``."""
         x, b, t = fold_frames(video, type(self).__name__)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for i in range(1, self.num_stages + 1):
-            x = getattr(self, f"layer{i}")(x)
-        return torch.flatten(self.avgpool(x), 1).view(b, t, -1)
+        return self.frame_features(x).view(b, t, -1)
 
     def forward_head(self, features: Tensor) -> Tensor:
         """Video logits ``(B, num_classes)``: dropout, the shared fc per frame, then the mean over frames."""

@@ -8,8 +8,10 @@ per-frame features::
     logits = mean_t fc(dropout(feat_t))             the backbone's shared fc
 
 which equals the fc applied to the mean feature of the non-skipped frames. Training needs this dense
-form (the mixture is what carries gradients to the policy); inference can skip the work of the
-frames and precisions not chosen.
+form (the mixture is what carries gradients to the policy). :meth:`VideoIQ.infer` is the conditional
+execution that inference can afford: the policy decides, then the backbone runs once per chosen
+precision on just the frames routed to it (gathered across the batch), never on skipped frames, and
+the fc is applied to the mean feature of the frames that ran. It gives the dense forward's logits.
 
 Actions are ordered ``[fp teacher (if fp_action)] + precisions + skip choices``. ``precisions`` is
 a subset of the backbone's trained family, in its order; lower widths are always truncated from the
@@ -132,6 +134,15 @@ class VideoIQ(nn.Module):
                 feats.append(self.backbone.forward_features(video))
         return torch.stack(feats, dim=2), teacher_logits
 
+    def _forced(self, video: Tensor, forced_actions: Tensor) -> Tensor:
+        """One-hot decisions ``(B, T, A)`` from action indices ``(B, T)``, checked against the video."""
+        num_actions = len(self.actions)
+        if forced_actions.shape != video.shape[:2]:
+            raise ValueError(f"forced_actions must have shape (B, T)={tuple(video.shape[:2])}, got {tuple(forced_actions.shape)}")
+        if forced_actions.min() < 0 or forced_actions.max() >= num_actions:
+            raise ValueError(f"forced_actions must index the {num_actions} actions {self.actions}")
+        return F.one_hot(forced_actions.long(), num_actions).to(video.dtype)
+
     def forward(
         self,
         video: Tensor,
@@ -148,16 +159,11 @@ class VideoIQ(nn.Module):
             forced_actions: ``(B, T)`` action indices that replace the policy's decisions (for
                 baselines and tests); the policy is then not run.
         """
-        num_actions = len(self.actions)
         policy_logits = None
         if forced_actions is None:
             decisions, log_probs, policy_logits = self.policy(video, deterministic=deterministic)
         else:
-            if forced_actions.shape != video.shape[:2]:
-                raise ValueError(f"forced_actions must have shape (B, T)={tuple(video.shape[:2])}, got {tuple(forced_actions.shape)}")
-            if forced_actions.min() < 0 or forced_actions.max() >= num_actions:
-                raise ValueError(f"forced_actions must index the {num_actions} actions {self.actions}")
-            decisions = F.one_hot(forced_actions.long(), num_actions).to(video.dtype)
+            decisions = self._forced(video, forced_actions)
             log_probs = decisions.clamp_min(LOG_PROB_FLOOR).log()
         feats, teacher_logits = self.precision_features(video)
         num_frames = video.shape[1]
@@ -168,3 +174,34 @@ class VideoIQ(nn.Module):
         with torch.no_grad():
             reference_logits = self.backbone.fc(feats[:, :, 0]).mean(dim=1)
         return VideoIQOutput(logits, decisions, log_probs, reference_logits, teacher_logits, policy_logits)
+
+    @torch.no_grad()
+    def infer(self, video: Tensor, *, deterministic: bool = True, forced_actions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Conditional execution for inference: ``(logits (B, C), decisions (B, T, A))``.
+
+        Runs the policy (unless ``forced_actions``), then each precision action's network (the
+        backbone at that width, or the frozen teacher for the fp action) once, on only the frames
+        routed to it from every video of the batch; skipped frames run nothing. Equal to
+        :meth:`forward` in eval mode up to float rounding. Call it in eval mode (dropout off).
+        """
+        if forced_actions is None:
+            decisions = self.policy(video, deterministic=deterministic).decisions
+        else:
+            decisions = self._forced(video, forced_actions)
+        b, t = video.shape[:2]
+        action = decisions.argmax(dim=-1).flatten()  # (B*T,) one action per frame
+        frames = video.flatten(0, 1)
+        total = video.new_zeros(b, self.backbone.num_features)
+        runs = self.policy.num_precisions  # actions below this index run a network; the rest skip
+        for k in range(runs):
+            routed = (action == k).nonzero().squeeze(1)
+            if routed.numel() == 0:
+                continue
+            if self.fp_action and k == 0:
+                features = self.teacher.frame_features(frames.index_select(0, routed))
+            else:
+                with bit_width(self.backbone, self.precisions[k - int(self.fp_action)]):
+                    features = self.backbone.frame_features(frames.index_select(0, routed))
+            total.index_add_(0, torch.div(routed, t, rounding_mode="floor"), features)
+        kept = (action < runs).view(b, t).sum(dim=1)
+        return self.backbone.fc(total / kept.clamp_min(1).unsqueeze(1)), decisions
