@@ -159,3 +159,23 @@ def test_clip_parameters_group_by_width():
     groups = clip_parameters(create_model("ap_resnet_tiny", num_classes=3))
     assert sorted(groups) == ["2", "32", "4"]
     assert all(len(ps) == 4 * 3 for ps in groups.values())  # 4 bottlenecks x 3 positions
+
+
+def test_frozen_quantized_weights_are_kept_until_the_weight_changes():
+    import copy
+    import pickle
+
+    conv = QuantConv2d(4, 4, 3, padding=1, bias=False, bit_widths=(32, 4, 2))
+    x = torch.rand(2, 4, 8, 8)
+    expected = torch.nn.functional.conv2d(x, quantize_weight(conv.weight, 4, 32), padding=1)
+    conv.set_active_bits(4)
+    with torch.no_grad():
+        first = conv(x)
+        assert conv._frozen[4][1] is conv.quantized_weight()  # the kept copy is reused
+        assert torch.allclose(first, expected, atol=1e-6)
+        assert pickle.loads(pickle.dumps(conv))._frozen == {} and copy.deepcopy(conv)._frozen == {}
+        conv.weight.mul_(-1)  # an in-place change (as an optimizer step makes) bumps the version
+        changed = torch.nn.functional.conv2d(x, quantize_weight(conv.weight, 4, 32), padding=1)
+        assert torch.allclose(conv(x), changed, atol=1e-6) and not torch.allclose(changed, first)
+    conv(x).sum().backward()  # training: nothing kept, gradients flow
+    assert conv.weight.grad is not None and conv._frozen == {}

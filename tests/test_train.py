@@ -130,3 +130,47 @@ def test_eval_scores_every_kind_of_checkpoint(trained_stages, tiny_videos):
     with pytest.raises(CheckpointError, match="eval.checkpoint: .* has format"):
         torch.save({"conv1.weight": torch.zeros(1)}, runs / "plain.pt")
         ev(runs / "plain.pt")
+
+
+def test_bf16_autocast_and_channels_last_train_and_hand_off(trained_stages, tiny_videos, tmp_path):
+    runs, _ = trained_stages
+    speed = {"amp": "bf16", "channels_last": True}
+    metrics = run_stage(_cfg("ap", tiny_videos, model={"name": "ap_resnet_tiny"}, speed=speed,
+                             init={"backbone_checkpoint": str(runs / "fp")}), tmp_path / "ap", printer=QUIET)
+    assert metrics["train/loss"] == metrics["train/loss"] and 0.0 <= metrics["val/b2/top1"] <= 100.0  # finite
+    ckpt = load_checkpoint(tmp_path / "ap")
+    conv = ckpt["models"]["model"]["state_dict"]["layer1.0.conv2.weight"]
+    assert conv.dtype == torch.float32 and conv.is_contiguous(memory_format=torch.channels_last)
+    model = create_model("ap_resnet_tiny", **ckpt["models"]["model"]["kwargs"])
+    model.load_state_dict(ckpt["models"]["model"]["state_dict"])  # an NCHW model takes the weights as they are
+
+
+def test_all_widths_step_computes_the_shared_stem_once_with_the_same_result():
+    """The ap step computes the stem and each conv's weight normalisation once for every width; the
+    logits, every gradient and the stem BN's running statistics equal one full forward per width."""
+    import copy
+
+    from videoiq.quant import bit_width
+
+    model = create_model("ap_resnet_tiny", num_classes=5, dropout=0.0)
+    naive = copy.deepcopy(model)
+    task = AnyPrecisionTask(model, (32, 4, 2), None)
+    task.train(True)
+    naive.train(True)
+    video = torch.randn(2, 3, 3, 32, 32)
+    weights = torch.randn(3, 2, 5)
+    shared = task.module(video)["logits_per_width"]
+    (shared * weights).sum().backward()
+    per_width = []
+    for bits in (32, 4, 2):
+        with bit_width(naive, bits):
+            per_width.append(naive(video))
+    (torch.stack(per_width) * weights).sum().backward()
+    assert torch.allclose(shared, torch.stack(per_width), atol=1e-5)
+    grads = dict(naive.named_parameters())
+    for name, p in model.named_parameters():
+        assert (p.grad is None) == (grads[name].grad is None), name
+        if p.grad is not None:
+            assert torch.allclose(p.grad, grads[name].grad, atol=1e-5, rtol=1e-4), name
+    for key, value in naive.bn1.state_dict().items():  # three widths' worth of stem BN updates
+        assert torch.allclose(model.bn1.state_dict()[key].float(), value.float(), atol=1e-6), key

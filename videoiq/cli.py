@@ -205,6 +205,21 @@ def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
     report.set_defaults(run=_tune_report)
 
 
+def _bench_quant(args: argparse.Namespace) -> int:
+    from .bench.quant import bench_quant
+
+    bench_quant(args.channels, args.size, args.batch, args.kernel, args.repeat, args.threads, args.device)
+    return 0
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from .bench.train import bench_train
+
+    bench_train(args.backbone, args.policy, args.frames, args.size, args.batch, args.steps, args.classes, args.threads,
+                args.device, tuple(args.ray_workers), args.amp, args.channels_last, args.storage)
+    return 0
+
+
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="convert videos or frame folders into LMDB, inspect, generate the demo set")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -271,6 +286,30 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     bd.add_argument("--eval", action="store_true", help="evaluation clips (centre crop) instead of training augmentation")
     bd.add_argument("--epochs", type=int, default=2, help="passes per pipeline; the best pass after the first is reported")
     bd.set_defaults(run=_bench_data)
+    bq = besub.add_parser("quant", help="a quantized conv layer (PACT + DoReFa) vs a plain conv, forward + backward")
+    bq.add_argument("--channels", type=int, default=64)
+    bq.add_argument("--size", type=int, default=56, help="input height and width")
+    bq.add_argument("--batch", type=int, default=16)
+    bq.add_argument("--kernel", type=int, default=3)
+    bq.add_argument("--repeat", type=int, default=10)
+    bq.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    bq.add_argument("--device", default="cpu")
+    bq.set_defaults(run=_bench_quant)
+    bt = besub.add_parser("train", help="samples/s of each stage's step: bare loop vs Ray Train (1 and 2 workers)")
+    bt.add_argument("--backbone", default="resnet18", help="a full-precision ResNet name; ap uses ap_<name>")
+    bt.add_argument("--policy", default="policy_mobilenet_v2")
+    bt.add_argument("--frames", type=int, default=8)
+    bt.add_argument("--size", type=int, default=112)
+    bt.add_argument("--batch", type=int, default=4, help="global batch (videos), split across Ray workers")
+    bt.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    bt.add_argument("--classes", type=int, default=10)
+    bt.add_argument("--threads", type=int, default=0, help="torch threads / Ray CPUs (0: torch's default)")
+    bt.add_argument("--device", default="cpu")
+    bt.add_argument("--ray-workers", type=int, nargs="*", default=[1, 2], help="worker counts to measure (none: skip Ray)")
+    bt.add_argument("--amp", choices=["off", "bf16"], default="off")
+    bt.add_argument("--channels-last", action="store_true")
+    bt.add_argument("--storage", default="", help="Ray run folder (default: ./runs/bench)")
+    bt.set_defaults(run=_bench_train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -239,6 +239,19 @@ class RayConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """Optional speed-ups of training and evaluation; each is off by default (``videoiq bench train``
+    measures them on your machine before you switch one on)."""
+
+    amp: Literal["off", "bf16"] = "off"  # autocast forward and losses in bfloat16 (CPU and GPU)
+    channels_last: bool = False  # NHWC memory format for the convolutions
+    compile: bool = False  # torch.compile the step's module (minutes of compiling first; pays off on long runs)
+
+    def problems(self) -> list[str]:
+        return []
+
+
+@dataclass
 class EvalSection:
     """What to evaluate and how policy decisions are taken."""
 
@@ -265,6 +278,7 @@ class StageConfig:
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -59,25 +59,41 @@ def check_bit_widths(bit_widths: Sequence[int], what: str = "bit_widths") -> tup
 
 
 class _TruncatedDoReFa(torch.autograd.Function):
-    """Rounding at the master width, LSB truncation and mean re-alignment, with an identity backward."""
+    """Rounding at the master width, LSB truncation, mean re-alignment and the map to ``[-1, 1]``
+    (``2 v - 1``), in place on one buffer; the backward is the identity through the rounding (times 2)."""
 
     @staticmethod
     def forward(ctx, w_n: Tensor, master_bits: int, bits: int, mean_aligned: bool) -> Tensor:  # type: ignore[override]
         scale = float(2**master_bits - 1)  # a Python float times a float32 tensor stays float32
-        q_master = torch.round(w_n * scale)
-        master_mean = (q_master / scale).mean()
+        q = torch.round(w_n * scale)
+        master_mean = q.mean() / scale
         step = 2 ** (master_bits - bits)
-        q = torch.floor(q_master / step) * step if step != 1 else q_master
-        v = q / scale
+        if step != 1:
+            q.div_(step).floor_().mul_(step)
+        v = q.div_(scale)
         target = w_n.mean() if mean_aligned else master_mean
         mean = v.mean()
         # An all-zero truncation has no mean to re-align; the original leaves it unscaled.
         ratio = torch.where(mean != 0, target / mean, torch.ones_like(mean))
-        return v * ratio
+        return v.mul_(2 * ratio).sub_(1)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        return grad, None, None, None
+        return 2 * grad, None, None, None
+
+
+def normalize_weight(weight: Tensor) -> Tensor:
+    """DoReFa's ``tanh(W) / (2 max|tanh(W)|) + 0.5`` in ``[0, 1]``, with gradients (the part of the weight
+    quantizer every width shares)."""
+    w = torch.tanh(weight)
+    return w / (2 * w.abs().max()) + 0.5
+
+
+def quantize_normalized(w_n: Tensor, bits: int, master_bits: int, mean_aligned: bool = False) -> Tensor:
+    """The width-specific rest of :func:`quantize_weight`, from :func:`normalize_weight`'s output."""
+    if not 1 <= bits <= master_bits:
+        raise ValueError(f"weight bits must lie in [1, master_bits={master_bits}], got {bits}")
+    return _TruncatedDoReFa.apply(w_n, master_bits, bits, mean_aligned)
 
 
 def quantize_weight(weight: Tensor, bits: int, master_bits: int, mean_aligned: bool = False) -> Tensor:
@@ -93,12 +109,7 @@ def quantize_weight(weight: Tensor, bits: int, master_bits: int, mean_aligned: b
     Returns:
         The quantized weight in ``[-1, 1]``, same shape and dtype as ``weight``.
     """
-    if not 1 <= bits <= master_bits:
-        raise ValueError(f"weight bits must lie in [1, master_bits={master_bits}], got {bits}")
-    w = torch.tanh(weight)
-    w_n = w / (2 * w.abs().max()) + 0.5
-    v = _TruncatedDoReFa.apply(w_n, master_bits, bits, mean_aligned)
-    return 2 * v - 1
+    return quantize_normalized(normalize_weight(weight), bits, master_bits, mean_aligned)
 
 
 class _PACT(torch.autograd.Function):
@@ -106,20 +117,20 @@ class _PACT(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, bits: int) -> Tensor:  # type: ignore[override]
+        a = alpha.detach().to(x.dtype)
         # Boolean masks are all the backward needs: 1 byte per element instead of saving x.
-        passes = (x >= 0) & (x <= alpha)
-        clipped = x >= alpha
+        clipped = x >= a
+        passes = (x <= a).logical_and_(x >= 0)
         ctx.save_for_backward(passes, clipped)
         ctx.alpha_shape = alpha.shape
-        y = torch.where(x > alpha, alpha.to(x.dtype), x)
-        scale = (2**bits - 1) / alpha.detach().to(x.dtype)
-        return torch.round(y * scale) / scale
+        scale = (2**bits - 1) / a
+        return torch.minimum(x, a).mul_(scale).round_().div_(scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
         passes, clipped = ctx.saved_tensors
         grad_x = grad * passes
-        grad_alpha = (grad * clipped).sum().reshape(ctx.alpha_shape)
+        grad_alpha = torch.where(clipped, grad, 0).sum().reshape(ctx.alpha_shape)
         return grad_x, grad_alpha, None
 
 
@@ -168,10 +179,36 @@ class QuantConv2d(BitSwitchable, nn.Conv2d):
         nn.Conv2d.__init__(self, *args, **kwargs)
         self._init_bits(bit_widths)
         self.mean_aligned = mean_aligned
+        self.shared_normalized: Tensor | None = None  # set by shared_weight_normalization()
+        self._frozen: dict[int, tuple[tuple, Tensor]] = {}  # bits -> (weight identity, quantized weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        w = quantize_weight(self.weight, self.active_bits, self.master_bits, self.mean_aligned)
-        return self._conv_forward(x, w, self.bias)
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+    def quantized_weight(self) -> Tensor:
+        """The master weight quantized at the active width.
+
+        When no gradient can reach the weight (``no_grad``, or a frozen weight as in the policy
+        stage), the result is kept per width until the weight changes (an optimizer step or a load
+        bumps its version), so inference quantizes each weight once, not once per call.
+        """
+        frozen = not (torch.is_grad_enabled() and self.weight.requires_grad)
+        if not frozen:
+            self._frozen.clear()  # training: the weight moves every step, keep no stale copies
+        else:
+            key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.weight.dtype)
+            hit = self._frozen.get(self.active_bits)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        w_n = self.shared_normalized if self.shared_normalized is not None else normalize_weight(self.weight)
+        w = quantize_normalized(w_n, self.active_bits, self.master_bits, self.mean_aligned)
+        if frozen:
+            self._frozen[self.active_bits] = (key, w.detach())
+        return w
+
+    def __getstate__(self) -> dict:
+        # copies and pickles (deepcopy for FLOP counting, DDP) start without the cached weights
+        return {**self.__dict__, "_frozen": {}}
 
     def extra_repr(self) -> str:
         return f"{nn.Conv2d.extra_repr(self)}, {self._bits_repr()}"
@@ -256,6 +293,25 @@ def bit_width(model: nn.Module, bits: int) -> Iterator[nn.Module]:
             m.active_bits = b
 
 
+@contextlib.contextmanager
+def shared_weight_normalization(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, each quantized conv normalises its master weight once and every width reuses it.
+
+    For a step that runs several widths (any-precision training, the policy stage's dense forward):
+    the gradients are the same (they add up at the shared tensor), the work is done once.
+    """
+    # frozen weights need no sharing: their quantized weights are kept (QuantConv2d.quantized_weight)
+    trains = torch.is_grad_enabled()
+    convs = [m for m in model.modules() if isinstance(m, QuantConv2d) and trains and m.weight.requires_grad]
+    for conv in convs:
+        conv.shared_normalized = normalize_weight(conv.weight)
+    try:
+        yield model
+    finally:
+        for conv in convs:
+            conv.shared_normalized = None
+
+
 def clip_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """PACT clips grouped by bit width (``"32"``, ``"4"``, ... or ``"shared"``) for per-bit optimizer groups."""
     groups: dict[str, list[nn.Parameter]] = {}
@@ -276,7 +332,10 @@ __all__ = [
     "bit_widths_of",
     "check_bit_widths",
     "clip_parameters",
+    "normalize_weight",
     "quantize_activation",
+    "quantize_normalized",
     "quantize_weight",
     "set_bit_width",
+    "shared_weight_normalization",
 ]

@@ -183,14 +183,36 @@ class ResNet(nn.Module):
         blocks += [block(inplanes, planes, 1, None, layers) for _ in range(1, n)]
         return nn.Sequential(*blocks), inplanes
 
-    def frame_features(self, frames: Tensor) -> Tensor:
-        """Pooled features ``(N, num_features)`` of a batch of frames ``(N, C, H, W)``."""
+    def stem(self, frames: Tensor, passes: int = 1) -> Tensor:
+        """The full-precision stem (conv, BN, ReLU, max-pool) of frames ``(N, C, H, W)``.
+
+        Every width of an any-precision model computes the same stem, so a step that runs ``passes``
+        widths computes it once; in training the stem BN's running statistics then take the update
+        that ``passes`` identical forwards would have made (momentum ``1 - (1 - m) ** passes``).
+        """
         if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):
             frames = frames.contiguous(memory_format=torch.channels_last)  # the model was put in channels_last
-        x = self.maxpool(self.relu(self.bn1(self.conv1(frames))))
+        bn = self.bn1
+        momentum = bn.momentum
+        if passes > 1 and bn.training and momentum is not None:
+            bn.momentum = 1.0 - (1.0 - momentum) ** passes
+        try:
+            x = self.maxpool(self.relu(bn(self.conv1(frames))))
+        finally:
+            bn.momentum = momentum
+        if passes > 1 and bn.training:
+            bn.num_batches_tracked += passes - 1
+        return x
+
+    def stages(self, x: Tensor) -> Tensor:
+        """The residual stages and global pooling of a stem output: features ``(N, num_features)``."""
         for i in range(1, self.num_stages + 1):
             x = getattr(self, f"layer{i}")(x)
         return torch.flatten(self.avgpool(x), 1)
+
+    def frame_features(self, frames: Tensor) -> Tensor:
+        """Pooled features ``(N, num_features)`` of a batch of frames ``(N, C, H, W)``."""
+        return self.stages(self.stem(frames))
 
     def forward_features(self, video: Tensor) -> Tensor:
         """Per-frame pooled features ``(B, T, num_features)`` of a video batch ``(B, T, C, H, W)``."""

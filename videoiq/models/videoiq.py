@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..quant import bit_width, bit_widths_of
+from ..quant import bit_width, bit_widths_of, shared_weight_normalization
 from .policy import LOG_PROB_FLOOR, PolicyNet
-from .resnet import ResNet
+from .resnet import ResNet, fold_frames
 
 FP_ACTION = "fp"
 
@@ -129,9 +129,12 @@ class VideoIQ(nn.Module):
                 teacher_logits = self.teacher.forward_head(teacher_feats)
             if self.fp_action:
                 feats.append(teacher_feats)
-        for bits in self.precisions:
-            with bit_width(self.backbone, bits):
-                feats.append(self.backbone.forward_features(video))
+        frames, b, t = fold_frames(video, type(self).__name__)
+        with shared_weight_normalization(self.backbone):  # the work every precision shares, done once
+            stem = self.backbone.stem(frames, passes=len(self.precisions))
+            for bits in self.precisions:
+                with bit_width(self.backbone, bits):
+                    feats.append(self.backbone.stages(stem).view(b, t, -1))
         return torch.stack(feats, dim=2), teacher_logits
 
     def _forced(self, video: Tensor, forced_actions: Tensor) -> Tensor:

@@ -41,6 +41,10 @@ def videoiq_from_checkpoint(ckpt: dict[str, Any], source: str) -> VideoIQ:
                    fp_action=ckpt["extra"]["actions"][0] == "fp")
 
 
+def _memory_format(cfg: EvalConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.speed.channels_last else torch.preserve_format
+
+
 def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[[str], None] = print) -> dict[str, Any]:
     """Score ``cfg.eval.checkpoint`` on ``cfg.data``'s validation split; writes and returns the results.
 
@@ -68,11 +72,11 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
                                "videos": len(val), "frames": frames, "input_size": size}
     scorings: dict[str, Predictions] = {}  # what the per-class AP table shows, by column
     if stage == "policy":
-        model = videoiq_from_checkpoint(ckpt, source).to(dev).eval()
+        model = videoiq_from_checkpoint(ckpt, source).to(dev, memory_format=_memory_format(cfg)).eval()
         cost = video_cost(model.backbone, model.policy, num_frames=frames, input_size=size)
 
         def run(deterministic: bool, column: str) -> dict[str, float]:
-            scorings[column] = predict(lambda v: decide(model, v, deterministic), batches(), dev)
+            scorings[column] = predict(lambda v: decide(model, v, deterministic), batches(), dev, cfg.speed.amp)
             return policy_metrics(scorings[column], model.actions, cost, labels, num_classes)
 
         results["decisions"] = cfg.eval.decisions
@@ -84,14 +88,14 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
             results["spread"] = {k: float(np.std([r[k] for r in runs])) for k in runs[0]}
         results["actions"] = list(model.actions)
     else:
-        model = load_role(ckpt, "model", source).to(dev).eval()
+        model = load_role(ckpt, "model", source).to(dev, memory_format=_memory_format(cfg)).eval()
         cost = video_cost(model, None, num_frames=frames, input_size=size)
         family = ckpt["models"]["model"]["kwargs"].get("bit_widths") if stage == "ap" else None
         results["metrics"] = {}
         for bits in family or (32,):
             column = f"AP % ({bits} bits)" if family else "AP %"
             with bit_width(model, bits) if family else contextlib.nullcontext():
-                scorings[column] = predict(lambda v: {"logits": model(v)}, batches(), dev)
+                scorings[column] = predict(lambda v: {"logits": model(v)}, batches(), dev, cfg.speed.amp)
             m = score(scorings[column], labels, num_classes)
             m["val/gflops"] = cost.gmacs({f"{bits}bit": 1.0}, with_policy=False).total
             results["metrics"].update({k.replace("val/", f"val/b{bits}/") if family else k: v for k, v in m.items()})

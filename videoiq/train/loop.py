@@ -6,6 +6,7 @@ Batches are dicts ``{"video": uint8, "label", "index", "valid"}`` from either re
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,36 +35,57 @@ def _valid(batch: dict[str, Tensor], device: torch.device) -> tuple[Tensor, Tens
     return normalize(video.to(device, non_blocking=True)), label.to(device), index, skipped
 
 
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast when ``amp`` is ``bf16`` (``speed.amp``), else nothing."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+def train_step(task: Task, module: nn.Module, video: Tensor, label: Tensor, optimizer: torch.optim.Optimizer, *,
+               amp: str = "off", where: str = "") -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """One optimizer step of a stage: forward and losses (autocast with ``amp``), a NaN/inf check before
+    any weight is touched, backward, step. Returns the module's outputs and the losses."""
+    with autocast(video.device, amp):
+        out = module(video)
+        losses = task.losses(out, label)
+    if not torch.isfinite(losses["loss"]):
+        raise NonFiniteLoss(f"{where}: the loss is {losses['loss'].item()} "
+                            f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items() if k != 'loss')})")
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    return out, losses
+
+
 def train_one_epoch(task: Task, module: nn.Module, batches: Iterable[dict[str, Tensor]],
                     optimizer: torch.optim.Optimizer, device: torch.device, *, epoch: int, log_every: int = 20,
-                    on_log: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
-    """One pass over ``batches``; ``module`` is ``task.module`` or its DDP wrapper. Returns epoch means."""
+                    on_log: Callable[[dict[str, float]], None] | None = None, amp: str = "off") -> dict[str, float]:
+    """One pass over ``batches``; ``module`` is ``task.module`` or its DDP wrapper. Returns epoch means.
+
+    Sums stay on the device and are read once at the end (plus at each progress record), so a step
+    waits on the device only for the NaN check.
+    """
     task.train(True)
-    sums: dict[str, float] = {}
-    seen = correct = skipped = steps = 0
+    sums: dict[str, Tensor] = {}
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    seen = skipped = steps = 0
     start = time.perf_counter()
     for batch in batches:
         video, label, _, bad = _valid(batch, device)
         skipped += bad
         if len(label) == 0:
             continue
-        out = module(video)
-        losses = task.losses(out, label)
-        if not torch.isfinite(losses["loss"]):
-            raise NonFiniteLoss(f"epoch {epoch} step {steps}: the loss is {losses['loss'].item()} "
-                                f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items() if k != 'loss')})")
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
+        out, losses = train_step(task, module, video, label, optimizer, amp=amp, where=f"epoch {epoch + 1} step {steps + 1}")
         steps += 1
         seen += len(label)
-        correct += int((task.logits(out).argmax(dim=-1) == label).sum())
+        correct += (task.logits(out).argmax(dim=-1) == label).sum()
         for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(label)
+            sums[k] = sums.get(k, 0.0) + v.detach().double() * len(label)
         if on_log is not None and log_every and steps % log_every == 0:
             on_log({"epoch": epoch, "step": steps, "loss": float(losses["loss"].detach()),
                     "lr": optimizer.param_groups[0]["lr"]})
-    totals = all_reduce_sum(torch.tensor([seen, correct, skipped, *sums.values()], dtype=torch.float64))
+    local = torch.tensor([seen, 0.0, skipped], dtype=torch.float64)
+    local[1] = correct.cpu()
+    totals = all_reduce_sum(torch.cat([local, torch.stack(list(sums.values())).cpu() if sums else local[:0]]))
     n = max(totals[0].item(), 1.0)
     metrics = {f"train/{k.removeprefix('loss/') if k != 'loss' else 'loss'}": totals[3 + i].item() / n
                for i, k in enumerate(sums)}
@@ -85,7 +107,7 @@ class Predictions:
 
 @torch.no_grad()
 def predict(predictor: Callable[[Tensor], dict[str, Tensor]], batches: Iterable[dict[str, Tensor]],
-            device: torch.device) -> Predictions:
+            device: torch.device, amp: str = "off") -> Predictions:
     """Run ``predictor(video (B, T, 3, S, S)) -> {"logits": (B, C), ...}`` over evaluation batches whose
     videos carry a views axis; every output is averaged over a video's views (logits, as the original
     does, and e.g. one-hot decisions into per-frame action shares)."""
@@ -96,7 +118,8 @@ def predict(predictor: Callable[[Tensor], dict[str, Tensor]], batches: Iterable[
         if len(index) == 0:
             continue
         b, v = video.shape[:2]
-        out = predictor(video.flatten(0, 1))
+        with autocast(video.device, amp):
+            out = predictor(video.flatten(0, 1))
         logits.append(out["logits"].float().view(b, v, -1).mean(dim=1).cpu())
         for k, t in out.items():
             if k != "logits":

@@ -172,6 +172,7 @@ def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
     """Models, task, optimizer, schedule and evaluation of a training stage (fp, ap, policy_pretrain, policy)."""
     classes, val_labels = dataset_classes(cfg)
     num_classes = len(classes)
+    amp = cfg.speed.amp
     if getattr(getattr(cfg, "model", None), "num_classes", None) not in (None, num_classes):
         raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the data has {num_classes} classes")
     extra: dict[str, Any] = {}
@@ -182,7 +183,7 @@ def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
         groups = single_group(model, cfg.optim)
 
         def evaluate(batches, dev):
-            pred = predict(lambda v: {"logits": model(v)}, batches, dev)
+            pred = predict(lambda v: {"logits": model(v)}, batches, dev, amp)
             return Evaluation(score(pred, val_labels, num_classes), pred)
     elif isinstance(cfg, APConfig):
         entries, _ = _any_precision(cfg, num_classes)
@@ -199,7 +200,7 @@ def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
                     with bit_width(model, bits):
                         out[f"b{bits}"] = model(v)
                 return {"logits": out[f"b{cfg.quant.bit_widths[0]}"], **out}
-            pred = predict(all_widths, batches, dev)
+            pred = predict(all_widths, batches, dev, amp)
             metrics = score(pred, val_labels, num_classes)
             for bits in cfg.quant.bit_widths:
                 per = Predictions(pred.index, pred.extra[f"b{bits}"], {}, pred.skipped)
@@ -215,13 +216,14 @@ def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
         extra.update({"actions": list(model.actions), "precisions": list(model.precisions)})
 
         def evaluate(batches, dev):
-            pred = predict(lambda v: decide(model, v), batches, dev)
+            pred = predict(lambda v: decide(model, v), batches, dev, amp)
             return Evaluation(policy_metrics(pred, model.actions, cost, val_labels, num_classes), pred)
     else:
         raise ConfigError(f"stage {cfg.STAGE!r} does not train; run it with the eval launcher")
     optimizer = build_optimizer(groups, cfg.optim)
+    memory_format = torch.channels_last if cfg.speed.channels_last else torch.preserve_format
     for _, _, m in entries.values():
-        m.to(device)
+        m.to(device, memory_format=memory_format)
     return Stage(cfg, task, optimizer, build_scheduler(optimizer, cfg.optim), entries, classes, val_labels, evaluate, extra)
 
 
@@ -257,7 +259,8 @@ def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], I
         if isinstance(stage.task, PolicyTask):
             metrics["temperature"] = float(stage.task.model.policy.temperature)
         metrics.update(train_one_epoch(stage.task, module, train_batches(epoch), stage.optimizer, device,
-                                       epoch=epoch, log_every=stage.cfg.logging.log_every, on_log=on_log))
+                                       epoch=epoch, log_every=stage.cfg.logging.log_every, on_log=on_log,
+                                       amp=stage.cfg.speed.amp))
         stage.global_step += int(metrics["train/steps"])
         stage.scheduler.step()
         stage.task.train(False)
@@ -370,5 +373,6 @@ def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
         if on_epoch is not None:
             on_epoch(epoch, metrics)
 
+    module = torch.compile(stage.task.module) if cfg.speed.compile else stage.task.module
     with logbook.tracker:
-        return run_epochs(stage, stage.task.module, train_batches, val_batches, dev, start, on_epoch_end, logbook.step)
+        return run_epochs(stage, module, train_batches, val_batches, dev, start, on_epoch_end, logbook.step)

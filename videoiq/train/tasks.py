@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from ..losses import action_costs, balance_loss, efficiency_loss, entropy_loss, soft_cross_entropy
 from ..models import VideoIQ
-from ..models.resnet import ResNet
-from ..quant import bit_width
+from ..models.resnet import ResNet, fold_frames
+from ..quant import bit_width, shared_weight_normalization
 
 
 class Task:
@@ -76,10 +76,13 @@ class _AllWidths(nn.Module):
         self.model, self.bit_widths, self.teacher = model, bit_widths, teacher
 
     def forward(self, video: Tensor) -> dict[str, Tensor]:
+        frames, b, t = fold_frames(video, type(self.model).__name__)
         per_width = []
-        for bits in self.bit_widths:
-            with bit_width(self.model, bits):
-                per_width.append(self.model(video))
+        with shared_weight_normalization(self.model):  # the work every width shares, done once
+            stem = self.model.stem(frames, passes=len(self.bit_widths))
+            for bits in self.bit_widths:
+                with bit_width(self.model, bits):
+                    per_width.append(self.model.forward_head(self.model.stages(stem).view(b, t, -1)))
         out = {"logits_per_width": torch.stack(per_width)}
         if self.teacher is not None:
             with torch.no_grad():

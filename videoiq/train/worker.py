@@ -56,6 +56,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     stage = build_stage(cfg, device)
     module = ray.train.torch.prepare_model(stage.task.module)
+    if cfg.speed.compile:
+        module = torch.compile(module)
     start, last = 0, {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
