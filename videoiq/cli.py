@@ -220,6 +220,14 @@ def _bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_infer(args: argparse.Namespace) -> int:
+    from .bench.infer import bench_infer
+
+    bench_infer(args.backbone, args.policy, args.frames, args.size, args.policy_size, args.batch, args.classes,
+                args.repeat, args.threads, args.device, tuple(args.mixes))
+    return 0
+
+
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="convert videos or frame folders into LMDB, inspect, generate the demo set")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -310,6 +318,21 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     bt.add_argument("--channels-last", action="store_true")
     bt.add_argument("--storage", default="", help="Ray run folder (default: ./runs/bench)")
     bt.set_defaults(run=_bench_train)
+    bi = besub.add_parser("infer", help="conditional execution vs the dense fp and all-precision paths, per policy mix")
+    bi.add_argument("--backbone", default="ap_resnet50", help="an any-precision ResNet; the dense fp is its fp twin")
+    bi.add_argument("--policy", default="policy_mobilenet_v2")
+    bi.add_argument("--frames", type=int, default=16)
+    bi.add_argument("--size", type=int, default=112)
+    bi.add_argument("--policy-size", type=int, default=84, help="side the policy resizes frames to")
+    bi.add_argument("--batch", type=int, default=4, help="videos per call")
+    bi.add_argument("--classes", type=int, default=200)
+    bi.add_argument("--repeat", type=int, default=3)
+    bi.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    bi.add_argument("--device", default="cpu")
+    bi.add_argument("--mixes", nargs="+", default=["32", "4", "2", "skip25", "skip50", "skip75", "even"],
+                    help="policy mixes to time: 32 4 2 (every frame at that width), skip25/50/75 (that share skipped, "
+                         "the rest at 32 bits), even (a quarter each of 32, 4, 2, skip)")
+    bi.set_defaults(run=_bench_infer)
 
 
 def build_parser() -> argparse.ArgumentParser:
