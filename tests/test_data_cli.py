@@ -1,8 +1,4 @@
 """``videoiq data ...`` and ``videoiq bench data`` as a user runs them."""
-import os
-
-import pytest
-
 from videoiq.cli import main
 from videoiq.data.records import VideoDB
 

@@ -76,11 +76,13 @@ def _print_result(result: dict[str, Any]) -> int:
 def guard(fn: Callable[[], int]) -> int:
     """Run a launcher's body; a bad config, checkpoint or input is one ``videoiq: error:`` line and exit 2."""
     from .data.build import BuildError
-    from .train.checkpoint import CheckpointError
+    from .train.checkpoint import CheckpointError, StorageError
+    from .train.loop import NonFiniteLoss
 
     try:
         return fn()
-    except (ConfigError, CheckpointError, BuildError, TrackingError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, BuildError, TrackingError, StorageError, NonFiniteLoss, FileNotFoundError,
+            ValueError) as e:
         print(f"videoiq: error: {e}", flush=True)
         return 2
 

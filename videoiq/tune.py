@@ -16,11 +16,9 @@ written (``videoiq.experiment``) and logged to wandb with the plot, next to one 
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import ray
 import yaml
 from ray import tune
 
@@ -28,13 +26,7 @@ from .config import ConfigError, config_to_dict
 from .experiment import SWEEP_FILE, Report, build_report, read_state, trial_dir, update_state
 from .sweep import COST, Sweep, load_sweep
 from .tracking import Tracker, resolve_mode
-
-
-def connect() -> None:
-    """Join the cluster of ``RAY_ADDRESS`` (``ray job submit`` sets it; ``auto`` finds a running one),
-    else start a local Ray (never a stale address left by a dead cluster: that would hang)."""
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+from .train.worker import connect
 
 
 def param_space(sweep: Sweep) -> dict[str, Any]:

@@ -210,6 +210,11 @@ class VideoDB:
             raise DatabaseError(f"{self.path}: __index__ is missing or malformed ({type(e).__name__}: {e})") from None
         if not len(self.index.keys) == len(self.index.num_frames) == len(self.index.labels) == meta["num_videos"]:
             raise DatabaseError(f"{self.path}: __index__ and __meta__ disagree on the number of videos")
+        n = int(meta.get("num_classes", 0))
+        for key, labels in zip(self.index.keys, self.index.labels):
+            if any(not 0 <= x < n for x in labels):
+                raise DatabaseError(f"{self.path}: record {key!r} has label(s) {list(labels)} outside its "
+                                    f"{n} classes (0..{n - 1})")
         self.meta: dict[str, Any] = meta
 
     @property

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable
@@ -38,6 +39,10 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, of another format or stage, or that does not fit."""
 
 
+class StorageError(RuntimeError):
+    """A run folder that cannot be written, or lacks the space for the stage's checkpoints."""
+
+
 def model_entry(name: str, kwargs: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """The checkpoint entry of one model: how to rebuild it and its weights (unwrapped, on the CPU)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -53,7 +58,8 @@ def _plain(value: Any) -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    """Write ``payload`` to ``path`` atomically: a crash or a full disk mid-write leaves the previous
+    file intact (the new one is written beside it, synced, then renamed over it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, **payload, "versions": {"videoiq": __version__, "torch": str(torch.__version__)}}
@@ -64,9 +70,40 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = "the previous checkpoint there is intact" if path.exists() else "nothing was written"
+            raise StorageError(f"cannot write checkpoint {path}: {e.strerror or e}; {kept}") from e
         raise
+
+
+def state_bytes(modules: Iterable[nn.Module], optimizer: torch.optim.Optimizer | None = None) -> int:
+    """About how many bytes a checkpoint of these models (and the optimizer's momentum) takes."""
+    size = sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())
+    if optimizer is not None:  # SGD momentum: one buffer per trainable parameter
+        size += sum(p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"])
+    return size
+
+
+def check_storage(folder: str | os.PathLike, need_bytes: int = 0, what: str = "ray.storage_path") -> None:
+    """Fail before training, naming ``what``, when ``folder`` cannot be written or has less than
+    ``need_bytes`` free (instead of failing at the first checkpoint, an epoch later)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"videoiq")
+            f.flush()
+            os.fsync(f.fileno())
+        os.unlink(probe)
+    except OSError as e:
+        raise StorageError(f"{what}: cannot write to {folder} ({e.strerror or e})") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise StorageError(f"{what}: {folder} has {free / 2**20:.0f} MiB free; this stage's checkpoints need "
+                           f"about {need_bytes / 2**20:.0f} MiB")
 
 
 def resolve(path: str | os.PathLike) -> Path:

@@ -31,8 +31,9 @@ from ..flops import action_usage, video_cost
 from ..models import VideoIQ, create_model, load_fp_weights, load_fp_weights_file
 from ..quant import bit_width
 from ..tracking import Tracker, resolve_mode
-from .checkpoint import CheckpointError, load_checkpoint, load_role, model_entry, save_checkpoint
-from .loop import Predictions, class_ap_table, predict, score, train_one_epoch
+from .checkpoint import (CheckpointError, check_storage, load_checkpoint, load_role, model_entry, save_checkpoint,
+                         state_bytes)
+from .loop import NonFiniteLoss, Predictions, class_ap_table, predict, score, train_one_epoch
 from .optim import any_precision_groups, build_optimizer, build_scheduler, policy_groups, single_group
 from .tasks import AnyPrecisionTask, FPTask, PolicyTask, Task
 
@@ -60,6 +61,7 @@ class Stage:
     evaluate: Callable[[Iterable[dict[str, Tensor]], torch.device], Evaluation]
     extra: dict[str, Any] = field(default_factory=dict)
     global_step: int = 0  # optimizer steps so far (rank 0's), the x axis of progress records
+    last_saved: str = ""  # where the newest checkpoint is, for messages (set by whoever writes or restores it)
 
     def payload(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         """The checkpoint of this stage after ``epoch`` completed epochs."""
@@ -70,6 +72,10 @@ class Stage:
                 "models": {role: model_entry(name, kw, m) for role, (name, kw, m) in self.entries.items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "metrics": metrics, "extra": extra}
+
+    def checkpoint_bytes(self) -> int:
+        """About the size of one checkpoint of this stage."""
+        return state_bytes([m for _, _, m in self.entries.values()], self.optimizer)
 
     def restore(self, ckpt: dict[str, Any]) -> int:
         """Load a checkpoint of this same stage (resume); returns the epochs already done."""
@@ -87,6 +93,11 @@ def dataset_classes(cfg: StageConfig) -> tuple[list[str], tuple[tuple[int, ...],
 
     train = VideoDB(cfg.data.lmdb_path(cfg.data.train_split))
     val = VideoDB(cfg.data.lmdb_path(cfg.data.val_split))
+    shortest = dataset_spec(cfg.data.dataset).min_train_frames
+    if not any(n >= shortest for n in train.index.num_frames):
+        raise ConfigError(f"data.root: {train.path} has no training video" + (f" with >= {shortest} frames" if shortest else ""))
+    if len(val) == 0:
+        raise ConfigError(f"data.root: {val.path} has no videos to validate on")
     if train.classes != val.classes:
         raise ConfigError(f"{train.path} and {val.path} list different classes")
     expected = dataset_spec(cfg.data.dataset).num_classes
@@ -258,9 +269,14 @@ def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], I
         metrics = {"epoch": float(epoch + 1), "lr": stage.optimizer.param_groups[0]["lr"]}
         if isinstance(stage.task, PolicyTask):
             metrics["temperature"] = float(stage.task.model.policy.temperature)
-        metrics.update(train_one_epoch(stage.task, module, train_batches(epoch), stage.optimizer, device,
-                                       epoch=epoch, log_every=stage.cfg.logging.log_every, on_log=on_log,
-                                       amp=stage.cfg.speed.amp))
+        try:
+            metrics.update(train_one_epoch(stage.task, module, train_batches(epoch), stage.optimizer, device,
+                                           epoch=epoch, log_every=stage.cfg.logging.log_every, on_log=on_log,
+                                           amp=stage.cfg.speed.amp))
+        except NonFiniteLoss as e:
+            last = stage.last_saved or "none: no epoch has finished yet"
+            raise NonFiniteLoss(f"{stage.cfg.STAGE}: {e}. Stopped before that step changed any weight; the last good "
+                                f"checkpoint is {last}, left as it was") from None
         stage.global_step += int(metrics["train/steps"])
         stage.scheduler.step()
         stage.task.train(False)
@@ -340,6 +356,7 @@ def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
     dev = torch.device(device)
     torch.manual_seed(cfg.seed)
     stage = build_stage(cfg, dev)
+    check_storage(out, 2 * stage.checkpoint_bytes())  # the checkpoint and its next version side by side
     start = 0
     if (out / FILENAME).exists():
         ckpt = load_checkpoint(out / FILENAME, stages=(cfg.STAGE,), what="resume")
@@ -348,6 +365,7 @@ def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
             printer(f"{cfg.STAGE}: {out / FILENAME} already has all {start} epochs; nothing to do")
             return dict(ckpt["metrics"])
         printer(f"{cfg.STAGE}: resuming from {out / FILENAME} after epoch {start}")
+        stage.last_saved = f"{out / FILENAME} (after epoch {start})"
     ev = getattr(cfg, "eval", None)
     train_ds = VideoClipDataset(cfg.data.lmdb_path(cfg.data.train_split), ClipSpec.from_config(cfg.data, train=True), cfg.seed)
     val_ds = VideoClipDataset(cfg.data.lmdb_path(cfg.data.val_split), ClipSpec.from_config(
@@ -369,6 +387,7 @@ def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
     def on_epoch_end(epoch: int, metrics: dict[str, float], evaluation: Evaluation) -> None:
         logbook.record(metrics)
         save_checkpoint(out / FILENAME, stage.payload(epoch, metrics))
+        stage.last_saved = f"{out / FILENAME} (after epoch {epoch})"
         logbook.publish(epoch, metrics, evaluation)
         if on_epoch is not None:
             on_epoch(epoch, metrics)

@@ -30,7 +30,7 @@ from ..data.clips import ClipSpec, VideoClipDataset
 from ..distributed import is_main, rank, world_size
 from ..ray_data import clip_dataset, iter_clip_batches, train_data_config
 from ..tracking import resolve_mode, wandb_env
-from .checkpoint import FILENAME, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import FILENAME, check_storage, latest_checkpoint, load_checkpoint, save_checkpoint
 from .stage import Evaluation, StageLog, build_stage, run_epochs, start_tracker
 
 
@@ -64,9 +64,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         with checkpoint.as_directory() as d:
             ckpt = load_checkpoint(Path(d) / FILENAME, stages=(cfg.STAGE,), what="resume")
         start, last = stage.restore(ckpt), dict(ckpt["metrics"])
+        stage.last_saved = f"the newest checkpoint_* in {run_dir} (after epoch {start})"
     logbook = None
     if is_main():  # only rank 0 prints, writes metrics.jsonl and logs to wandb
-        run_dir.mkdir(parents=True, exist_ok=True)
+        # Ray keeps num_to_keep checkpoints and writes the next one beside them
+        check_storage(run_dir, (cfg.ray.num_to_keep + 1) * stage.checkpoint_bytes())
         logbook = StageLog(stage, run_dir, _say, start_tracker(cfg, run_dir, config["wandb_mode"]))
         logbook.resume(start)
         if start:
@@ -92,12 +94,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(Path(d) / FILENAME, stage.payload(epoch, metrics))
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+        stage.last_saved = f"the newest checkpoint_* in {run_dir} (after epoch {epoch})"
         logbook.publish(epoch, metrics, evaluation)
 
     with logbook.tracker if logbook else contextlib.nullcontext():
         metrics = run_epochs(stage, module, train_batches, val_batches, device, start, on_epoch_end,
                              logbook.step if logbook else None)
     return metrics or last
+
+
+def connect() -> None:
+    """Join the cluster of ``RAY_ADDRESS`` (``ray job submit`` sets it; ``auto`` finds a running one),
+    else start a local Ray (never a stale address left by a dead cluster: that would hang)."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+
+
+def check_resources(cfg: StageConfig) -> None:
+    """Refuse, before anything waits, a worker group the cluster can never schedule: more CPUs or GPUs than
+    it has, or one that takes every CPU (the Ray Data readers feeding the workers then never run)."""
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    need = cfg.ray.num_workers * cfg.ray.cpus_per_worker
+    ask = f"ray.num_workers={cfg.ray.num_workers} x ray.cpus_per_worker={cfg.ray.cpus_per_worker:g} = {need:g} CPUs"
+    if need > cpus:
+        raise ConfigError(f"{ask}, but the Ray cluster has {cpus:g}; use fewer workers or CPUs per worker")
+    if need > cpus - 1:
+        raise ConfigError(f"{ask} of the cluster's {cpus:g} leaves none for the Ray Data readers that feed the "
+                          "workers, so training would wait forever; leave at least one CPU free (fewer workers or "
+                          "CPUs per worker, or more logical CPUs: `ray start --num-cpus N`)")
+    if cfg.ray.use_gpu and cfg.ray.num_workers > gpus:
+        raise ConfigError(f"ray.use_gpu with ray.num_workers={cfg.ray.num_workers}, but the Ray cluster has {gpus:g} GPUs")
 
 
 def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
@@ -112,9 +139,10 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
         raise ConfigError("inputs not ready:\n  - " + "\n  - ".join(problems))
     if cfg.ray.num_workers < 1:
         raise ConfigError("ray.num_workers: 0 means in-process; use videoiq.train.stage.run_stage")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+    connect()
+    check_resources(cfg)
     storage = os.path.abspath(cfg.ray.storage_path)
+    check_storage(storage)  # writable at all; rank 0 checks the space once it knows the models' size
     name = run_name(cfg)
     finished = latest_checkpoint(Path(storage) / name)
     if finished is not None and finished[1]["epoch"] >= cfg.optim.epochs:
