@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export WANDB_MODE ?= $(if $(WANDB_API_KEY),online,offline)
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install test demo clean
+.PHONY: install test soak demo clean
 
 $(VENV)/.installed: setup.py
 	@echo "==> creating $(VENV) and installing videoiq with its dev extras (about 3 minutes the first time)"
@@ -19,6 +19,9 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest
+
+soak: install
+	$(PY) -m pytest -m soak
 
 demo: install
 	bash launch/demo.sh

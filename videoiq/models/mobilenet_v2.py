@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import MobileNetV2
+from torchvision.ops.misc import Conv2dNormActivation
 
 from ._registry import register_model
 from .resnet import fold_frames
@@ -18,7 +19,26 @@ _TINY_SETTING = [[1, 16, 1, 1], [6, 24, 1, 2], [6, 32, 1, 2]]
 
 
 class TSNMobileNetV2(MobileNetV2):
-    """torchvision MobileNetV2 over ``(B, T, C, H, W)`` videos, logits averaged over frames."""
+    """torchvision MobileNetV2 over ``(B, T, C, H, W)`` videos, logits averaged over frames.
+
+    ``last_channel`` replaces torchvision's fixed 1280-channel last 1x1 conv (and the classifier), for
+    small models whose feature width should shrink with the rest (the policy's LSTM reads it).
+    """
+
+    def __init__(self, *args, last_channel: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if last_channel is not None:
+            previous = self.features[-1][0].in_channels
+            self.features[-1] = Conv2dNormActivation(previous, last_channel, kernel_size=1,
+                                                     norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6)
+            self.classifier[1] = nn.Linear(last_channel, self.classifier[1].out_features)
+            self.last_channel = last_channel
+            for m in (self.features[-1][0], self.classifier[1]):  # torchvision's initialisation
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                else:
+                    nn.init.normal_(m.weight, 0, 0.01)
+                    nn.init.zeros_(m.bias)
 
     @property
     def num_features(self) -> int:
@@ -50,7 +70,8 @@ def mobilenet_v2(num_classes: int = 1000, dropout: float = 0.5, width_mult: floa
 
 @register_model("recognition")
 def mobilenet_v2_tiny(num_classes: int = 1000, dropout: float = 0.5) -> TSNMobileNetV2:
-    """A 22k-parameter MobileNetV2 (width 0.25, three stages) for tests and CPU smoke runs."""
+    """A 5k-parameter MobileNetV2 (width 0.25, three stages, 64 features) for tests and CPU smoke runs."""
     return TSNMobileNetV2(
-        num_classes=num_classes, dropout=dropout, width_mult=0.25, inverted_residual_setting=_TINY_SETTING
+        num_classes=num_classes, dropout=dropout, width_mult=0.25, inverted_residual_setting=_TINY_SETTING,
+        last_channel=64,
     )

@@ -352,7 +352,6 @@ def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
     if problems:
         raise ConfigError("inputs not ready:\n  - " + "\n  - ".join(problems))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
     torch.manual_seed(cfg.seed)
     stage = build_stage(cfg, dev)

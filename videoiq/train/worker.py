@@ -22,7 +22,10 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.exceptions import RayActorError
+from ray.util.placement_group import (PlacementGroup, PlacementGroupID, placement_group_table,
+                                      remove_placement_group)
+from ray.train import Checkpoint, CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ..config import ConfigError, StageConfig, config_from_dict, config_to_dict
@@ -127,6 +130,28 @@ def check_resources(cfg: StageConfig) -> None:
         raise ConfigError(f"ray.use_gpu with ray.num_workers={cfg.ray.num_workers}, but the Ray cluster has {gpus:g} GPUs")
 
 
+def _remove_abandoned_groups(before: set[str], cfg: StageConfig) -> int:
+    """Remove the worker placement groups a failed run left behind; returns how many.
+
+    A controller that fails while a worker dies can leave its group's CPUs reserved (its clean-up
+    actor relies on the state API); the next attempt's workers then take the rest and the Ray Data
+    readers never get a CPU. Only groups that this job created during the failed attempt, shaped like
+    this run's worker group, and with nothing running in them are removed.
+    """
+    job = ray.get_runtime_context().get_job_id()
+    shape = [{"CPU": float(cfg.ray.cpus_per_worker), **({"GPU": 1.0} if cfg.ray.use_gpu else {})}] * cfg.ray.num_workers
+    total, free = ray.cluster_resources(), ray.available_resources()
+    removed = 0
+    for pg_id, info in placement_group_table().items():
+        if pg_id in before or not pg_id.endswith(job) or info.get("state") != "CREATED":
+            continue
+        cpus = f"CPU_group_{pg_id}"
+        if list(info.get("bundles", {}).values()) == shape and free.get(cpus, 0.0) == total.get(cpus, -1.0):
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+            removed += 1
+    return removed
+
+
 def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
                      callbacks: list[Any] | None = None) -> tuple[str, dict[str, float]]:
     """Train a stage with ``cfg.ray.num_workers`` Ray Train workers; returns (checkpoint file, final metrics).
@@ -150,20 +175,39 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
         return str(finished[0]), dict(finished[1]["metrics"])
     spec = ClipSpec.from_config(cfg.data, train=True)
     mode = resolve_mode(cfg.logging.wandb)  # here, where the user's environment is; workers may not have it
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"stage": config_to_dict(cfg), "run_dir": os.path.join(storage, name), "wandb_mode": mode},
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks,
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
-                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-                             worker_runtime_env={"env_vars": wandb_env()} if mode == "online" else None),
-        datasets={"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec)},
-        dataset_config=train_data_config(),
-    )
+
+    def trainer() -> TorchTrainer:
+        return TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"stage": config_to_dict(cfg), "run_dir": os.path.join(storage, name), "wandb_mode": mode},
+            scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                                         resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+            run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks,
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
+                                 failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                                 worker_runtime_env={"env_vars": wandb_env()} if mode == "online" else None),
+            datasets={"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec)},
+            dataset_config=train_data_config(),
+        )
+
     printer(f"{cfg.STAGE}: {cfg.ray.num_workers} Ray Train workers, run {os.path.join(storage, name)}")
-    result = trainer.fit()
+    retries = 0
+    while True:
+        before = set(placement_group_table())
+        try:
+            result = trainer().fit()
+            break
+        except ControllerError as e:
+            # Ray Train restarts a worker group that dies while training (ray.max_failures), but one that dies
+            # while the controller is starting, polling or stopping it fails the whole run; the same run name
+            # resumes from the last checkpoint, so do that, within the same budget.
+            if not isinstance(e.controller_failure, RayActorError) or retries >= cfg.ray.max_failures:
+                raise
+            retries += 1
+            freed = _remove_abandoned_groups(before, cfg)
+            printer(f"{cfg.STAGE}: a Train worker died while Ray Train was managing the group; restarting from the "
+                    f"last checkpoint (retry {retries} of ray.max_failures={cfg.ray.max_failures})"
+                    + (f"; freed {freed} abandoned worker placement group(s)" if freed else ""))
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:

@@ -1,0 +1,193 @@
+"""Faults survived and bad input refused clearly: storage, checkpoints, NaN, data, cluster resources, killed workers."""
+import collections
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import lmdb
+import msgpack
+import pytest
+import torch
+from helpers import QUIET, TINY_POLICY, stage_config
+
+from videoiq.config import ConfigError
+from videoiq.data.records import DatabaseError, VideoDB, forget
+from videoiq.train import checkpoint as ckpt_module
+from videoiq.train.checkpoint import StorageError, load_checkpoint, save_checkpoint
+from videoiq.train.loop import NonFiniteLoss
+from videoiq.train.stage import run_stage
+
+
+def _fp(root, tmp_path, **sections):
+    return stage_config("fp", root, model={"name": "resnet_tiny"}, **sections)
+
+
+def test_an_unwritable_storage_path_is_refused_before_training(tiny_videos, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(StorageError, match="cannot write to .*a_file/runs"):
+        run_stage(_fp(tiny_videos, tmp_path), tmp_path / "a_file" / "runs", printer=QUIET)
+
+
+def test_too_little_space_is_refused_before_training(tiny_videos, tmp_path, monkeypatch):
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(ckpt_module.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**10, 2**10))
+    with pytest.raises(StorageError, match=r"has 0 MiB free; this stage's checkpoints need about [0-9.]+ MiB"):
+        run_stage(_fp(tiny_videos, tmp_path), tmp_path / "fp", printer=QUIET)
+    assert not (tmp_path / "fp" / "checkpoint.pt").exists() and not (tmp_path / "fp" / "metrics.jsonl").exists()
+
+
+def test_a_checkpoint_write_cut_short_keeps_the_previous_one(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "fp", "epoch": 3})
+
+    def full_disk(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_module.torch, "save", full_disk)
+    with pytest.raises(StorageError, match="No space left on device; the previous checkpoint there is intact"):
+        save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "fp", "epoch": 4})
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no half-written file left
+
+
+def test_a_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(trained_stages, tiny_videos, tmp_path):
+    runs, _ = trained_stages
+    init = {"backbone_checkpoint": str(runs / "ap"), "policy_backbone_checkpoint": str(runs / "pp")}
+    cfg = stage_config("policy", tiny_videos, policy=TINY_POLICY, init=init,
+                       optim={"epochs": 3, "policy_lr": 1e30})  # diverges in epoch 2
+    with pytest.raises(NonFiniteLoss) as info:
+        run_stage(cfg, tmp_path / "policy", printer=QUIET)
+    message = str(info.value)
+    assert "policy: epoch 2 step 1: the loss is nan" in message
+    assert f"the last good checkpoint is {tmp_path / 'policy' / 'checkpoint.pt'} (after epoch 1), left as it was" in message
+    assert load_checkpoint(tmp_path / "policy")["epoch"] == 1  # not overwritten with NaN weights
+
+
+def _rewrite_index(src, dst, edit):
+    import shutil
+
+    shutil.copytree(src, dst)
+    env = lmdb.open(str(dst))
+    with env.begin(write=True) as txn:
+        meta, index = msgpack.unpackb(txn.get(b"__meta__")), msgpack.unpackb(txn.get(b"__index__"))
+        edit(meta, index)
+        txn.put(b"__meta__", msgpack.packb(meta))
+        txn.put(b"__index__", msgpack.packb(index))
+    env.close()
+    forget(str(dst))
+
+
+def test_labels_outside_the_classes_and_empty_sets_are_refused(tiny_videos, tmp_path):
+    def bad_label(meta, index):
+        index["labels"][2] = [meta["num_classes"]]
+
+    _rewrite_index(tiny_videos / "val.lmdb", tmp_path / "bad.lmdb", bad_label)
+    key = VideoDB(tiny_videos / "val.lmdb").index.keys[2]
+    with pytest.raises(DatabaseError, match=f"record '{key}' has label\\(s\\) \\[4\\] outside its 4 classes \\(0..3\\)"):
+        VideoDB(tmp_path / "bad.lmdb")
+
+    def empty(meta, index):
+        meta["num_videos"] = 0
+        index.update(keys=[], num_frames=[], labels=[])
+
+    (tmp_path / "data").mkdir()
+    _rewrite_index(tiny_videos / "train.lmdb", tmp_path / "data" / "train.lmdb", empty)
+    _rewrite_index(tiny_videos / "val.lmdb", tmp_path / "data" / "val.lmdb", lambda meta, index: None)
+    with pytest.raises(ConfigError, match="train.lmdb has no training video"):
+        run_stage(_fp(tmp_path / "data", tmp_path), tmp_path / "fp", printer=QUIET)
+
+
+def test_worker_groups_the_cluster_cannot_schedule_are_refused(ray_local, tiny_videos, tmp_path):
+    from videoiq.train.worker import run_stage_on_ray
+
+    ray = {"storage_path": str(tmp_path)}
+    with pytest.raises(ConfigError, match="= 5 CPUs, but the Ray cluster has 4"):
+        run_stage_on_ray(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 5}), printer=QUIET)
+    with pytest.raises(ConfigError, match="= 4 CPUs of the cluster's 4 leaves none for the Ray Data readers"):
+        run_stage_on_ray(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 2, "cpus_per_worker": 2}), printer=QUIET)
+    with pytest.raises(ConfigError, match="has 0 GPUs"):
+        run_stage_on_ray(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 1, "use_gpu": True}), printer=QUIET)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(StorageError, match="ray.storage_path: cannot write to"):
+        run_stage_on_ray(_fp(tiny_videos, tmp_path, ray={"storage_path": str(tmp_path / "a_file"), "num_workers": 1}),
+                         printer=QUIET)
+
+
+def train_worker_pids():
+    """PIDs of this machine's Ray Train worker processes (their process titles name the actor)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"RayTrainWorker" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def kill_a_worker_after(metrics: Path, epochs: int, kills: list, timeout: float = 300) -> threading.Thread:
+    """A thread that SIGKILLs one Ray Train worker once ``metrics`` holds ``epochs`` lines, and appends
+    ``(pid, epochs done then)`` to ``kills``."""
+    def watch():
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+            pids = train_worker_pids()
+            if done >= epochs and pids:
+                os.kill(pids[-1], signal.SIGKILL)
+                kills.append((pids[-1], done))
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, tiny_videos, tmp_path):
+    from videoiq.train.worker import run_stage_on_ray
+
+    ray = {"storage_path": str(tmp_path), "name": "fp", "num_workers": 2, "max_failures": 1}
+    cfg = _fp(tiny_videos, tmp_path, ray=ray, optim={"epochs": 3})
+    kills = []
+    kill_a_worker_after(tmp_path / "fp" / "metrics.jsonl", epochs=1, kills=kills)
+    path, metrics = run_stage_on_ray(cfg, printer=QUIET)
+    assert len(kills) == 1 and kills[0][1] < 3  # a worker died mid-run, and the run still finished
+    assert load_checkpoint(path)["epoch"] == 3 and metrics["epoch"] == 3.0
+    lines = [json.loads(x) for x in (tmp_path / "fp" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1.0, 2.0, 3.0]  # none lost, none counted twice
+    assert all(x["train/videos"] == 16.0 for x in lines)  # every epoch saw the whole training set
+
+
+def test_only_abandoned_worker_groups_of_the_failed_attempt_are_freed(ray_local, tiny_videos, tmp_path):
+    from ray.util.placement_group import placement_group, placement_group_table
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from videoiq.train.worker import _remove_abandoned_groups
+
+    cfg = _fp(tiny_videos, tmp_path, ray={"num_workers": 2, "cpus_per_worker": 0.5})
+    older = placement_group([{"CPU": 0.5}] * 2)  # not from the failed attempt
+    ray_local.get(older.ready())
+    before = set(placement_group_table())
+    abandoned, other_shape, busy = (placement_group(b) for b in ([{"CPU": 0.5}] * 2, [{"CPU": 0.5}], [{"CPU": 0.5}] * 2))
+    ray_local.get([g.ready() for g in (abandoned, other_shape, busy)])
+
+    @ray_local.remote(num_cpus=0.5)
+    class Worker:
+        def ping(self):
+            return 1
+
+    worker = Worker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(busy, 0)).remote()
+    ray_local.get(worker.ping.remote())
+    assert _remove_abandoned_groups(before, cfg) == 1
+    states = {k: v["state"] for k, v in placement_group_table().items()}
+    assert states[abandoned.id.hex()] == "REMOVED"
+    assert {states[g.id.hex()] for g in (older, other_shape, busy)} == {"CREATED"}
+    ray_local.kill(worker)
+    for g in (older, other_shape, busy):
+        ray_local.util.remove_placement_group(g)
