@@ -10,7 +10,6 @@ from pathlib import Path
 import lmdb
 import msgpack
 import pytest
-import torch
 from helpers import QUIET, TINY_POLICY, stage_config
 
 from videoiq.config import ConfigError

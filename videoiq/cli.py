@@ -221,11 +221,21 @@ def _bench_train(args: argparse.Namespace) -> int:
 
 
 def _bench_infer(args: argparse.Namespace) -> int:
-    from .bench.infer import bench_infer
+    from .bench.infer import MIXES, bench_infer
 
     bench_infer(args.backbone, args.policy, args.frames, args.size, args.policy_size, args.batch, args.classes,
-                args.repeat, args.threads, args.device, tuple(args.mixes))
+                args.repeat, args.threads, args.device, tuple(args.mixes or MIXES))
     return 0
+
+
+def _bench_setting(parser: argparse.ArgumentParser, *, frames: int, size: int, classes: int) -> None:
+    """The model input and machine arguments the model benchmarks share."""
+    parser.add_argument("--policy", default="policy_mobilenet_v2")
+    parser.add_argument("--frames", type=int, default=frames)
+    parser.add_argument("--size", type=int, default=size, help="frame height and width")
+    parser.add_argument("--classes", type=int, default=classes)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads and Ray CPUs (0: torch's default)")
+    parser.add_argument("--device", default="cpu")
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -305,14 +315,9 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     bq.set_defaults(run=_bench_quant)
     bt = besub.add_parser("train", help="samples/s of each stage's step: bare loop vs Ray Train (1 and 2 workers)")
     bt.add_argument("--backbone", default="resnet18", help="a full-precision ResNet name; ap uses ap_<name>")
-    bt.add_argument("--policy", default="policy_mobilenet_v2")
-    bt.add_argument("--frames", type=int, default=8)
-    bt.add_argument("--size", type=int, default=112)
+    _bench_setting(bt, frames=8, size=112, classes=10)
     bt.add_argument("--batch", type=int, default=4, help="global batch (videos), split across Ray workers")
     bt.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
-    bt.add_argument("--classes", type=int, default=10)
-    bt.add_argument("--threads", type=int, default=0, help="torch threads / Ray CPUs (0: torch's default)")
-    bt.add_argument("--device", default="cpu")
     bt.add_argument("--ray-workers", type=int, nargs="*", default=[1, 2], help="worker counts to measure (none: skip Ray)")
     bt.add_argument("--amp", choices=["off", "bf16"], default="off")
     bt.add_argument("--channels-last", action="store_true")
@@ -320,18 +325,12 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     bt.set_defaults(run=_bench_train)
     bi = besub.add_parser("infer", help="conditional execution vs the dense fp and all-precision paths, per policy mix")
     bi.add_argument("--backbone", default="ap_resnet50", help="an any-precision ResNet; the dense fp is its fp twin")
-    bi.add_argument("--policy", default="policy_mobilenet_v2")
-    bi.add_argument("--frames", type=int, default=16)
-    bi.add_argument("--size", type=int, default=112)
+    _bench_setting(bi, frames=16, size=112, classes=200)
     bi.add_argument("--policy-size", type=int, default=84, help="side the policy resizes frames to")
     bi.add_argument("--batch", type=int, default=4, help="videos per call")
-    bi.add_argument("--classes", type=int, default=200)
     bi.add_argument("--repeat", type=int, default=3)
-    bi.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    bi.add_argument("--device", default="cpu")
-    bi.add_argument("--mixes", nargs="+", default=["32", "4", "2", "skip25", "skip50", "skip75", "even"],
-                    help="policy mixes to time: 32 4 2 (every frame at that width), skip25/50/75 (that share skipped, "
-                         "the rest at 32 bits), even (a quarter each of 32, 4, 2, skip)")
+    bi.add_argument("--mixes", nargs="+", help="policy mixes to time (default: all): 32 4 2 (every frame at that width), "
+                    "skip25/50/75 (that share skipped, the rest at 32 bits), even (a quarter each of 32, 4, 2, skip)")
     bi.set_defaults(run=_bench_infer)
 
 

@@ -20,7 +20,6 @@ import dataclasses
 import difflib
 import math
 import os
-import tempfile
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -30,6 +29,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from .atomic import write_text_atomic
 from .quant import check_bit_widths
 
 
@@ -729,14 +729,4 @@ def dump_yaml(cfg: StageConfig, *, changes_only: bool = False) -> str:
 
 def save_config(cfg: StageConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML atomically (a crash never leaves a half-written file)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(dump_yaml(cfg))
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return write_text_atomic(path, dump_yaml(cfg))

@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from .atomic import write_text_atomic
 from .sweep import COST
 from .train.checkpoint import resolve
 
@@ -37,12 +37,7 @@ SWEEP_FILE = "sweep.yaml"
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def trial_dir(experiment: Path, trial_id: str) -> Path:
@@ -250,10 +245,7 @@ def _write_csv(path: Path, report: Report) -> Path:
     columns, rows = report.columns()
     writer.writerow(columns)
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, buf.getvalue())
 
 
 def plot_report(report: Report, path: Path) -> Path:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text_atomic
 from .config import STAGES, ConfigError, StageConfig, apply_overrides, config_from_dict, read_yaml
 from .tracking import Tracker, TrackingError, resolve_mode
 
@@ -120,7 +121,7 @@ def run_pipeline(configs: dict[str, str], overrides: Sequence[str], printer: Cal
     rows = summary_rows(evals)
     summary = {"checkpoints": {k: v["checkpoint"] for k, v in done.items()}, "eval": evals,
                "table": summary_table(rows)}
-    (out / "pipeline_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(out / "pipeline_summary.json", json.dumps(summary, indent=1) + "\n")
     with Tracker.start(mode=resolve_mode(cfg.logging.wandb), directory=out, project=cfg.logging.project,
                        name="pipeline", job_type="summary", group=cfg.logging.group,
                        config={"configs": configs, "overrides": list(overrides)}) as tracker:

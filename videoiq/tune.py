@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from ray import tune
 
+from .atomic import write_text_atomic
 from .config import ConfigError, config_to_dict
 from .experiment import SWEEP_FILE, Report, build_report, read_state, trial_dir, update_state
 from .sweep import COST, Sweep, load_sweep
@@ -134,7 +135,7 @@ def run_sweep(sweep: Sweep, printer: Callable[[str], None] = print) -> Report:
     _check_resumable(sweep, spec)
     exp = sweep.experiment_dir
     exp.mkdir(parents=True, exist_ok=True)
-    (exp / SWEEP_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
+    write_text_atomic(exp / SWEEP_FILE, yaml.safe_dump(spec, sort_keys=False))
     connect()
     mode = resolve_mode(base_cfg.logging.wandb)
     trainable = tune.with_resources(

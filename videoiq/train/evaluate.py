@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import write_text_atomic
 from ..config import ConfigError, EvalConfig
 from ..data.clips import ClipSpec, VideoClipDataset
 from ..flops import video_cost
@@ -100,7 +101,7 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
             results["metrics"].update({k.replace("val/", f"val/b{bits}/") if family else k: v for k, v in m.items()})
     folder = resolve(source).parent
     out = folder / f"eval_{cfg.data.val_split}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     tracker = start_tracker(cfg, folder, resolve_mode(cfg.logging.wandb), name=f"eval-{stage}", job_type="eval")
     with tracker:
         tracker.summary({**results["metrics"], **{f"spread/{k}": v for k, v in results.get("spread", {}).items()}})
