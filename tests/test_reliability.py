@@ -167,7 +167,7 @@ def test_only_abandoned_worker_groups_of_the_failed_attempt_are_freed(ray_local,
     from ray.util.placement_group import placement_group, placement_group_table
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from videoiq.train.worker import _remove_abandoned_groups
+    from videoiq.train.worker import _GroupJanitor, _remove_abandoned_groups
 
     cfg = _fp(tiny_videos, tmp_path, ray={"num_workers": 2, "cpus_per_worker": 0.5})
     older = placement_group([{"CPU": 0.5}] * 2)  # not from the failed attempt
@@ -187,6 +187,20 @@ def test_only_abandoned_worker_groups_of_the_failed_attempt_are_freed(ray_local,
     states = {k: v["state"] for k, v in placement_group_table().items()}
     assert states[abandoned.id.hex()] == "REMOVED"
     assert {states[g.id.hex()] for g in (older, other_shape, busy)} == {"CREATED"}
+    # while a run trains, a group of its shape left empty beside its busy one is freed after `patience` checks
+    left_behind = placement_group([{"CPU": 0.5}] * 2)
+    ray_local.get(left_behind.ready())
+    lines = []
+    janitor = _GroupJanitor(before, cfg, lines.append, interval=0.1, patience=3)
+    janitor.start()
+    deadline = time.time() + 30
+    while placement_group_table()[left_behind.id.hex()]["state"] != "REMOVED" and time.time() < deadline:
+        time.sleep(0.1)
+    janitor.stop.set()
+    janitor.join()
+    states = {k: v["state"] for k, v in placement_group_table().items()}
+    assert states[left_behind.id.hex()] == "REMOVED" and states[busy.id.hex()] == "CREATED"
+    assert lines == ["fp: freed the CPUs of a worker group Ray Train left behind after a restart"]
     ray_local.kill(worker)
     for g in (older, other_shape, busy):
         ray_local.util.remove_placement_group(g)

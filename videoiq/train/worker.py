@@ -15,6 +15,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -130,26 +131,69 @@ def check_resources(cfg: StageConfig) -> None:
         raise ConfigError(f"ray.use_gpu with ray.num_workers={cfg.ray.num_workers}, but the Ray cluster has {gpus:g} GPUs")
 
 
-def _remove_abandoned_groups(before: set[str], cfg: StageConfig) -> int:
-    """Remove the worker placement groups a failed run left behind; returns how many.
+def _idle_groups(before: set[str], cfg: StageConfig) -> tuple[list[str], bool]:
+    """This run's worker placement groups with nothing running in them, and whether one is in use.
 
-    A controller that fails while a worker dies can leave its group's CPUs reserved (its clean-up
-    actor relies on the state API); the next attempt's workers then take the rest and the Ray Data
-    readers never get a CPU. Only groups that this job created during the failed attempt, shaped like
-    this run's worker group, and with nothing running in them are removed.
+    Only groups this job created since ``before`` (when the run started), shaped like this run's
+    worker group, count.
     """
     job = ray.get_runtime_context().get_job_id()
     shape = [{"CPU": float(cfg.ray.cpus_per_worker), **({"GPU": 1.0} if cfg.ray.use_gpu else {})}] * cfg.ray.num_workers
     total, free = ray.cluster_resources(), ray.available_resources()
-    removed = 0
+    idle, busy = [], False
     for pg_id, info in placement_group_table().items():
         if pg_id in before or not pg_id.endswith(job) or info.get("state") != "CREATED":
             continue
-        cpus = f"CPU_group_{pg_id}"
-        if list(info.get("bundles", {}).values()) == shape and free.get(cpus, 0.0) == total.get(cpus, -1.0):
-            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
-            removed += 1
-    return removed
+        if list(info.get("bundles", {}).values()) == shape:
+            cpus = f"CPU_group_{pg_id}"
+            if free.get(cpus, 0.0) == total.get(cpus, -1.0):
+                idle.append(pg_id)
+            else:
+                busy = True
+    return idle, busy
+
+
+def _remove_group(pg_id: str) -> None:
+    remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+
+
+def _remove_abandoned_groups(before: set[str], cfg: StageConfig) -> int:
+    """After a failed run: remove the worker placement groups it left reserved; returns how many."""
+    idle, _ = _idle_groups(before, cfg)
+    for pg_id in idle:
+        _remove_group(pg_id)
+    return len(idle)
+
+
+class _GroupJanitor(threading.Thread):
+    """While a run trains, frees the worker placement groups Ray Train abandons when it restarts a group.
+
+    Ray Train 2.60 can leave a dead group's placement group reserved (its clean-up relies on the state
+    API); its CPUs then never come back, and once the new group holds the rest, the Ray Data readers
+    feeding the workers never run and training waits forever. A group of this run that has stayed
+    empty for ``patience`` checks while another one of this run is busy is such a leftover: workers
+    fill a new group within seconds of its creation.
+    """
+
+    def __init__(self, before: set[str], cfg: StageConfig, printer: Callable[[str], None],
+                 interval: float = 10.0, patience: int = 3):
+        super().__init__(name="videoiq-group-janitor", daemon=True)
+        self.before, self.cfg, self.printer, self.interval, self.patience = before, cfg, printer, interval, patience
+        self.stop = threading.Event()
+        self.idle_checks: dict[str, int] = {}
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                idle, busy = _idle_groups(self.before, self.cfg)
+            except Exception:  # the run's own errors are reported by fit(); never fail it from here
+                continue
+            self.idle_checks = {g: self.idle_checks.get(g, 0) + 1 for g in idle} if busy else {}
+            for pg_id, checks in list(self.idle_checks.items()):
+                if checks >= self.patience:
+                    _remove_group(pg_id)
+                    del self.idle_checks[pg_id]
+                    self.printer(f"{self.cfg.STAGE}: freed the CPUs of a worker group Ray Train left behind after a restart")
 
 
 def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
@@ -194,6 +238,8 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
     retries = 0
     while True:
         before = set(placement_group_table())
+        janitor = _GroupJanitor(before, cfg, printer)
+        janitor.start()
         try:
             result = trainer().fit()
             break
@@ -208,6 +254,9 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
             printer(f"{cfg.STAGE}: a Train worker died while Ray Train was managing the group; restarting from the "
                     f"last checkpoint (retry {retries} of ray.max_failures={cfg.ray.max_failures})"
                     + (f"; freed {freed} abandoned worker placement group(s)" if freed else ""))
+        finally:
+            janitor.stop.set()
+            janitor.join()
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
