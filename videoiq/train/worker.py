@@ -236,8 +236,8 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
 
     printer(f"{cfg.STAGE}: {cfg.ray.num_workers} Ray Train workers, run {os.path.join(storage, name)}")
     retries = 0
+    before = set(placement_group_table())  # groups from before this run: never this run's to free
     while True:
-        before = set(placement_group_table())
         janitor = _GroupJanitor(before, cfg, printer)
         janitor.start()
         try:
