@@ -13,8 +13,10 @@ export RAY_AUTH_MODE=disabled   # the head listens on 127.0.0.1 only; use token 
 export WANDB_MODE="${WANDB_MODE:-offline}"
 mkdir -p "$OUT"
 
-echo "==> 1/4 generating the demo set and converting it into $OUT/data (about 25 s)"
-"$BIN/videoiq" data synth "$OUT/data"
+echo "==> 1/4 generating the demo set and converting it into $OUT/data (about 10 s)"
+# JPEG frame folders, not mp4: the same bytes every time, so a demo run repeats exactly (libx264 through
+# PyAV did not encode the same frames to the same bytes twice in one process)
+"$BIN/videoiq" data synth "$OUT/data" --source frames
 
 echo "==> 2/4 starting a local Ray head on 127.0.0.1:$PORT (dashboard and job server on :$DASH)"
 # Its own session (process group): stopping it stops exactly this cluster, never another Ray of this user

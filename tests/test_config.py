@@ -6,6 +6,7 @@ import pytest
 from videoiq.config import (
     STAGES,
     ConfigError,
+    absolute_paths,
     apply_overrides,
     config_changes,
     config_from_dict,
@@ -168,3 +169,14 @@ def test_clip_spec_follows_the_data_section():
     assert val.scale_size == 256 and val.min_frames == 0 and val.sample_shape == (9, 8, 3, 224, 224)
     with pytest.raises(ConfigError, match="data.on_error: expected one of"):
         config_from_dict({"stage": "fp", "data": {"on_error": "ignore"}})
+
+
+def test_path_fields_are_made_absolute_against_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = {"stage": "policy", "data": {"root": "data", "batch_size": 8},
+            "init": {"backbone_checkpoint": "/abs/ap", "policy_backbone_checkpoint": None, "imagenet_weights": ""},
+            "ray": {"storage_path": "runs/x"}}
+    assert absolute_paths(data) is data
+    assert data == {"stage": "policy", "data": {"root": str(tmp_path / "data"), "batch_size": 8},
+                    "init": {"backbone_checkpoint": "/abs/ap", "policy_backbone_checkpoint": None, "imagenet_weights": ""},
+                    "ray": {"storage_path": str(tmp_path / "runs/x")}}

@@ -1,4 +1,4 @@
-"""Ray Data over the LMDB: same samples as the PyTorch Dataset, reshuffled epochs, and shards per Train worker."""
+"""Ray Data over the LMDB: same samples as the PyTorch Dataset, reshuffled and seeded epochs, and shards per Train worker."""
 import json
 import shutil
 
@@ -33,6 +33,22 @@ def test_training_order_is_reshuffled_every_epoch(ray_local, tiny_videos):
     orders = [[int(i) for b in iter_clip_batches(ds, 4) for i in b["index"]] for _ in range(3)]
     assert all(sorted(o) == list(range(16)) for o in orders)
     assert len({tuple(o) for o in orders}) > 1
+
+
+def test_a_seed_fixes_every_execution_and_still_reshuffles_between_them(ray_local, tiny_videos):
+    from videoiq.ray_data import clip_dataset, iter_clip_batches
+
+    def executions(ds, n=2):
+        batches = [list(iter_clip_batches(ds, 4)) for _ in range(n)]
+        return [(torch.cat([b["index"] for b in e]), torch.cat([b["video"] for b in e])) for e in batches]
+
+    path = str(tiny_videos / "train.lmdb")
+    first, again = (executions(clip_dataset(path, TRAIN, videos_per_block=2, seed=7)) for _ in range(2))
+    for (order, videos), (order_again, videos_again) in zip(first, again):
+        assert torch.equal(order, order_again) and torch.equal(videos, videos_again)
+    assert not torch.equal(first[0][0], first[1][0])  # each epoch still has its own order
+    other = executions(clip_dataset(path, TRAIN, videos_per_block=2, seed=8), n=1)[0]
+    assert not torch.equal(first[0][1], other[1])
 
 
 def test_bad_records_fail_or_are_flagged(ray_local, tiny_videos, tmp_path):

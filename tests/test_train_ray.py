@@ -1,5 +1,6 @@
 """The whole pipeline on real Ray Train workers (2-worker DDP for fp, ap and policy): hand-off by
-checkpoint, resume after the driver is killed mid-run, and final numbers equal to what was logged."""
+checkpoint, resume after the driver is killed mid-run, and final numbers equal to what was logged; seeded runs
+repeat exactly."""
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import QUIET, stage_config
 from wandb_offline import read_runs
 
 from videoiq.train.checkpoint import CheckpointError, load_checkpoint
@@ -107,3 +109,20 @@ def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, t
         assert all(_close(wandb_runs[stage].summary[k], v) for k, v in last.items()), stage
     history = [row for run in read_runs(runs / "policy") for row in run.history if "temperature" in row]
     assert [row["temperature"] for row in history] == pytest.approx([5.0, 5.0 * 0.956])
+
+
+def test_seeded_runs_on_ray_repeat_exactly_and_relative_paths_reach_the_workers(ray_local, tiny_videos, tmp_path):
+    from videoiq.train.worker import run_stage_on_ray
+
+    runs = []
+    for name in ("first", "again"):
+        # relative to the test's working directory, which the Train workers do not share
+        ray = {"storage_path": os.path.relpath(tmp_path), "name": name, "num_workers": 2}
+        cfg = stage_config("fp", os.path.relpath(tiny_videos), model={"name": "resnet_tiny"}, ray=ray,
+                           optim={"epochs": 2})
+        run_stage_on_ray(cfg, printer=QUIET)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        runs.append([{k: v for k, v in json.loads(x).items() if not k.endswith("seconds")} for x in lines])
+    assert [x["epoch"] for x in runs[0]] == [1.0, 2.0]
+    assert runs[0] == runs[1]  # same seed: the same clips, augmentation, batches and weights
+    assert runs[0][0]["train/loss"] != runs[0][1]["train/loss"]

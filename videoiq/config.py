@@ -619,6 +619,21 @@ def config_to_dict(cfg: StageConfig) -> dict[str, Any]:
     return {"stage": cfg.STAGE, **_plain(cfg)}
 
 
+# The fields that name files or folders: relative ones mean the launching process's working directory.
+PATH_FIELDS = (("data", "root"), ("init", "imagenet_weights"), ("init", "backbone_checkpoint"),
+               ("init", "policy_backbone_checkpoint"), ("eval", "checkpoint"), ("ray", "storage_path"))
+
+
+def absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
+    """Make the path fields of a config dict absolute, in place (Ray workers and Tune trials run in other
+    working directories, where a relative path would name nothing or something else); returns ``data``."""
+    for section, key in PATH_FIELDS:
+        part = data.get(section)
+        if isinstance(part, dict) and isinstance(part.get(key), str) and part[key]:
+            part[key] = os.path.abspath(part[key])
+    return data
+
+
 def default_config(stage: str, **sections: Any) -> StageConfig:
     """The paper-default config of a stage (sections may be passed as dataclasses or dicts)."""
     return config_from_dict({"stage": stage, **{k: _plain(v) for k, v in sections.items()}}, f"defaults of {stage}")

@@ -10,6 +10,10 @@ Part of the thin Ray layer (the core under ``videoiq.data`` never imports Ray). 
   the dataset is executed, i.e. every epoch.
 * **Decode**: :func:`videoiq.data.clips.decode_clip`, the same code as the PyTorch ``Dataset``, gives
   uint8 clips; it runs on each read block in the same task as the read (Ray fuses the two operators).
+* **Seeded**: with a ``seed``, the n-th execution's order, frame indices and augmentation all come from
+  ``(seed, n)`` (each video from ``(seed, n, position)``) and blocks are delivered in order (in Train
+  shards too, with ``train_data_config(preserve_order=True)``), so two runs of the same config train on
+  the same batches. Without one, every execution draws fresh entropy.
 * **Shards**: Ray Train's ``DataConfig(datasets_to_split=["train"])`` splits the training set across
   workers (disjoint; ``equal=True`` drops at most ``world_size - 1`` rows an epoch) and gives every
   worker the whole validation set; :func:`train_data_config` builds it.
@@ -47,8 +51,9 @@ class LMDBVideoDatasource(Datasource):
     """Rows ``{"jpeg", "sizes", "label", "index", "error"}``: one video's sampled JPEG frames per row."""
 
     def __init__(self, path: str, spec: ClipSpec, videos_per_block: int = 8, shuffle: bool | None = None,
-                 positions: list[int] | None = None):
+                 positions: list[int] | None = None, seed: int | None = None):
         super().__init__()
+        self.seed, self.executions = seed, 0
         db = VideoDB(path)  # fail in the driver, with the database's own message, before any task runs
         self.path, self.spec, self.videos_per_block = os.path.abspath(path), spec, videos_per_block
         self.shuffle = spec.train if shuffle is None else shuffle
@@ -65,13 +70,17 @@ class LMDBVideoDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        order = np.random.default_rng().permutation(self.positions) if self.shuffle else np.array(self.positions)
+        # Ray plans the dataset anew for every execution (epoch): the count seeds that execution
+        draw = None if self.seed is None else [self.seed, self.executions]
+        self.executions += 1
+        rng = np.random.default_rng(draw)
+        order = rng.permutation(self.positions) if self.shuffle else np.array(self.positions)
         path, spec, vpb, row_bytes = self.path, self.spec, self.videos_per_block, self._row_bytes
 
         def task(part: np.ndarray) -> ReadTask:
             positions = part.tolist()  # plain ints: the closure must not capture the datasource
             return ReadTask(
-                lambda: _read_rows(path, spec, positions, vpb),
+                lambda: _read_rows(path, spec, positions, vpb, draw),
                 BlockMetadata(num_rows=len(positions), size_bytes=len(positions) * row_bytes,
                               exec_stats=None, input_files=None),
                 per_task_row_limit=per_task_row_limit,
@@ -81,11 +90,13 @@ class LMDBVideoDatasource(Datasource):
         return [task(p) for p in parts if len(p)]
 
 
-def _read_rows(path: str, spec: ClipSpec, positions: list[int], videos_per_block: int) -> Iterator[Any]:
-    db, rng = _db(path), np.random.default_rng()
+def _read_rows(path: str, spec: ClipSpec, positions: list[int], videos_per_block: int,
+               draw: list[int] | None) -> Iterator[Any]:
+    db, fresh = _db(path), np.random.default_rng()
     for s in range(0, len(positions), videos_per_block):
-        rows = {"jpeg": [], "sizes": [], "label": [], "index": [], "error": []}
+        rows = {"jpeg": [], "sizes": [], "label": [], "index": [], "error": [], "seed": []}
         for p in positions[s:s + videos_per_block]:
+            rng = fresh if draw is None else np.random.default_rng([*draw, p])
             try:
                 _, jpegs = db.read(p, clip_indices(spec, db.index.num_frames[p], rng))
                 error = ""
@@ -98,19 +109,21 @@ def _read_rows(path: str, spec: ClipSpec, positions: list[int], videos_per_block
             rows["label"].append(primary_label(db.index.labels[p]))
             rows["index"].append(p)
             rows["error"].append(error)
+            rows["seed"].append(rng.integers(2**63))  # the decode stage's augmentation draws from it
         yield BlockAccessor.batch_to_block({
             "jpeg": np.array(rows["jpeg"], dtype=object), "sizes": np.stack(rows["sizes"]),
             "label": np.array(rows["label"], np.int64), "index": np.array(rows["index"], np.int64),
-            "error": np.array(rows["error"], dtype=object),
+            "error": np.array(rows["error"], dtype=object), "seed": np.array(rows["seed"], np.int64),
         })
 
 
 def decode_batch(batch: dict[str, np.ndarray], spec: ClipSpec, path: str) -> dict[str, np.ndarray]:
     """The decode+augment stage: JPEG bytes to uint8 clips, ``valid`` False for skipped bad records."""
-    db, rng = _db(path), np.random.default_rng()
+    db = _db(path)
     videos, valid = [], []
-    for data, sizes, position, error in zip(batch["jpeg"], batch["sizes"], batch["index"], batch["error"]):
-        key = db.index.keys[int(position)]
+    for data, sizes, position, error, seed in zip(batch["jpeg"], batch["sizes"], batch["index"], batch["error"],
+                                                  batch["seed"]):
+        key, rng = db.index.keys[int(position)], np.random.default_rng(int(seed))
         try:
             if error:
                 raise RecordError(path, key, error)
@@ -128,10 +141,11 @@ def decode_batch(batch: dict[str, np.ndarray], spec: ClipSpec, path: str) -> dic
 
 
 def clip_dataset(path: str, spec: ClipSpec, videos_per_block: int = 8, read_tasks: int | None = None,
-                 shuffle: bool | None = None, positions: list[int] | None = None) -> ray.data.Dataset:
+                 shuffle: bool | None = None, positions: list[int] | None = None,
+                 seed: int | None = None) -> ray.data.Dataset:
     """A Ray Dataset of clip samples from the LMDB at ``path`` (see the module docstring for the stages);
-    ``positions`` limits it to those videos of the index."""
-    source = LMDBVideoDatasource(path, spec, videos_per_block, shuffle, positions)
+    ``positions`` limits it to those videos of the index; ``seed`` makes every execution reproducible."""
+    source = LMDBVideoDatasource(path, spec, videos_per_block, shuffle, positions, seed)
     n = len(source.positions)
     blocks = read_tasks or min(n, max(8, -(-n // 64)))
     ds = ray.data.read_datasource(source, override_num_blocks=blocks)
@@ -141,12 +155,22 @@ def clip_dataset(path: str, spec: ClipSpec, videos_per_block: int = 8, read_task
     # pipeline is one fused operator, and the reservation left half of a 2-CPU node idle (videoiq bench
     # data: 160 -> 270 videos/s without it). Set on this dataset's own context, not globally.
     ds.context.op_resource_reservation_enabled = False
+    if seed is not None:  # blocks otherwise arrive in the order their tasks finish
+        ds.context.execution_options.preserve_order = True
     return ds
 
 
-def train_data_config(split_val: bool = False) -> ray.train.DataConfig:
-    """Split the ``train`` dataset across workers; ``val`` too only when asked (each worker then scores a part)."""
-    return ray.train.DataConfig(datasets_to_split=["train", "val"] if split_val else ["train"])
+def train_data_config(split_val: bool = False, preserve_order: bool = False) -> ray.train.DataConfig:
+    """Split the ``train`` dataset across workers; ``val`` too only when asked (each worker then scores a part).
+
+    ``preserve_order`` keeps blocks in read order in the workers' shards, which seeded training needs: Ray
+    Train replaces each dataset's own execution options with these (or with the global context's)."""
+    options = None
+    if preserve_order:
+        options = ray.train.DataConfig.default_ingest_options()
+        options.preserve_order = True
+    return ray.train.DataConfig(datasets_to_split=["train", "val"] if split_val else ["train"],
+                                execution_options=options)
 
 
 def iter_clip_batches(shard: Any, batch_size: int, device: torch.device | str = "cpu",

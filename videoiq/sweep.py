@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, PolicyStageConfig, config_from_dict, parse_override, read_yaml, set_value
+from .config import ConfigError, PolicyStageConfig, absolute_paths, config_from_dict, parse_override, read_yaml, set_value
 
 DOMAINS = ("uniform", "loguniform", "randint", "choice", "grid")
 SEARCHERS = ("random", "grid", "optuna")
@@ -45,9 +45,6 @@ SCHEDULERS = ("none", "asha")
 METRICS = ("val/mAP", "val/top1")
 COST = "val/gflops"
 """The cost every trial reports and every sweep minimises: GMACs per video, policy included."""
-PATH_FIELDS = (("data", "root"), ("init", "imagenet_weights"), ("init", "backbone_checkpoint"),
-               ("init", "policy_backbone_checkpoint"), ("ray", "storage_path"))
-
 _KEYS = ("base", "name", "storage_path", "fixed", "search_space", "metric", "searcher", "scheduler",
          "num_samples", "max_concurrent_trials", "max_failures", "trial_resources")
 
@@ -98,11 +95,7 @@ class Sweep:
         data = read_yaml(self.base)
         for key, value in self.fixed.items():
             set_value(data, key, value, f"{self.source}: fixed.{key}")
-        for section, key in PATH_FIELDS:
-            value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
-            if isinstance(value, str) and value:
-                data[section][key] = os.path.abspath(value)
-        return data
+        return absolute_paths(data)
 
     def trial_config(self, params: dict[str, Any], base: dict[str, Any] | None = None) -> PolicyStageConfig:
         """The policy config of one trial: :meth:`base_config` with the trial's sampled values."""

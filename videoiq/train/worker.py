@@ -29,7 +29,7 @@ from ray.util.placement_group import (PlacementGroup, PlacementGroupID, placemen
 from ray.train import Checkpoint, CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ..config import ConfigError, StageConfig, config_from_dict, config_to_dict
+from ..config import ConfigError, StageConfig, absolute_paths, config_from_dict, config_to_dict
 from ..data.clips import ClipSpec, VideoClipDataset
 from ..distributed import is_main, rank, world_size
 from ..ray_data import clip_dataset, iter_clip_batches, train_data_config
@@ -208,9 +208,10 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
         raise ConfigError("inputs not ready:\n  - " + "\n  - ".join(problems))
     if cfg.ray.num_workers < 1:
         raise ConfigError("ray.num_workers: 0 means in-process; use videoiq.train.stage.run_stage")
+    cfg = config_from_dict(absolute_paths(config_to_dict(cfg)))  # the workers' working directory is not ours
     connect()
     check_resources(cfg)
-    storage = os.path.abspath(cfg.ray.storage_path)
+    storage = cfg.ray.storage_path
     check_storage(storage)  # writable at all; rank 0 checks the space once it knows the models' size
     name = run_name(cfg)
     finished = latest_checkpoint(Path(storage) / name)
@@ -230,8 +231,8 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
                                  failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                                  worker_runtime_env={"env_vars": wandb_env()} if mode == "online" else None),
-            datasets={"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec)},
-            dataset_config=train_data_config(),
+            datasets={"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec, seed=cfg.seed)},
+            dataset_config=train_data_config(preserve_order=True),  # seeded: the same batches every run
         )
 
     printer(f"{cfg.STAGE}: {cfg.ray.num_workers} Ray Train workers, run {os.path.join(storage, name)}")
