@@ -165,10 +165,8 @@ def train_data_config(split_val: bool = False, preserve_order: bool = False) -> 
 
     ``preserve_order`` keeps blocks in read order in the workers' shards, which seeded training needs: Ray
     Train replaces each dataset's own execution options with these (or with the global context's)."""
-    options = None
-    if preserve_order:
-        options = ray.train.DataConfig.default_ingest_options()
-        options.preserve_order = True
+    # Train's own default options (DataConfig.default_ingest_options) set a deprecated field, which warns
+    options = ray.data.ExecutionOptions(preserve_order=True) if preserve_order else None
     return ray.train.DataConfig(datasets_to_split=["train", "val"] if split_val else ["train"],
                                 execution_options=options)
 
