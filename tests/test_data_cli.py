@@ -43,6 +43,6 @@ def test_bench_data_prints_every_pipeline(ray_local, tiny_videos, capsys):
                  "--batch-size", "4", "--epochs", "1", "--workers", "1"]) == 0
     out = capsys.readouterr().out
     for row in ("decode only (1 process)", "samples (1 process)", "PyTorch DataLoader (1 workers)", "Ray Data (1 CPUs)",
-                "Ray Data / decode-only per core"):
+                "Ray Data, seeded (1 CPUs)", "Ray Data / decode-only per core"):
         assert row in out
     assert "16 videos x 4 frames" in out

@@ -1,10 +1,11 @@
-"""``videoiq bench data``: clips per second from one LMDB through three pipelines, measured in one run.
+"""``videoiq bench data``: clips per second from one LMDB through each pipeline, measured in one run.
 
 * decode-only, one process, one thread: JPEG bytes to pixels for the sampled frames (the physical floor
   of the work);
 * samples, one process: the full per-sample work (sample, read, decode, augment), no loader machinery;
 * the PyTorch ``DataLoader`` with ``workers`` processes over :class:`VideoClipDataset`;
-* the Ray Data pipeline (:mod:`videoiq.ray_data`) on a local Ray with ``workers`` CPUs.
+* the Ray Data pipeline (:mod:`videoiq.ray_data`) on a local Ray with ``workers`` CPUs, with fresh draws and
+  seeded (ordered blocks, as training reads it).
 
 Each pipeline runs ``epochs`` passes over the same videos; the best pass after the first (which pays
 for process start-up and imports) is reported, next to its rate per core divided by the one-process
@@ -73,8 +74,8 @@ def bench_data(db_path: str, videos: int = 0, frames: int = 16, size: int = 112,
                                          persistent_workers=workers > 0, shuffle=train)
     results[f"PyTorch DataLoader ({workers} workers)"] = (*_best_rate(dataloader_pass(loader), epochs), max(1, workers))
     del loader
-    results[f"Ray Data ({workers} CPUs)"] = (*_ray_rate(db_path, spec, dataset.positions, batch_size, workers, epochs),
-                                             workers)
+    for name, rate in _ray_rates(db_path, spec, dataset.positions, batch_size, workers, epochs).items():
+        results[name] = (*rate, workers)
 
     reference = results["samples (1 process)"][0]
     print(f"\n  {'pipeline':32s} {'videos/s':>9s} {'ms/video':>9s} {'first pass':>11s} {'per core vs 1 process':>22s}")
@@ -86,8 +87,9 @@ def bench_data(db_path: str, videos: int = 0, frames: int = 16, size: int = 112,
     return {name: rate for name, (rate, _, _) in results.items()}
 
 
-def _ray_rate(db_path: str, spec: ClipSpec, positions: list[int], batch_size: int, workers: int,
-              epochs: int) -> tuple[float, float]:
+def _ray_rates(db_path: str, spec: ClipSpec, positions: list[int], batch_size: int, workers: int,
+               epochs: int) -> dict[str, tuple[float, float]]:
+    """The Ray Data pipeline with fresh draws, and seeded with ordered blocks as training runs it."""
     import ray
 
     from ..ray_data import clip_dataset, iter_clip_batches
@@ -98,8 +100,11 @@ def _ray_rate(db_path: str, spec: ClipSpec, positions: list[int], batch_size: in
                  log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        ds = clip_dataset(db_path, spec, positions=positions)
-        return _best_rate(lambda: sum(len(b["index"]) for b in iter_clip_batches(ds, batch_size)), epochs)
+        rates = {}
+        for name, seed in ((f"Ray Data ({workers} CPUs)", None), (f"Ray Data, seeded ({workers} CPUs)", 0)):
+            ds = clip_dataset(db_path, spec, positions=positions, seed=seed)
+            rates[name] = _best_rate(lambda ds=ds: sum(len(b["index"]) for b in iter_clip_batches(ds, batch_size)), epochs)
+        return rates
     finally:
         if started:
             ray.shutdown()
