@@ -91,12 +91,13 @@ def test_two_train_workers_get_disjoint_complete_shards(ray_local, tiny_videos, 
 
     from videoiq.ray_data import clip_dataset, train_data_config
 
+    datasets = {"train": clip_dataset(str(tiny_videos / "train.lmdb"), TRAIN),
+                "val": clip_dataset(str(tiny_videos / "val.lmdb"), EVAL)}
     trainer = TorchTrainer(
         _collect_shards, train_loop_config={"out": str(tmp_path)},
-        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
-        datasets={"train": clip_dataset(str(tiny_videos / "train.lmdb"), TRAIN),
-                  "val": clip_dataset(str(tiny_videos / "val.lmdb"), EVAL)},
-        dataset_config=train_data_config(), run_config=RunConfig(storage_path=str(tmp_path / "runs"), name="shards"),
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False), datasets=datasets,
+        dataset_config=train_data_config(datasets),
+        run_config=RunConfig(storage_path=str(tmp_path / "runs"), name="shards"),
     )
     trainer.fit()
     shards = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -12,8 +12,8 @@ Part of the thin Ray layer (the core under ``videoiq.data`` never imports Ray). 
   uint8 clips; it runs on each read block in the same task as the read (Ray fuses the two operators).
 * **Seeded**: with a ``seed``, the n-th execution's order, frame indices and augmentation all come from
   ``(seed, n)`` (each video from ``(seed, n, position)``) and blocks are delivered in order (in Train
-  shards too, with ``train_data_config(preserve_order=True)``), so two runs of the same config train on
-  the same batches. Without one, every execution draws fresh entropy.
+  shards too: :func:`train_data_config` carries that along), so two runs of the same config train on the
+  same batches. Without one, every execution draws fresh entropy.
 * **Shards**: Ray Train's ``DataConfig(datasets_to_split=["train"])`` splits the training set across
   workers (disjoint; ``equal=True`` drops at most ``world_size - 1`` rows an epoch) and gives every
   worker the whole validation set; :func:`train_data_config` builds it.
@@ -23,6 +23,7 @@ Every node that runs read tasks must see the LMDB at the same path: put it on a 
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Iterator
 
@@ -160,13 +161,14 @@ def clip_dataset(path: str, spec: ClipSpec, videos_per_block: int = 8, read_task
     return ds
 
 
-def train_data_config(split_val: bool = False, preserve_order: bool = False) -> ray.train.DataConfig:
+def train_data_config(datasets: dict[str, ray.data.Dataset], split_val: bool = False) -> ray.train.DataConfig:
     """Split the ``train`` dataset across workers; ``val`` too only when asked (each worker then scores a part).
 
-    ``preserve_order`` keeps blocks in read order in the workers' shards, which seeded training needs: Ray
-    Train replaces each dataset's own execution options with these (or with the global context's)."""
-    # Train's own default options (DataConfig.default_ingest_options) set a deprecated field, which warns
-    options = ray.data.ExecutionOptions(preserve_order=True) if preserve_order else None
+    Ray Train replaces a dataset's own execution options with the ``DataConfig``'s (by default the global
+    context's), which would drop the ordered blocks a seeded :func:`clip_dataset` asks for; so each of
+    ``datasets`` (the ones given to the trainer) takes its own options along.
+    """
+    options = {name: copy.deepcopy(ds.context.execution_options) for name, ds in datasets.items()}
     return ray.train.DataConfig(datasets_to_split=["train", "val"] if split_val else ["train"],
                                 execution_options=options)
 

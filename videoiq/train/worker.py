@@ -222,6 +222,7 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
     mode = resolve_mode(cfg.logging.wandb)  # here, where the user's environment is; workers may not have it
 
     def trainer() -> TorchTrainer:
+        datasets = {"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec, seed=cfg.seed)}
         return TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"stage": config_to_dict(cfg), "run_dir": os.path.join(storage, name), "wandb_mode": mode},
@@ -231,8 +232,7 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
                                  failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                                  worker_runtime_env={"env_vars": wandb_env()} if mode == "online" else None),
-            datasets={"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec, seed=cfg.seed)},
-            dataset_config=train_data_config(preserve_order=True),  # seeded: the same batches every run
+            datasets=datasets, dataset_config=train_data_config(datasets),
         )
 
     printer(f"{cfg.STAGE}: {cfg.ray.num_workers} Ray Train workers, run {os.path.join(storage, name)}")
