@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: generate the demo videos, start a local Ray head on loopback, submit the whole pipeline
 # with `ray job submit`, print the result table, and stop the head this script started (only that one).
+# What the set is and why: docs/demo.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="$PWD/.venv/bin"
@@ -13,7 +14,7 @@ export RAY_AUTH_MODE=disabled   # the head listens on 127.0.0.1 only; use token 
 export WANDB_MODE="${WANDB_MODE:-offline}"
 mkdir -p "$OUT"
 
-echo "==> 1/4 generating the demo set and converting it into $OUT/data (about 10 s)"
+echo "==> 1/4 generating the demo set and converting it into $OUT/data (about 15 s)"
 # JPEG frame folders, not mp4: the same bytes every time, so a demo run repeats exactly (libx264 through
 # PyAV did not encode the same frames to the same bytes twice in one process)
 "$BIN/videoiq" data synth "$OUT/data" --source frames

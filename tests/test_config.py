@@ -108,6 +108,11 @@ def test_cross_section_checks():
         config_from_dict({"stage": "policy", "quant": {"bit_widths": [32, 4]}, "policy": {"precisions": [8]}})
     with pytest.raises(ConfigError, match="plain cross-entropy"):
         config_from_dict({"stage": "fp", "loss": {"kind": "kd"}})
+    with pytest.raises(ConfigError, match="loss.kd_frames: the ap stage distils every width on all frames"):
+        config_from_dict({"stage": "ap", "loss": {"kd_frames": "kept"}})
+    with pytest.raises(ConfigError, match=r"loss.kd_frames: expected one of \['all', 'kept'\]"):
+        config_from_dict({"stage": "policy", "loss": {"kd_frames": "some"}})
+    assert config_from_dict({"stage": "policy", "loss": {"kd_frames": "kept"}}).loss.kd_frames == "kept"
 
 
 def test_a_missing_file_is_named(tmp_path):

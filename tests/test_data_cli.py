@@ -6,7 +6,8 @@ from videoiq.data.records import VideoDB
 def test_synth_build_inspect_round_trip(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["data", "synth", str(out), "--classes", "3", "--train-per-class", "2", "--val-per-class", "1",
-                 "--size", "32", "--min-frames", "6", "--max-frames", "8", "--source", "frames", "--workers", "1"]) == 0
+                 "--size", "32", "--min-frames", "6", "--max-frames", "8", "--shots", "3", "--source", "frames",
+                 "--workers", "1"]) == 0
     assert "train.lmdb: 6 videos" in capsys.readouterr().out
     # The frames written by synth convert again through the CLI, with the count checked against --classes.
     assert main(["data", "build", "frames", "--list", str(out / "val.txt"), "--root", str(out),
@@ -17,7 +18,7 @@ def test_synth_build_inspect_round_trip(tmp_path, capsys):
     sheet = tmp_path / "sheet.png"
     assert main(["data", "inspect", str(tmp_path / "again.lmdb"), "--sheet", str(sheet), "--clips", "2"]) == 0
     text = capsys.readouterr().out
-    assert "videos       3" in text and "red_disc" in text and "contact sheet of 2 clips x 8 frames" in text
+    assert "videos       3" in text and "red_cyan" in text and "contact sheet of 2 clips x 8 frames" in text
     assert sheet.stat().st_size > 1000
 
 

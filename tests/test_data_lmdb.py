@@ -181,10 +181,26 @@ def test_foreign_unfinished_and_other_version_databases_are_refused(tmp_path, ti
 def test_generated_videos_convert_through_pyav(tiny_videos):
     db = VideoDB(tiny_videos / "train.lmdb")
     assert len(db) == 16 and db.num_classes == 4 and db.meta["build"]["kind"] == "videos"
-    assert db.classes == ["red_disc", "blue_disc", "green_disc", "yellow_disc"]
+    assert db.classes == ["red_cyan", "red_magenta", "blue_cyan", "blue_magenta"]
     assert db.meta["frame_size"] == [32, 32] and 8 <= db.meta["frames_per_video"]["min"]
     assert sorted(x for ls in db.index.labels for x in ls) == sorted(list(range(4)) * 4)
-    assert db.index.keys[0] == "videos/train/red_disc/red_disc_0000"
+    assert db.index.keys[0] == "videos/train/red_cyan/red_cyan_0000"
+
+
+def test_generated_set_records_each_frames_kind(tiny_videos):
+    from videoiq.data.frame_kinds import find_frame_kinds
+    from videoiq.data.synthetic import KINDS
+
+    db = VideoDB(tiny_videos / "train.lmdb")
+    kinds = find_frame_kinds(str(tiny_videos), "train", db)
+    assert kinds.names == KINDS and kinds.groups[0] is None  # blank frames show nothing
+    assert kinds.groups[1] == (0, 0, 1, 1) and kinds.groups[2] == kinds.groups[3] == (0, 1, 0, 1)  # colour, mark
+    for key, n in zip(db.index.keys, db.index.num_frames):
+        digits = kinds.videos[key]
+        assert len(digits) == n  # one kind per decoded frame
+        assert "1" in digits and ("2" in digits) != ("3" in digits)  # a colour shot, and clear or faint close-ups
+    sampled = kinds.sampled(db, segments=8)
+    assert sampled.shape == (len(db), 8)
 
 
 def test_fps_and_short_side(tmp_path):

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from videoiq.losses import action_costs, balance_loss, efficiency_loss, entropy_loss, soft_cross_entropy
-from videoiq.metrics import average_precision, multi_hot, softmax, topk_accuracy
+from videoiq.metrics import average_precision, multi_hot, softmax, topk_accuracy, uniform_line
+from videoiq.runner import summary_rows, summary_table
 
 
 def test_kd_equals_ce_for_a_one_hot_teacher_and_has_no_teacher_gradient():
@@ -59,3 +60,33 @@ def test_average_precision_hand_worked():
     assert result.mean == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1) / 2) and result.classes_without_positives == 1
     perfect = average_precision(softmax(np.eye(4) * 5), np.eye(4))
     assert perfect.mean == pytest.approx(100.0)
+
+
+def test_uniform_line_mixes_adjacent_widths():
+    widths = [(0.019, 99.4), (0.006, 96.9), (0.003, 93.4)]
+    assert uniform_line(widths, 0.002) is None  # cheaper than any width
+    assert uniform_line(widths, 0.006) == pytest.approx(96.9)
+    assert uniform_line(widths, 0.0045) == pytest.approx((93.4 + 96.9) / 2)
+    assert uniform_line(widths, 0.0125) == pytest.approx((96.9 + 99.4) / 2)
+    assert uniform_line(widths, 0.05) == pytest.approx(99.4)
+
+
+def test_the_summary_compares_videoiq_with_32_bits_and_the_uniform_line():
+    def width(top1, gflops):
+        return {"val/top1": top1, "val/mAP": top1, "val/gflops": gflops}
+
+    evals = {"fp": {"metrics": width(99.0, 0.02)},
+             "ap": {"metrics": {f"val/b{b}/{k[4:]}": v for b, (t, g) in {32: (99.4, 0.019), 4: (96.9, 0.006),
+                                                                         2: (93.4, 0.003)}.items()
+                                for k, v in width(t, g).items()}},
+             "policy": {"decisions": "argmax",
+                        "metrics": {**width(98.75, 0.0095), "val/gflops_run": 0.009, "val/usage/32bit": 26.0,
+                                    "val/usage/4bit": 74.0, "val/usage/faint/32bit": 88.0}}}
+    rows = summary_rows(evals)
+    assert [r[0] for r in rows] == ["full precision (fp)", "any-precision at 32 bits", "any-precision at 4 bits",
+                                    "any-precision at 2 bits", "VideoIQ (argmax)", "  on faint frames"]
+    table = summary_table(rows)
+    assert "VideoIQ against 32 bits: -0.7 points at 50% of its GFLOPs" in table
+    line = 96.9 + 2.5 * (0.0095 - 0.006) / 0.013
+    assert f"{line:.1f}% top-1" in table and f"({98.75 - line:+.1f} points)" in table
+    assert "32bit 26%, 4bit 74%" in table and "32bit 88%" in table

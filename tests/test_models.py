@@ -114,6 +114,39 @@ def test_policy_skip_carries_decision_and_log_probs():
     assert carried > 0  # the case under test did happen
 
 
+def test_policy_aux_classifier_averages_lstm_outputs_before_the_skip_carry():
+    torch.manual_seed(0)
+    policy = _policy(num_precisions=2, skips=(3,), num_classes=4).eval()
+    with torch.no_grad():
+        policy.linear.bias.copy_(torch.tensor([0.0, 0.0, 50.0]))  # always skip 3 frames: steps 1, 2, 4, 5 carry
+    video = torch.randn(2, 6, 3, 32, 32)
+    out = policy(video)
+    assert out.decisions.argmax(-1).eq(2).all()
+    feats = policy.frame_features(video)
+    h = c = torch.zeros(2, policy.rnn.hidden_size)
+    raw, kept = [], []
+    for t in range(6):
+        h_new, c = policy.rnn(feats[:, t], (h, c))
+        raw.append(h_new)
+        h = h if t % 3 else h_new  # the carry of a running skip
+        kept.append(h)
+    expected = policy.fc(torch.stack(raw, 1).mean(1))
+    assert torch.allclose(out.logits, expected, atol=1e-6)
+    assert not torch.allclose(out.logits, policy.fc(torch.stack(kept, 1).mean(1)), atol=1e-4)
+
+
+def test_policy_convs_use_the_pretrained_weights_as_they_are():
+    # A deliberate difference from the original, whose policy passes its first and last conv weights through
+    # the DoReFa normalisation tanh(w)/max|tanh(w)| even at 32 bits: here the stage-3 MobileNetV2 computes the
+    # same features inside the policy as it did when it was trained.
+    mobilenet = create_model("mobilenet_v2_tiny", num_classes=3).eval()
+    policy = PolicyNet(mobilenet, 2, input_size=32).eval()
+    video = torch.randn(2, 3, 3, 48, 48)
+    resized = torch.nn.functional.interpolate(video.flatten(0, 1), size=(32, 32), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        assert torch.allclose(policy.frame_features(video), mobilenet.forward_features(resized.view(2, 3, 3, 32, 32)))
+
+
 def test_policy_rejects_bad_arguments():
     backbone = create_model("mobilenet_v2_tiny")
     with pytest.raises(ValueError, match="skip choices"):
@@ -162,6 +195,32 @@ def test_skipped_frames_are_left_out_of_the_average():
     expected0 = bb.fc(torch.cat([f32, f2], dim=1).mean(1))
     assert torch.allclose(out.logits[0], expected0[0], atol=1e-5)
     assert torch.allclose(out.logits[1], bb.fc.bias, atol=1e-6)  # all skipped: the bias alone
+
+
+def test_kept_frames_kd_target_is_the_teacher_on_the_frames_kept():
+    model = _videoiq()
+    video = torch.randn(VIDEO)
+    forced = torch.tensor([[0, 3, 2], [3, 1, 3]])  # keep frames 0 and 2 of video 0, frame 1 of video 1
+    out = model(video, forced_actions=forced)
+    assert torch.allclose(out.kept_target_logits[0], model.teacher(video[:1, [0, 2]])[0], atol=1e-5)
+    assert torch.allclose(out.kept_target_logits[1], model.teacher(video[1:, [1]])[0], atol=1e-5)
+    assert torch.allclose(out.teacher_logits, model.teacher(video), atol=1e-6)  # the original's all-frames target
+    model.teacher = None  # without a teacher: the first precision on the kept frames
+    out = model(video, forced_actions=forced)
+    assert torch.allclose(out.kept_target_logits[0], model.backbone(video[:1, [0, 2]])[0], atol=1e-5)
+
+
+def test_policy_task_distils_from_the_kept_frames_when_asked():
+    from videoiq.config import LossConfig
+    from videoiq.losses import soft_cross_entropy
+    from videoiq.train.tasks import PolicyTask
+
+    model = _videoiq()
+    out = model(torch.randn(VIDEO), forced_actions=torch.tensor([[0, 3, 2], [3, 1, 3]]))._asdict()
+    labels = torch.tensor([1, 2])
+    for frames, target in (("all", out["teacher_logits"]), ("kept", out["kept_target_logits"])):
+        task = PolicyTask(model, LossConfig(kind="kd", teacher=True, kd_frames=frames), 5.0, 0.9)
+        assert torch.allclose(task.losses(out, labels)["loss/kd"], soft_cross_entropy(out["logits"], target))
 
 
 @pytest.mark.parametrize("fp_action, precisions", [(False, None), (True, (4, 2))])

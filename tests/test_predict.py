@@ -40,6 +40,44 @@ def test_predict_refuses_other_checkpoints_and_unreadable_videos(trained_stages,
     with pytest.raises(CheckpointError, match="is a 'ap'-stage checkpoint; expected 'policy'"):
         predict_videos(str(runs / "ap"), [str(video)], printer=None)
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
-    done = subprocess.run([sys.executable, "-m", "videoiq", "predict", str(runs / "policy"), str(tmp_path / "broken.mp4")],
+    broken, missing = str(tmp_path / "broken.mp4"), str(tmp_path / "missing.mp4")
+    with pytest.raises(ValueError, match="cannot open"):
+        predict_videos(str(runs / "policy"), [broken], printer=None)
+    # every readable video is scored, each bad one is a line of its own, and the exit status says so
+    done = subprocess.run([sys.executable, "-m", "videoiq", "predict", str(runs / "policy"), broken, str(video), missing,
+                           "--json"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert [r["video"] for r in json.loads(done.stdout)] == [str(video)]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("videoiq: error: ")]
+    assert len(errors) == 2 and "broken.mp4: cannot open" in errors[0] and "missing.mp4: no such file" in errors[1]
+    assert "2 of 3 videos could not be read" in done.stderr
+
+
+@pytest.mark.parametrize("device, message", [("gpu", "expected cpu, cuda or cuda:<index>"),
+                                             ("cuda:99", "cuda")])
+def test_predict_refuses_a_device_it_cannot_use_in_one_line(trained_stages, tiny_videos, device, message):
+    runs, _ = trained_stages
+    video = next((tiny_videos / "videos").rglob("*.mp4"))
+    done = subprocess.run([sys.executable, "-m", "videoiq", "predict", str(runs / "policy"), str(video), "--device", device],
                           capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 2 and "broken.mp4: cannot open" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and done.stderr.startswith(f"videoiq: error: --device '{device}'"), done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_predict_strip_draws_each_video_with_its_actions(trained_stages, tiny_videos, tmp_path):
+    from PIL import Image
+
+    from videoiq.strips import CELL, GAP, LABEL_H, TITLE_H, action_colour
+
+    runs, _ = trained_stages
+    videos = sorted(str(p) for p in (tiny_videos / "videos").rglob("*.mp4"))[:3]
+    out = tmp_path / "strip.png"
+    results = predict_videos(str(runs / "policy"), videos, printer=None, strip=str(out))
+    image = Image.open(out).convert("RGB")
+    row_h = TITLE_H + CELL + LABEL_H + GAP
+    assert image.size == (4 * (CELL + GAP) + GAP, 3 * row_h + GAP)  # a row per video, a cell per sampled frame
+    for r, result in enumerate(results):
+        for c, action in enumerate(result["actions"]):
+            # the label box under each frame has the colour of the action the policy took there
+            x, y = GAP + c * (CELL + GAP) + CELL - 3, GAP + r * row_h + TITLE_H + CELL + LABEL_H - 3
+            assert image.getpixel((x, y)) == action_colour(action)

@@ -4,6 +4,8 @@ import math
 import pytest
 import torch
 
+from videoiq.models import create_model
+
 from videoiq.quant import (
     PACT,
     QuantConv2d,
@@ -98,6 +100,38 @@ def test_pact_32_bits_only_clips():
     x = torch.rand(1000) * 3
     y = quantize_activation(x, torch.tensor(2.0), 32)
     assert torch.allclose(y, x.clamp(max=2.0), rtol=1e-6, atol=1e-6)
+
+
+def test_pact_one_bit_is_sign_as_in_the_original():
+    x = torch.tensor([0.0, 0.1, 0.9, 1.5, 3.0], requires_grad=True)
+    alpha = torch.tensor(2.0, requires_grad=True)
+    y = quantize_activation(x, alpha, 1)
+    assert y.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0]  # not {0, alpha} with a threshold at alpha / 2
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0] and alpha.grad.item() == 1.0  # the same STE as other widths
+
+
+def test_a_clip_pushed_below_zero_acts_as_the_floor_not_as_a_constant():
+    from videoiq.quant import MIN_CLIP
+
+    x = torch.tensor([0.0, 0.0005, 0.5, 2.0], requires_grad=True)
+    alpha = torch.tensor(-3.0, requires_grad=True)
+    y = quantize_activation(x, alpha, 4)
+    assert y.tolist() == pytest.approx([0.0, 0.0005, MIN_CLIP, MIN_CLIP], abs=1e-4)  # not -3 everywhere
+    y.sum().backward()
+    assert alpha.grad.item() == 2.0 and x.grad.tolist() == [1.0, 1.0, 0.0, 0.0]  # the masks of the floor
+
+
+def test_pact_mean_aligned_rescales_activations_to_the_input_mean():
+    x = torch.rand(1000) * 3
+    alpha = torch.tensor(2.0)
+    plain = quantize_activation(x, alpha, 2)
+    aligned = quantize_activation(x, alpha, 2, mean_aligned=True)
+    assert torch.allclose(aligned.mean(), x.mean(), rtol=1e-5)  # the unclipped input's mean, as the original
+    assert torch.allclose(aligned, plain * (x.mean() / plain.mean()))
+    assert quantize_activation(torch.zeros(5), alpha, 2, mean_aligned=True).abs().sum() == 0  # nothing to align
+    act = create_model("ap_resnet_tiny", num_classes=3, mean_aligned=True).layer1[0].act_in
+    assert act.mean_aligned
 
 
 def test_pact_module_keeps_one_clip_per_width():

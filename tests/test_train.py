@@ -21,7 +21,7 @@ def test_the_four_stages_chain_by_checkpoint(trained_stages):
     ap = load_checkpoint(runs / "ap", stages=("ap",))
     assert ap["models"]["model"]["kwargs"]["bit_widths"] == [32, 4, 2] and ap["models"]["teacher"]["name"] == "resnet_tiny"
     p = metrics["policy"]
-    usage = sum(v for k, v in p.items() if k.startswith("val/usage/"))
+    usage = sum(v for k, v in p.items() if k.startswith("val/usage/") and k.count("/") == 2)  # not per kind
     assert usage == pytest.approx(100.0) and {"val/usage/32bit", "val/usage/skip1", "val/gflops", "val/mAP"} <= set(p)
     policy = load_checkpoint(runs / "policy", stages=("policy",))
     assert policy["extra"]["actions"] == ["32bit", "4bit", "2bit", "skip1"]
@@ -121,8 +121,13 @@ def test_eval_scores_every_kind_of_checkpoint(trained_stages, tiny_videos):
     ap = ev(runs / "ap")["metrics"]
     assert ap["val/b32/top1"] == pytest.approx(metrics["ap"]["val/b32/top1"])
     assert ap["val/b32/gflops"] > ap["val/b4/gflops"] > ap["val/b2/gflops"]
+    kinds = {k.split("/")[-1] for k in ap if k.startswith("val/b2/frames/")}
+    assert kinds <= {"colour", "mark", "faint"} and "colour" in kinds  # per frame kind, from val.frame_kinds.json
     argmax = ev(runs / "policy")
     assert argmax["decisions"] == "argmax" and argmax["metrics"]["val/gflops"] == pytest.approx(metrics["policy"]["val/gflops"])
+    per_kind = {k for k in argmax["metrics"] if k.count("/") == 3 and k.startswith("val/usage/")}
+    assert {k.split("/")[2] for k in per_kind} >= {"colour"}
+    assert (runs / "policy" / "decisions_val.png").is_file() and argmax["decisions_picture"].endswith("decisions_val.png")
     sampled = ev(runs / "policy", decisions="sampled", num_samples=3)
     assert set(sampled["spread"]) == set(sampled["metrics"]) and sampled["spread"]["val/top1"] >= 0.0
     with pytest.raises(ConfigError, match="eval.checkpoint: .*nothing.pt' does not exist"):
@@ -130,6 +135,26 @@ def test_eval_scores_every_kind_of_checkpoint(trained_stages, tiny_videos):
     with pytest.raises(CheckpointError, match="eval.checkpoint: .* has format"):
         torch.save({"conv1.weight": torch.zeros(1)}, runs / "plain.pt")
         ev(runs / "plain.pt")
+
+
+def test_batch_norm_recalibration_averages_the_statistics_of_the_final_weights():
+    from videoiq.train.loop import recalibrate_batch_norm
+    from videoiq.train.tasks import FPTask
+
+    model = create_model("resnet_tiny", num_classes=3)
+    task = FPTask(model)
+    batches = [{"video": torch.randint(0, 255, (2, 2, 3, 32, 32), dtype=torch.uint8), "label": torch.zeros(2, dtype=torch.long),
+                "index": torch.arange(2), "valid": torch.ones(2, dtype=torch.bool)} for _ in range(3)]
+    from videoiq.data.transforms import normalize
+
+    with torch.no_grad():  # the stem BN's input of each batch, from the weights as they are
+        means = [model.conv1(normalize(b["video"]).flatten(0, 1)).mean(dim=(0, 2, 3)) for b in batches[:2]]
+    model.bn1.running_mean.fill_(5.0)
+    used = recalibrate_batch_norm(task, iter(batches), 2, torch.device("cpu"))
+    assert used == 2 and model.bn1.momentum == 0.1  # two batches, and the momentum is given back
+    assert torch.allclose(model.bn1.running_mean, (means[0] + means[1]) / 2, atol=1e-5)
+    with pytest.raises(ConfigError, match="optim.bn_recalibration: the policy stage's backbone is frozen"):
+        config_from_dict({"stage": "policy", "optim": {"bn_recalibration": 4}})
 
 
 def test_bf16_autocast_and_channels_last_train_and_hand_off(trained_stages, tiny_videos, tmp_path):
@@ -152,6 +177,7 @@ def test_all_widths_step_computes_the_shared_stem_once_with_the_same_result():
 
     from videoiq.quant import bit_width
 
+    torch.manual_seed(0)
     model = create_model("ap_resnet_tiny", num_classes=5, dropout=0.0)
     naive = copy.deepcopy(model)
     task = AnyPrecisionTask(model, (32, 4, 2), None)
@@ -171,6 +197,8 @@ def test_all_widths_step_computes_the_shared_stem_once_with_the_same_result():
     for name, p in model.named_parameters():
         assert (p.grad is None) == (grads[name].grad is None), name
         if p.grad is not None:
-            assert torch.allclose(p.grad, grads[name].grad, atol=1e-5, rtol=1e-4), name
+            # float32 sums in another order: compare at the gradient's own scale (the stem's reach ~10)
+            scale = float(grads[name].grad.abs().max())
+            assert torch.allclose(p.grad, grads[name].grad, atol=1e-5 * max(scale, 1.0), rtol=1e-4), name
     for key, value in naive.bn1.state_dict().items():  # three widths' worth of stem BN updates
         assert torch.allclose(model.bn1.state_dict()[key].float(), value.float(), atol=1e-6), key

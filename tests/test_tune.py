@@ -13,7 +13,7 @@ from helpers import QUIET
 from wandb_offline import read_runs
 
 from videoiq.config import ConfigError
-from videoiq.experiment import pareto_fronts, read_state
+from videoiq.experiment import Report, TrialRecord, pareto_fronts, read_state
 from videoiq.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +140,16 @@ def test_a_crashing_trial_is_retried_and_reported(ray_local, trained_stages, tin
 def test_pareto_fronts():
     points = [(80, 10), (70, 5), (60, 5), (80, 12), (90, 20), (70, 5)]
     assert pareto_fronts(points) == [0, 0, 1, 1, 0, 0]
+
+
+def test_the_table_shows_overall_usage_and_leaves_per_kind_usage_to_the_csv():
+    metrics = {"val/top1": 98.75, "val/gflops": 0.0094, "val/usage/32bit": 26.0, "val/usage/skip1": 18.0,
+               "val/usage/faint/32bit": 88.0, "val/usage/blank/skip1": 63.0}
+    report = Report("x", "val/top1", [TrialRecord("t0", "finished", 1, {"loss.efficiency_weight": 0.05}, 30, metrics, "")],
+                    [], {})
+    head, row = report.table().splitlines()[0].split(), report.table().splitlines()[2].split()
+    assert head[-3:] == ["32bit", "skip1", "loss.efficiency_weight"] and row[-3:] == ["26%", "18%", "0.05"]
+    assert "val/usage/faint/32bit" in report.columns()[0]
 
 
 @pytest.mark.parametrize("change, message", [

@@ -66,12 +66,19 @@ def _flops(args: argparse.Namespace) -> int:
     backbone = create_model(args.backbone, num_classes=args.classes)
     precisions = tuple(args.precisions)
     actions = action_names(precisions, args.skips, args.fp_action)
-    policy = create_model(args.policy, num_precisions=len(precisions) + int(args.fp_action), skip_choices=args.skips)
+    sizes = {k: v for k, v in (("input_size", args.policy_size), ("hidden_size", args.policy_hidden)) if v}
+    policy = create_model(args.policy, num_precisions=len(precisions) + int(args.fp_action), skip_choices=args.skips,
+                          **sizes)
     cost = video_cost(backbone, policy, num_frames=args.frames, input_size=args.size)
-    per_frame = (cost.fp_macs + cost.quantized_macs) / args.frames / 1e9
-    print(f"backbone {args.backbone} at {args.size}x{args.size}: {per_frame:.4f} GMACs per frame at full precision")
-    print(f"  full-precision layers (stem conv, fc): {cost.fp_macs / 1e9:.4f} GMACs per {args.frames}-frame video")
-    print(f"policy {args.policy}: {cost.policy_cnn_macs / 1e9:.4f} (CNN) + {cost.policy_rnn_macs / 1e9:.4f} (LSTM, heads) GMACs per video")
+    full = cost.fp_macs + cost.quantized_macs
+    print(f"backbone {args.backbone} at {args.size}x{args.size}: {full / args.frames / 1e9:.4f} GMACs per frame at "
+          "full precision")
+    print(f"  full-precision layers (stem conv, fc): {cost.fp_macs / 1e9:.4f} GMACs per {args.frames}-frame video, "
+          f"{100 * cost.fp_macs / full:.1f}% of a 32-bit pass")
+    policy_macs = cost.policy_cnn_macs + cost.policy_rnn_macs
+    print(f"policy {args.policy} at {policy.input_size}x{policy.input_size}: {cost.policy_cnn_macs / 1e9:.4f} (CNN) + "
+          f"{cost.policy_rnn_macs / 1e9:.4f} (LSTM, heads) GMACs per video, {100 * policy_macs / full:.1f}% of a "
+          "32-bit pass")
     paper = PAPER_COSTS.get(args.backbone.removeprefix("ap_")) if (args.frames, args.size) == (16, 224) else None
     header = f"{'every frame at':16s} {'GMACs/video':>12s} {'(frames run)':>13s}"
     print("\n" + header + (f" {'paper formula':>14s}" if paper else ""))
@@ -146,6 +153,8 @@ def _data_synth(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(num_classes=args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
                       min_frames=args.min_frames, max_frames=args.max_frames, size=args.size, fps=args.fps,
+                      shots=args.shots, mark_shots=args.mark_shots, max_blank=args.max_blank,
+                      mark_level=args.mark_level, min_light=args.min_light, faint_below=args.faint_below,
                       seed=args.seed)
     for report in write_synthetic(args.out, cfg, source=args.source, workers=args.workers).values():
         print(report.summary())
@@ -189,6 +198,8 @@ def _add_predict_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--sampled", action="store_true", help="Gumbel-sampled decisions instead of argmax")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--strip", metavar="PNG", help="also write a picture: each video's sampled frames with the "
+                   "action taken on each")
     p.set_defaults(run=_predict)
 
 
@@ -277,16 +288,30 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     inspect.add_argument("--top", type=int, default=10, help="classes shown in the histogram")
     inspect.set_defaults(run=_data_inspect)
 
-    synth = dsub.add_parser("synth", help="generate the moving-shapes demo set as videos, then convert it")
-    synth.add_argument("out", help="output folder: videos, train.txt, val.txt, classes.txt, train.lmdb, val.lmdb")
-    synth.add_argument("--classes", type=int, default=8)
-    synth.add_argument("--train-per-class", type=int, default=24)
-    synth.add_argument("--val-per-class", type=int, default=8)
-    synth.add_argument("--min-frames", type=int, default=24)
-    synth.add_argument("--max-frames", type=int, default=40)
-    synth.add_argument("--size", type=int, default=64)
-    synth.add_argument("--fps", type=int, default=8)
-    synth.add_argument("--seed", type=int, default=0)
+    from .data.synthetic import SynthConfig
+
+    d = SynthConfig()
+    synth = dsub.add_parser("synth", help="generate the demo set (colours, marks, blank frames) as videos, then "
+                                          "convert it")
+    synth.add_argument("out", help="output folder: videos, train.txt, val.txt, classes.txt, <split>.frame_kinds.json, "
+                                   "train.lmdb, val.lmdb")
+    synth.add_argument("--classes", type=int, default=d.num_classes)
+    synth.add_argument("--train-per-class", type=int, default=d.train_per_class)
+    synth.add_argument("--val-per-class", type=int, default=d.val_per_class)
+    synth.add_argument("--min-frames", type=int, default=d.min_frames)
+    synth.add_argument("--max-frames", type=int, default=d.max_frames)
+    synth.add_argument("--size", type=int, default=d.size)
+    synth.add_argument("--fps", type=int, default=d.fps)
+    synth.add_argument("--shots", type=int, default=d.shots, help="shots per video, each of one frame kind")
+    synth.add_argument("--mark-shots", type=int, default=d.mark_shots, help="close-up shots per video")
+    synth.add_argument("--max-blank", type=float, default=d.max_blank, help="largest share of blank shots")
+    synth.add_argument("--mark-level", type=float, default=d.mark_level,
+                       help="grey levels of the brightest mark over its black close-up")
+    synth.add_argument("--min-light", type=float, default=d.min_light,
+                       help="the dimmest a video's marks are lit, as a share of --mark-level")
+    synth.add_argument("--faint-below", type=float, default=d.faint_below,
+                       help="marks lit under this share of --mark-level are the 'faint' kind")
+    synth.add_argument("--seed", type=int, default=d.seed)
     synth.add_argument("--source", choices=["videos", "frames"], default="videos", help="write mp4 files or JPEG folders")
     synth.add_argument("--workers", type=int, default=2)
     synth.set_defaults(run=_data_synth)
@@ -372,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--precisions", type=int, nargs="+", default=[32, 4, 2])
     flops.add_argument("--skips", type=int, nargs="*", default=[1])
     flops.add_argument("--fp-action", action="store_true", help="offer the full-precision teacher as an action")
+    flops.add_argument("--policy-size", type=int, default=0, help="the side the policy resizes frames to "
+                       "(default: the policy model's own)")
+    flops.add_argument("--policy-hidden", type=int, default=0, help="the policy's LSTM width (default: its own)")
     flops.set_defaults(run=_flops)
     _add_data_commands(sub)
     _add_tune_commands(sub)

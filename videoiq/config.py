@@ -138,9 +138,10 @@ class OptimConfig:
     clip_weight_decay: dict[int, float] = field(default_factory=dict)  # --q_weight-decay
     policy_lr: float = 1e-3  # --p_lr: LSTM, action head, auxiliary classifier
     policy_backbone_lr: float = 1e-5  # --p_b_lr: the policy's MobileNetV2
+    bn_recalibration: int = 0  # fp/ap: after the last epoch, BN statistics averaged over this many batches
 
     def problems(self) -> list[str]:
-        out = _below(self, 1, "epochs") + _fraction(self, "momentum")
+        out = _below(self, 1, "epochs") + _fraction(self, "momentum") + _below(self, 0, "bn_recalibration")
         out += _below(self, 0, "lr", "weight_decay", "policy_lr", "policy_backbone_lr")
         for name in ("clip_lr", "clip_weight_decay"):
             negative = {k: v for k, v in getattr(self, name).items() if v < 0}
@@ -156,6 +157,7 @@ class LossConfig:
     kind: Literal["ce", "kd", "kd_ce"] = "ce"  # --loss_type
     kd_weight: float = 1.0
     teacher: bool = False  # --is_32fp: distil from a frozen full-precision teacher
+    kd_frames: Literal["all", "kept"] = "all"  # policy: KD target from all frames (original) or the kept ones
     efficiency_weight: float = 0.0  # --efficient_w
     balance_weight: float = 0.0  # --balanced_w
     entropy_weight: float = 0.0  # --entropy_w
@@ -358,7 +360,7 @@ class FPConfig(StageConfig):
 
     def stage_problems(self) -> list[str]:
         out = [p for p in [_recognition_model_problem(self.model.name, any_precision=False)] if p]
-        if self.loss.kind != "ce" or self.loss.teacher:
+        if self.loss.kind != "ce" or self.loss.teacher or self.loss.kd_frames != "all":
             out.append("loss: a full-precision stage trains with plain cross-entropy (kind: ce, teacher: false)")
         return out
 
@@ -380,6 +382,8 @@ class APConfig(StageConfig):
 
     def stage_problems(self) -> list[str]:
         out = [p for p in [_recognition_model_problem(self.model.name, any_precision=True)] if p]
+        if self.loss.kd_frames != "all":
+            out.append("loss.kd_frames: the ap stage distils every width on all frames; 'kept' is for the policy stage")
         family = set(self.quant.bit_widths)
         for name in ("clip_lr", "clip_weight_decay"):
             keys = set(getattr(self.optim, name))
@@ -417,7 +421,7 @@ class PolicyPretrainConfig(StageConfig):
         out = [p for p in [_recognition_model_problem(self.model.name, any_precision=False)] if p]
         if not self.model.name.startswith("mobilenet_v2"):
             out.append(f"model.name: the policy backbone is a MobileNetV2 (mobilenet_v2*), got {self.model.name!r}")
-        if self.loss.kind != "ce" or self.loss.teacher:
+        if self.loss.kind != "ce" or self.loss.teacher or self.loss.kd_frames != "all":
             out.append("loss: policy pre-training uses plain cross-entropy (kind: ce, teacher: false)")
         return out
 
@@ -455,6 +459,8 @@ class PolicyStageConfig(StageConfig):
                 out.append(f"policy.precisions: {outside} are not in quant.bit_widths {list(self.quant.bit_widths)}")
         if self.policy.fp_action and not self.loss.teacher:
             out.append("policy.fp_action: offers the frozen full-precision teacher as an action, so loss.teacher must be true")
+        if self.optim.bn_recalibration:
+            out.append("optim.bn_recalibration: the policy stage's backbone is frozen; recalibrate it in the ap stage")
         if self.loss.policy_ce_weight > 0 and not self.policy.aux_classifier:
             out.append("loss.policy_ce_weight: needs the policy's auxiliary classifier (policy.aux_classifier: true)")
         return out

@@ -172,7 +172,8 @@ class Report:
     def table(self) -> str:
         """Every trial, non-dominated first, then the references, as a text table."""
         keys = sorted({k for t in self.trials for k in t.params})
-        usage = sorted({k for t in self.trials for k in t.metrics if k.startswith("val/usage/")},
+        # the share of all frames at each action (per-kind usage, val/usage/<kind>/<action>, stays in the CSV)
+        usage = sorted({k for t in self.trials for k in t.metrics if k.startswith("val/usage/") and k.count("/") == 2},
                        key=lambda k: _action_order(k.split("/")[-1]))
 
         def number(metrics: dict[str, float], key: str, fmt: str) -> str:
@@ -249,7 +250,8 @@ def _write_csv(path: Path, report: Report) -> Path:
 
 
 def plot_report(report: Report, path: Path) -> Path:
-    """Accuracy vs GFLOPs per video: every trial, the Pareto front as a step line, the fp/ap references."""
+    """Accuracy vs GFLOPs per video: every trial, the Pareto front as a step line, the fp/ap references and the
+    uniform-precision line through the ap widths."""
     try:
         import matplotlib
     except ImportError as e:
@@ -273,6 +275,10 @@ def plot_report(report: Report, path: Path) -> Path:
     for xy, ids in same_point.items():
         ax.annotate(ids[0] + (f" (+{len(ids) - 1})" if len(ids) > 1 else ""), xy, fontsize=7, xytext=(4, 4),
                     textcoords="offset points")
+    uniform = sorted((r.metrics[COST], r.metrics[report.metric]) for r in report.references
+                     if r.name.startswith("ap ") and report.metric in r.metrics)
+    if len(uniform) > 1:  # mixing two adjacent widths over videos reaches any point of the segment between them
+        ax.plot(*zip(*uniform), c="#1f4e9e", lw=1, ls="--", zorder=1, label="uniform precision (ap widths)")
     for r in report.references:
         if report.metric in r.metrics:
             marker = "*" if r.name == "fp" else "s"

@@ -58,3 +58,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def uniform_line(points: list[tuple[float, float]], cost: float) -> float | None:
+    """The accuracy uniform precision reaches at ``cost``: ``points`` are ``(cost, accuracy)`` of the uniform
+    widths; between two adjacent ones (by cost), the straight line of mixing them (a share of the videos at
+    each width). ``None`` when ``cost`` is below the cheapest width; above the dearest, its accuracy."""
+    ordered = sorted(points)
+    if not ordered or cost < ordered[0][0]:
+        return None
+    for (c0, a0), (c1, a1) in zip(ordered, ordered[1:]):
+        if c0 <= cost <= c1:
+            return a0 if c1 == c0 else a0 + (a1 - a0) * (cost - c0) / (c1 - c0)
+    return ordered[-1][1]

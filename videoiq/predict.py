@@ -10,39 +10,72 @@ cost), next to the full-precision model's.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from .data.codec import count_frames, read_frames_at
+from .data.codec import VideoDecodeError, count_frames, read_frames_at
 from .data.sampling import eval_indices
 from .data.transforms import EvalTransform, normalize
 from .flops import action_usage, video_cost
+from .strips import decision_strip, save_strip
 from .train.checkpoint import load_checkpoint
 from .train.evaluate import videoiq_from_checkpoint
 
 
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device, or a ValueError saying why it cannot run here."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: expected cpu, cuda or cuda:<index>") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: expected cpu, cuda or cuda:<index>")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device!r}: no CUDA device is available here (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu", top: int = 3,
-                   deterministic: bool = True, printer: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
-    """Classify ``videos`` with the policy checkpoint; returns one result dict per video (and prints them)."""
+                   deterministic: bool = True, printer: Callable[[str], None] | None = print,
+                   strip: str | None = None,
+                   on_error: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
+    """Classify ``videos`` with the policy checkpoint; returns one result dict per video it could read (and
+    prints them). A video that cannot be opened or decoded is reported to ``on_error(path, message)`` and
+    the others are still classified; without ``on_error`` it raises. With ``strip``, also writes a PNG of
+    each classified video's sampled frames with the action taken on each."""
+    dev = check_device(device)
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
     ckpt = load_checkpoint(checkpoint, stages=("policy",), what="checkpoint")
-    model = videoiq_from_checkpoint(ckpt, str(checkpoint)).to(device).eval()
+    model = videoiq_from_checkpoint(ckpt, str(checkpoint)).to(dev).eval()
     data = ckpt["config"]["data"]
     segments, per_segment, size = data["num_frames"], data["frames_per_segment"], data["input_size"]
     scale = int(round(size / 0.875)) if data["scale_up"] else size
     classes = ckpt["extra"]["classes"]
-    if top < 1:
-        raise ValueError(f"top must be >= 1, got {top}")
     cost = video_cost(model.backbone, model.policy, num_frames=segments * per_segment, input_size=size)
     fp_cost = cost.gmacs({"32bit": 1.0}, with_policy=False).total
-    results = []
+    results, pictures = [], []
     for path in videos:
-        n = count_frames(path)
-        indices = eval_indices(n, segments, per_segment).tolist()
-        frames = read_frames_at(path, indices, short_side=scale)
+        try:
+            if not os.path.isfile(path):
+                raise VideoDecodeError(f"{path}: no such file")
+            n = count_frames(path)
+            indices = eval_indices(n, segments, per_segment).tolist()
+            frames = read_frames_at(path, indices, short_side=scale)
+        except VideoDecodeError as e:
+            if on_error is None:
+                raise
+            on_error(path, str(e))
+            continue
         clip = EvalTransform(size, scale)(torch.from_numpy(frames).permute(0, 3, 1, 2))  # (1, T, 3, S, S)
-        logits, decisions = model.infer(normalize(clip.to(device)), deterministic=deterministic)
+        logits, decisions = model.infer(normalize(clip.to(dev)), deterministic=deterministic)
         probs = torch.softmax(logits[0].float(), dim=0)
         best = torch.topk(probs, min(top, len(classes)))
         actions = [model.actions[a] for a in decisions[0].argmax(dim=-1).tolist()]
@@ -52,8 +85,14 @@ def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu
                   "actions": actions, "gflops": cost.gmacs(usage).total,
                   "gflops_frames_run": cost.gmacs(usage, charge_skipped=False).total, "gflops_fp": fp_cost}
         results.append(result)
+        pictures.append(clip[0].permute(0, 2, 3, 1).numpy())
         if printer is not None:
             printer(format_result(result))
+    if strip is not None and results:
+        titles = [f"{os.path.basename(r['video'])}: {r['top'][0]['class']}" for r in results]
+        save_strip(decision_strip(pictures, [r["actions"] for r in results], titles), strip)
+        if printer is not None:
+            printer(f"decisions picture: {strip}")
     return results
 
 
@@ -71,10 +110,21 @@ def format_result(r: dict[str, Any]) -> str:
 
 
 def predict_main(args: Any) -> int:
-    """The CLI body of ``videoiq predict``."""
+    """The CLI body of ``videoiq predict``: every video it can read is classified; each one it cannot is one
+    line on stderr, and the exit status is 1 if there was any (2 for a bad checkpoint or option)."""
+    failed: list[str] = []
+
+    def report(path: str, message: str) -> None:
+        failed.append(path)
+        print(f"videoiq: error: {message}", file=sys.stderr, flush=True)
+
     results = predict_videos(args.checkpoint, args.videos, device=args.device, top=args.top,
-                             deterministic=not args.sampled, printer=None if args.json else print)
+                             deterministic=not args.sampled, printer=None if args.json else print, strip=args.strip,
+                             on_error=report)
     if args.json:
         print(json.dumps(results, indent=1))
+    if failed:
+        print(f"videoiq: {len(failed)} of {len(args.videos)} videos could not be read", file=sys.stderr)
+        return 1
     return 0
 

@@ -8,8 +8,9 @@ This module owns every piece of quantization numerics in videoiq:
   master-precision mean. The backward pass is the identity over the rounding, truncation and
   rescale (straight-through estimator); gradients flow through ``tanh`` and the max.
 * :func:`quantize_activation` - one-sided PACT: clip at a learnable ``alpha`` and round to
-  ``2**bits - 1`` levels. STE: the input gets the gradient where ``0 <= x <= alpha``; ``alpha`` gets
-  the sum of the gradient where ``x >= alpha``.
+  ``2**bits - 1`` levels (1 bit: ``sign(x)``; optionally rescaled to the input's mean). STE: the
+  input gets the gradient where ``0 <= x <= alpha``; ``alpha`` gets the sum of the gradient where
+  ``x >= alpha``.
 * :class:`QuantConv2d`, :class:`PACT` and :class:`SwitchableBatchNorm2d` - modules that hold one
   master weight, one clip per bit width and one BatchNorm per bit width respectively. The active bit
   width is module state, switched for a whole model with :func:`set_bit_width` or the
@@ -32,6 +33,12 @@ FULL_PRECISION = 32
 """The widest bit width; a network quantized at 32 bits is the paper's "full precision" option."""
 
 MIN_BITS, MAX_BITS = 1, 32
+
+MIN_CLIP = 1e-3
+"""PACT clips below this act as this. Nothing keeps a learned clip positive, and in the original a clip that
+an update pushed below zero turns its layer into a constant (every input clipped to a negative number),
+a state the gradient rarely leaves; here such a layer still passes ``[0, MIN_CLIP]``, and the gradient
+(the same masks, taken at the floor) can bring the clip back."""
 
 
 def check_bit_widths(bit_widths: Sequence[int], what: str = "bit_widths") -> tuple[int, ...]:
@@ -116,34 +123,43 @@ class _PACT(torch.autograd.Function):
     """One-sided PACT forward with the original's straight-through backward for ``x`` and ``alpha``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, bits: int) -> Tensor:  # type: ignore[override]
-        a = alpha.detach().to(x.dtype)
+    def forward(ctx, x: Tensor, alpha: Tensor, bits: int, mean_aligned: bool) -> Tensor:  # type: ignore[override]
+        a = alpha.detach().to(x.dtype).clamp_min(MIN_CLIP)
         # Boolean masks are all the backward needs: 1 byte per element instead of saving x.
         clipped = x >= a
         passes = (x <= a).logical_and_(x >= 0)
         ctx.save_for_backward(passes, clipped)
         ctx.alpha_shape = alpha.shape
+        if bits == 1:  # the original's 1-bit activation is sign(x), not a 2-level grid up to alpha
+            return torch.sign(x)
         scale = (2**bits - 1) / a
-        return torch.minimum(x, a).mul_(scale).round_().div_(scale)
+        q = torch.minimum(x, a).mul_(scale).round_().div_(scale)
+        if mean_aligned:  # the original's --mean_aligned also rescales activations to the input's mean
+            mean = q.mean()
+            q = q.mul_(torch.where(mean != 0, x.mean() / mean, torch.ones_like(mean)))
+        return q
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:  # type: ignore[override]
         passes, clipped = ctx.saved_tensors
         grad_x = grad * passes
         grad_alpha = torch.where(clipped, grad, 0).sum().reshape(ctx.alpha_shape)
-        return grad_x, grad_alpha, None
+        return grad_x, grad_alpha, None, None
 
 
-def quantize_activation(x: Tensor, alpha: Tensor, bits: int) -> Tensor:
+def quantize_activation(x: Tensor, alpha: Tensor, bits: int, mean_aligned: bool = False) -> Tensor:
     """One-sided PACT: ``round(min(x, alpha) * s) / s`` with ``s = (2**bits - 1) / alpha`` (spec 3.2).
 
     ``x`` is expected to be non-negative (it follows a ReLU or the max-pool). A negative value
     passes through rounded and gets no gradient, as in the original's backward; the original's
     forward check for negatives is not repeated because it forces a device sync on every call.
+    As in the original, 1 bit is ``sign(x)``, and ``mean_aligned`` multiplies the result by
+    ``mean(x) / mean(result)`` (forward only; the backward is the same straight-through estimator).
+    A clip below :data:`MIN_CLIP` acts as :data:`MIN_CLIP` (the one deliberate difference).
     """
     if not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"activation bits must lie in [{MIN_BITS}, {MAX_BITS}], got {bits}")
-    return _PACT.apply(x, alpha, bits)
+    return _PACT.apply(x, alpha, bits, mean_aligned)
 
 
 class BitSwitchable:
@@ -219,15 +235,18 @@ class PACT(BitSwitchable, nn.Module):
 
     With ``switchable=False`` a single clip is shared by every width (the original without
     ``--switch_clipval``). Parameters are named ``alpha.<bits>`` (or ``alpha.shared``).
+    ``mean_aligned`` rescales each output to its input's mean (the original's ``--mean_aligned``).
     """
 
-    def __init__(self, bit_widths: Sequence[int], init: float = 2.0, switchable: bool = True) -> None:
+    def __init__(self, bit_widths: Sequence[int], init: float = 2.0, switchable: bool = True,
+                 mean_aligned: bool = False) -> None:
         nn.Module.__init__(self)
         self._init_bits(bit_widths)
         if not init > 0:
             raise ValueError(f"PACT clip init must be positive, got {init}")
         keys = [str(b) for b in self.bit_widths] if switchable else ["shared"]
         self.switchable = switchable
+        self.mean_aligned = mean_aligned
         self.alpha = nn.ParameterDict({k: nn.Parameter(torch.tensor(float(init))) for k in keys})
 
     def clip_for(self, bits: int) -> nn.Parameter:
@@ -235,10 +254,10 @@ class PACT(BitSwitchable, nn.Module):
         return self.alpha[str(bits) if self.switchable else "shared"]
 
     def forward(self, x: Tensor) -> Tensor:
-        return quantize_activation(x, self.clip_for(self.active_bits), self.active_bits)
+        return quantize_activation(x, self.clip_for(self.active_bits), self.active_bits, self.mean_aligned)
 
     def extra_repr(self) -> str:
-        return self._bits_repr()
+        return self._bits_repr() + (", mean_aligned=True" if self.mean_aligned else "")
 
 
 class SwitchableBatchNorm2d(BitSwitchable, nn.Module):

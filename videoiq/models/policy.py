@@ -10,7 +10,8 @@ log-probabilities (one-hot forward, soft straight-through backward) at the tempe
 Skip bookkeeping, vectorised over the batch: choosing skip option ``s`` skips the current frame and
 the next ``s - 1``; while a skip is running, a step copies the previous decision, log-probabilities
 and hidden state ``h`` (the cell state ``c`` keeps integrating the skipped frames, as in the
-original).
+original). The auxiliary classifier averages the LSTM outputs as computed, before a carry replaces
+them, as the original does.
 """
 from __future__ import annotations
 
@@ -131,6 +132,7 @@ class PolicyNet(nn.Module):
                 r = F.one_hot(logp.argmax(dim=-1), self.num_actions).to(logp.dtype)
             else:
                 r = hard_gumbel_softmax(logp, self.temperature)
+            hiddens.append(h_new)  # the auxiliary classifier reads the LSTM output before any skip carry
             if self.skip_choices:
                 if i > 0:
                     carry = (remaining > 0).unsqueeze(1)
@@ -143,7 +145,6 @@ class PolicyNet(nn.Module):
             h = h_new
             decisions.append(r)
             log_probs.append(logp)
-            hiddens.append(h)
         logits = self.fc(torch.stack(hiddens, dim=1).mean(dim=1)) if self.fc is not None else None
         return PolicyOutput(torch.stack(decisions, dim=1), torch.stack(log_probs, dim=1), logits)
 

@@ -57,7 +57,7 @@ def ap_layers(
     return LayerFactory(
         conv=partial(QuantConv2d, bit_widths=family, mean_aligned=mean_aligned),
         norm=norm,
-        act_quant=partial(PACT, family, init=clip_init, switchable=switchable_clip),
+        act_quant=partial(PACT, family, init=clip_init, switchable=switchable_clip, mean_aligned=mean_aligned),
     )
 
 
@@ -131,6 +131,8 @@ class ResNet(nn.Module):
         width: channels of the stem and of stage 1 (64 for the paper models).
         dropout: dropout before the classifier (0.5 in the paper).
         layers: conv/norm/quantizer factory of the residual stages.
+        stem_kernel, stem_stride: the full-precision stem conv (7x7, stride 2 in the paper models; a
+            3x3, stride 1 stem keeps small models' never-quantized part as small a share of their cost).
     """
 
     def __init__(
@@ -142,6 +144,8 @@ class ResNet(nn.Module):
         width: int = 64,
         dropout: float = 0.5,
         layers: LayerFactory = FULL_PRECISION_LAYERS,
+        stem_kernel: int = 7,
+        stem_stride: int = 2,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -149,7 +153,7 @@ class ResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.num_classes = num_classes
-        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -227,29 +231,47 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(video))
 
 
-# name -> (block, blocks per stage, width); "tiny" is for tests and CPU smoke runs.
-_ARCHS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, ...], int]] = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2), 64),
-    "resnet34": (BasicBlock, (3, 4, 6, 3), 64),
-    "resnet50": (Bottleneck, (3, 4, 6, 3), 64),
-    "resnet101": (Bottleneck, (3, 4, 23, 3), 64),
-    "resnet_tiny": (Bottleneck, (1, 1, 1, 1), 8),
+@dataclass(frozen=True)
+class Arch:
+    """A ResNet shape: block type, blocks per stage, stem/stage-1 width and the stem conv."""
+
+    block: type[BasicBlock | Bottleneck]
+    stage_blocks: tuple[int, ...]
+    width: int = 64
+    stem_kernel: int = 7
+    stem_stride: int = 2
+
+    def describe(self) -> str:
+        return (f"{self.block.__name__} x {list(self.stage_blocks)}, width {self.width}, "
+                f"{self.stem_kernel}x{self.stem_kernel}/{self.stem_stride} stem")
+
+
+# "tiny" is for tests and CPU smoke runs; "demo" is the CPU demo's model, proportioned like ResNet-18
+# (quantized stages dominate its cost) at 32-48 px.
+_ARCHS: dict[str, Arch] = {
+    "resnet18": Arch(BasicBlock, (2, 2, 2, 2)),
+    "resnet34": Arch(BasicBlock, (3, 4, 6, 3)),
+    "resnet50": Arch(Bottleneck, (3, 4, 6, 3)),
+    "resnet101": Arch(Bottleneck, (3, 4, 23, 3)),
+    "resnet_tiny": Arch(Bottleneck, (1, 1, 1, 1), width=8),
+    "resnet_demo": Arch(BasicBlock, (2, 2, 2, 2), width=8, stem_kernel=3, stem_stride=1),
 }
 
 
 def _register_fp(name: str) -> None:
-    block, stage_blocks, width = _ARCHS[name]
+    arch = _ARCHS[name]
 
     def build(num_classes: int = 1000, dropout: float = 0.5) -> ResNet:
-        return ResNet(block, stage_blocks, num_classes, width=width, dropout=dropout)
+        return ResNet(arch.block, arch.stage_blocks, num_classes, width=arch.width, dropout=dropout,
+                      stem_kernel=arch.stem_kernel, stem_stride=arch.stem_stride)
 
     build.__name__ = name
-    build.__doc__ = f"Full-precision TSN {name} ({block.__name__} x {list(stage_blocks)}, width {width})."
+    build.__doc__ = f"Full-precision TSN {name} ({arch.describe()})."
     register_model("recognition")(build)
 
 
 def _register_ap(name: str) -> None:
-    block, stage_blocks, width = _ARCHS[name]
+    arch = _ARCHS[name]
 
     def build(
         num_classes: int = 1000,
@@ -267,7 +289,8 @@ def _register_ap(name: str) -> None:
             clip_init=clip_init,
             mean_aligned=mean_aligned,
         )
-        return ResNet(block, stage_blocks, num_classes, width=width, dropout=dropout, layers=layers)
+        return ResNet(arch.block, arch.stage_blocks, num_classes, width=arch.width, dropout=dropout, layers=layers,
+                      stem_kernel=arch.stem_kernel, stem_stride=arch.stem_stride)
 
     build.__name__ = f"ap_{name}"
     build.__doc__ = f"Any-precision TSN {name}: quantized residual stages, one master weight for all widths."

@@ -46,8 +46,9 @@ class VideoIQOutput(NamedTuple):
     decisions: Tensor  # (B, T, A) one-hot actions
     log_probs: Tensor  # (B, T, A) policy log-probabilities
     reference_logits: Tensor  # (B, C) all frames at the first action, no grad (KD target without teacher)
-    teacher_logits: Tensor | None  # (B, C) frozen full-precision teacher
+    teacher_logits: Tensor | None  # (B, C) frozen full-precision teacher on all frames
     policy_logits: Tensor | None  # (B, C) auxiliary policy classifier
+    kept_target_logits: Tensor  # (B, C) the teacher (else the first action) on only the frames kept, no grad
 
 
 class VideoIQ(nn.Module):
@@ -120,13 +121,12 @@ class VideoIQ(nn.Module):
         return self
 
     def precision_features(self, video: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Per-frame features of every precision action ``(B, T, P, D)`` and the teacher's logits."""
+        """Per-frame features of every precision action ``(B, T, P, D)`` and the teacher's ``(B, T, D)``."""
         feats = []
-        teacher_logits = None
+        teacher_feats = None
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_feats = self.teacher.forward_features(video)
-                teacher_logits = self.teacher.forward_head(teacher_feats)
             if self.fp_action:
                 feats.append(teacher_feats)
         frames, b, t = fold_frames(video, type(self).__name__)
@@ -135,7 +135,7 @@ class VideoIQ(nn.Module):
             for bits in self.precisions:
                 with bit_width(self.backbone, bits):
                     feats.append(self.backbone.stages(stem).view(b, t, -1))
-        return torch.stack(feats, dim=2), teacher_logits
+        return torch.stack(feats, dim=2), teacher_feats
 
     def _forced(self, video: Tensor, forced_actions: Tensor) -> Tensor:
         """One-hot decisions ``(B, T, A)`` from action indices ``(B, T)``, checked against the video."""
@@ -168,7 +168,7 @@ class VideoIQ(nn.Module):
         else:
             decisions = self._forced(video, forced_actions)
             log_probs = decisions.clamp_min(LOG_PROB_FLOOR).log()
-        feats, teacher_logits = self.precision_features(video)
+        feats, teacher_feats = self.precision_features(video)
         num_frames = video.shape[1]
         r = decisions[..., : feats.shape[2]]
         kept = r.sum(dim=(1, 2)).clamp_min(1.0)
@@ -176,7 +176,16 @@ class VideoIQ(nn.Module):
         logits = self.backbone.forward_head(mixed)
         with torch.no_grad():
             reference_logits = self.backbone.fc(feats[:, :, 0]).mean(dim=1)
-        return VideoIQOutput(logits, decisions, log_probs, reference_logits, teacher_logits, policy_logits)
+            teacher_logits = None if teacher_feats is None else self.teacher.forward_head(teacher_feats)
+            # what the KD target would be had it seen only the frames this forward keeps: skipping a frame
+            # that says nothing then costs no distillation loss (the all-frames target does penalise it)
+            keep = (r.detach().sum(dim=-1) * (num_frames / kept.detach()).view(-1, 1)).unsqueeze(-1)
+            if teacher_feats is None:
+                kept_target_logits = self.backbone.fc(feats[:, :, 0].detach() * keep).mean(dim=1)
+            else:
+                kept_target_logits = self.teacher.forward_head(teacher_feats * keep)
+        return VideoIQOutput(logits, decisions, log_probs, reference_logits, teacher_logits, policy_logits,
+                             kept_target_logits)
 
     @torch.no_grad()
     def infer(self, video: Tensor, *, deterministic: bool = True, forced_actions: Tensor | None = None) -> tuple[Tensor, Tensor]:

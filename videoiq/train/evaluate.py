@@ -27,7 +27,7 @@ from ..quant import bit_width
 from ..tracking import resolve_mode
 from .checkpoint import CheckpointError, load_checkpoint, load_role, resolve
 from .loop import Predictions, class_ap_table, predict, score
-from .stage import decide, policy_metrics, start_tracker
+from .stage import SampledKinds, decide, decisions_picture, policy_metrics, start_tracker
 
 STAGES_SCORED = ("fp", "policy_pretrain", "ap", "policy")
 
@@ -39,6 +39,28 @@ def videoiq_from_checkpoint(ckpt: dict[str, Any], source: str) -> VideoIQ:
     return VideoIQ(load_role(ckpt, "model", source), load_role(ckpt, "policy", source),
                    precisions=tuple(ckpt["extra"]["precisions"]), teacher=teacher,
                    fp_action=ckpt["extra"]["actions"][0] == "fp")
+
+
+def with_frame_logits(model: torch.nn.Module, video: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Video logits and each frame's own logits ``(B, T, C)`` (a TSN model's classifier on one frame's features;
+    in eval mode its dropout is off, so their mean is the model's output)."""
+    head = model.fc if hasattr(model, "fc") else model.classifier
+    frame_logits = head(model.forward_features(video))
+    return {"logits": frame_logits.mean(dim=1), "frame_logits": frame_logits}
+
+
+def kind_accuracy(pred: Predictions, kinds: SampledKinds, labels: tuple[tuple[int, ...], ...]) -> dict[str, float]:
+    """``val/frames/<kind>``: % of the frames of each kind that show something whose own prediction falls in
+    the label's group (what a frame of that kind can tell), from ``frame_logits``."""
+    predicted = pred.extra["frame_logits"].argmax(axis=-1)  # (N, T)
+    truth = np.array([labels[i][0] for i in pred.index])[:, None].repeat(predicted.shape[1], axis=1)
+    ids = kinds.ids[pred.index]
+    out = {}
+    for k, name in enumerate(kinds.kinds.names):
+        mask = ids == k
+        if kinds.kinds.groups[k] is not None and mask.any():
+            out[f"val/frames/{name}"] = 100.0 * float(kinds.kinds.reads_correctly(k, predicted[mask], truth[mask]).mean())
+    return out
 
 
 def _memory_format(cfg: EvalConfig) -> torch.memory_format:
@@ -67,6 +89,7 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
     def batches():
         return torch.utils.data.DataLoader(val, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
 
+    kinds = SampledKinds.of(cfg, cfg.data.val_split, val.db, cfg.eval.num_clips)
     stage = ckpt["stage"]
     results: dict[str, Any] = {"checkpoint": str(resolve(source)), "stage": stage, "split": cfg.data.val_split,
                                "videos": len(val), "frames": frames, "input_size": size}
@@ -77,7 +100,7 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
 
         def run(deterministic: bool, column: str) -> dict[str, float]:
             scorings[column] = predict(lambda v: decide(model, v, deterministic), batches(), dev, cfg.speed.amp)
-            return policy_metrics(scorings[column], model.actions, cost, labels, num_classes)
+            return policy_metrics(scorings[column], model.actions, cost, labels, num_classes, kinds=kinds)
 
         results["decisions"] = cfg.eval.decisions
         if cfg.eval.decisions == "argmax":
@@ -95,16 +118,23 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
         for bits in family or (32,):
             column = f"AP % ({bits} bits)" if family else "AP %"
             with bit_width(model, bits) if family else contextlib.nullcontext():
-                scorings[column] = predict(lambda v: {"logits": model(v)}, batches(), dev, cfg.speed.amp)
+                scorings[column] = predict(lambda v: with_frame_logits(model, v), batches(), dev, cfg.speed.amp)
             m = score(scorings[column], labels, num_classes)
             m["val/gflops"] = cost.gmacs({f"{bits}bit": 1.0}, with_policy=False).total
+            if kinds is not None:
+                m.update(kind_accuracy(scorings[column], kinds, labels))
             results["metrics"].update({k.replace("val/", f"val/b{bits}/") if family else k: v for k, v in m.items()})
     folder = resolve(source).parent
+    if stage == "policy":  # a few videos' frames with the action taken on each
+        results["decisions_picture"] = str(decisions_picture(cfg, next(iter(scorings.values())), model.actions,
+                                                             folder / f"decisions_{cfg.data.val_split}.png"))
     out = folder / f"eval_{cfg.data.val_split}.json"
     write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     tracker = start_tracker(cfg, folder, resolve_mode(cfg.logging.wandb), name=f"eval-{stage}", job_type="eval")
     with tracker:
         tracker.summary({**results["metrics"], **{f"spread/{k}": v for k, v in results.get("spread", {}).items()}})
         tracker.table("val/per_class_ap", *class_ap_table(scorings, labels, val.db.classes))
+        if "decisions_picture" in results:
+            tracker.image("val/decisions", results["decisions_picture"])
     printer(f"eval: {stage} checkpoint scored on {len(val)} videos; results in {out}")
     return results

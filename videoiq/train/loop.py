@@ -95,6 +95,40 @@ def train_one_epoch(task: Task, module: nn.Module, batches: Iterable[dict[str, T
     return metrics
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(task: Task, batches: Iterable[dict[str, Tensor]], num_batches: int,
+                           device: torch.device, amp: str = "off") -> int:
+    """Replace the running statistics of every BN layer the task trains with their plain average over
+    ``num_batches`` training batches of the final weights ("precise BN"); returns the batches used.
+
+    Running statistics are an exponential average over batches taken while the weights still moved; a
+    small model whose decisions rest on small differences between frames can score far from its training
+    accuracy with them (the demo's any-precision model swung between 50% and 100% from one epoch to the
+    next). Frozen models (teachers, eval-mode parts) are left alone.
+    """
+    task.train(True)
+    norms = [m for m in task.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the calibration batches
+    used = 0
+    try:
+        for batch in batches:
+            if used >= num_batches:
+                break
+            video, label, _, _ = _valid(batch, device)
+            if len(label) == 0:
+                continue
+            with autocast(video.device, amp):
+                task.calibration_forward(video)
+            used += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return used
+
+
 @dataclass
 class Predictions:
     """Scores of every evaluated video, gathered from all ranks and de-duplicated by index."""

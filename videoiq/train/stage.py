@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..config import APConfig, ConfigError, FPConfig, PolicyPretrainConfig, PolicyStageConfig, StageConfig, config_to_dict
+from ..data.frame_kinds import FrameKinds, find_frame_kinds
 from ..data.records import VideoDB
 from ..flops import action_usage, video_cost
 from ..models import VideoIQ, create_model, load_fp_weights, load_fp_weights_file
@@ -33,7 +35,7 @@ from ..quant import bit_width
 from ..tracking import Tracker, resolve_mode
 from .checkpoint import (CheckpointError, check_storage, load_checkpoint, load_role, model_entry, save_checkpoint,
                          state_bytes)
-from .loop import NonFiniteLoss, Predictions, class_ap_table, predict, score, train_one_epoch
+from .loop import NonFiniteLoss, Predictions, class_ap_table, predict, recalibrate_batch_norm, score, train_one_epoch
 from .optim import any_precision_groups, build_optimizer, build_scheduler, policy_groups, single_group
 from .tasks import AnyPrecisionTask, FPTask, PolicyTask, Task
 
@@ -225,10 +227,11 @@ def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
         cost = video_cost(model.backbone, model.policy, num_frames=cfg.data.num_frames * cfg.data.frames_per_segment,
                           input_size=cfg.data.input_size)
         extra.update({"actions": list(model.actions), "precisions": list(model.precisions)})
+        kinds = SampledKinds.of(cfg, cfg.data.val_split, VideoDB(cfg.data.lmdb_path(cfg.data.val_split)))
 
         def evaluate(batches, dev):
             pred = predict(lambda v: decide(model, v), batches, dev, amp)
-            return Evaluation(policy_metrics(pred, model.actions, cost, val_labels, num_classes), pred)
+            return Evaluation(policy_metrics(pred, model.actions, cost, val_labels, num_classes, kinds=kinds), pred)
     else:
         raise ConfigError(f"stage {cfg.STAGE!r} does not train; run it with the eval launcher")
     optimizer = build_optimizer(groups, cfg.optim)
@@ -244,16 +247,58 @@ def decide(model: VideoIQ, video: Tensor, deterministic: bool = True) -> dict[st
     return {"logits": out.logits, "decisions": out.decisions}
 
 
+@dataclass(frozen=True)
+class SampledKinds:
+    """The frame kinds of the frames evaluation samples: kind ids ``(videos, frames)`` in database order."""
+
+    kinds: FrameKinds
+    ids: np.ndarray
+
+    @classmethod
+    def of(cls, cfg: StageConfig, split: str, db: VideoDB, num_clips: int = 1) -> "SampledKinds | None":
+        """For a split's database when it has a frame kinds file and evaluation takes one clip per video."""
+        kinds = find_frame_kinds(cfg.data.root, split, db)
+        if kinds is None:
+            return None
+        if num_clips != 1:
+            log.warning("frame kinds: reported only for one clip per video (eval.num_clips is %d)", num_clips)
+            return None
+        return cls(kinds, kinds.sampled(db, cfg.data.num_frames, cfg.data.frames_per_segment))
+
+
+def kind_usage(decisions: np.ndarray, kind_ids: np.ndarray, kinds: FrameKinds, actions: tuple[str, ...],
+               prefix: str = "val") -> dict[str, float]:
+    """``<prefix>/usage/<kind>/<action>``: % of the frames of each kind at each action (decisions ``(N, T, A)``)."""
+    out = {}
+    for k, name in enumerate(kinds.names):
+        chosen = decisions[kind_ids == k]
+        if len(chosen):
+            out.update({f"{prefix}/usage/{name}/{a}": 100.0 * float(u) for a, u in zip(actions, chosen.mean(axis=0))})
+    return out
+
+
 def policy_metrics(pred: Predictions, actions: tuple[str, ...], cost: Any, labels: tuple[tuple[int, ...], ...],
-                   num_classes: int, prefix: str = "val") -> dict[str, float]:
-    """Accuracy, mAP, precision usage and GMACs per video of VideoIQ predictions."""
+                   num_classes: int, prefix: str = "val", kinds: SampledKinds | None = None) -> dict[str, float]:
+    """Accuracy, mAP, precision usage (per frame kind too, with ``kinds``) and GMACs per video of VideoIQ
+    predictions."""
     metrics = score(pred, labels, num_classes, prefix)
     usage = action_usage(torch.from_numpy(pred.extra["decisions"]), actions)
     metrics.update({f"{prefix}/usage/{a}": 100.0 * u for a, u in usage.items()})
+    if kinds is not None:
+        metrics.update(kind_usage(pred.extra["decisions"], kinds.ids[pred.index], kinds.kinds, actions, prefix))
     g = cost.gmacs(usage)
     metrics.update({f"{prefix}/gflops": g.total, f"{prefix}/gflops_backbone": g.backbone,
                     f"{prefix}/gflops_run": cost.gmacs(usage, charge_skipped=False).total})
     return metrics
+
+
+def decisions_picture(cfg: StageConfig, pred: Predictions, actions: tuple[str, ...], path: Path) -> Path:
+    """Write the strip of a few validation videos' frames with the action taken on each (``videoiq.strips``)."""
+    from ..data.clips import ClipSpec
+    from ..strips import save_strip, validation_strip
+
+    db = VideoDB(cfg.data.lmdb_path(cfg.data.val_split))
+    return Path(save_strip(validation_strip(db, ClipSpec.from_config(cfg.data, train=False), pred, actions), path))
 
 
 def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], Iterable[dict[str, Tensor]]],
@@ -262,7 +307,8 @@ def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], I
                on_log: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train from ``start_epoch`` to ``optim.epochs``; after each epoch evaluate and call ``on_epoch_end``
     (which saves the checkpoint and logs); ``on_log`` gets a progress record every ``logging.log_every``
-    steps. Returns the last epoch's metrics."""
+    steps. After the last epoch, ``optim.bn_recalibration`` batches recompute the BN statistics first.
+    Returns the last epoch's metrics."""
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, stage.cfg.optim.epochs):
         stage.task.on_epoch_start(epoch)
@@ -279,6 +325,9 @@ def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], I
                                 f"checkpoint is {last}, left as it was") from None
         stage.global_step += int(metrics["train/steps"])
         stage.scheduler.step()
+        if epoch + 1 == stage.cfg.optim.epochs and stage.cfg.optim.bn_recalibration:
+            metrics["train/bn_recalibration_batches"] = float(recalibrate_batch_norm(
+                stage.task, train_batches(epoch + 1), stage.cfg.optim.bn_recalibration, device, stage.cfg.speed.amp))
         stage.task.train(False)
         evaluation = stage.evaluate(val_batches(), device)
         metrics.update(evaluation.metrics)
@@ -327,6 +376,10 @@ class StageLog:
             self.tracker.summary(metrics)
             self.tracker.table("val/per_class_ap", *class_ap_table({"AP %": evaluation.predictions},
                                                                    self.stage.val_labels, self.stage.classes))
+            if isinstance(self.stage.task, PolicyTask) and self.tracker.active:
+                self.tracker.image("val/decisions", decisions_picture(cfg, evaluation.predictions,
+                                                                      self.stage.task.model.actions,
+                                                                      self.path.parent / "decisions_val.png"))
 
     def step(self, record: dict[str, float]) -> None:
         """A progress record from the loop every ``logging.log_every`` steps."""

@@ -44,6 +44,12 @@ class Task:
     def train(self, mode: bool = True) -> None:
         self.module.train(mode)
 
+    def calibration_forward(self, video: Tensor) -> None:
+        """One forward of each trained model on ``video`` (in training mode, no gradient), so that its BN
+        layers see the batch: what :func:`videoiq.train.loop.recalibrate_batch_norm` averages. A task whose
+        models keep no BN statistics of their own raises ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} does not recalibrate batch norm")
+
 
 class _Logits(nn.Module):
     """Wraps a recognition model so its forward returns ``{"logits": ...}`` like every task module."""
@@ -66,6 +72,9 @@ class FPTask(Task):
     def losses(self, out: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         ce = F.cross_entropy(out["logits"], labels)
         return {"loss": ce, "loss/ce": ce.detach()}
+
+    def calibration_forward(self, video: Tensor) -> None:
+        self.model(video)
 
 
 class _AllWidths(nn.Module):
@@ -128,6 +137,11 @@ class AnyPrecisionTask(Task):
     def logits(self, out: dict[str, Tensor]) -> Tensor:
         return out["logits_per_width"][0]
 
+    def calibration_forward(self, video: Tensor) -> None:
+        for bits in self.bit_widths:  # each width's own BNs; the shared stem BN sees the batch once per width
+            with bit_width(self.model, bits):
+                self.model(video)
+
 
 class _VideoIQStep(nn.Module):
     def __init__(self, model: VideoIQ):
@@ -159,7 +173,10 @@ class PolicyTask(Task):
     def losses(self, out: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         w = self.weights
         parts = {"loss/ce": F.cross_entropy(out["logits"], labels)}
-        kd_target = out.get("teacher_logits", out["reference_logits"])
+        if w.kd_frames == "kept":
+            kd_target = out["kept_target_logits"]
+        else:
+            kd_target = out.get("teacher_logits", out["reference_logits"])
         if w.kind in ("kd", "kd_ce"):
             parts["loss/kd"] = w.kd_weight * soft_cross_entropy(out["logits"], kd_target)
         if w.kind == "kd":

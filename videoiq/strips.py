@@ -1,0 +1,103 @@
+"""Per-frame decisions as a picture: a strip of each video's sampled frames with the action under each.
+
+:func:`decision_strip` draws one row per video (its title above: the label and the prediction), the
+frames in order, and under each frame its action in a colour of its own (skips grey, low widths light,
+high widths dark). The policy stage and the eval of a policy checkpoint log it to wandb; ``videoiq
+predict --strip out.png`` writes it for the videos scored.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .flops import is_skip
+
+if TYPE_CHECKING:
+    from .data.clips import ClipSpec
+    from .data.records import VideoDB
+    from .train.loop import Predictions
+
+CELL = 64  # frames are scaled to this side (nearest neighbour: small frames stay sharp)
+LABEL_H = 14
+TITLE_H = 14
+GAP = 4
+
+
+def action_colour(action: str) -> tuple[int, int, int]:
+    """The label colour of an action: grey for skips, deeper blue the more bits a width has."""
+    if is_skip(action):
+        return (150, 150, 150)
+    bits = 32 if action == "fp" else int(action.removesuffix("bit"))
+    depth = min(np.log2(max(bits, 1)) / 5.0, 1.0)  # 1 bit -> 0, 32 bits -> 1
+    return (int(200 - 170 * depth), int(225 - 160 * depth), 255)
+
+
+def decision_strip(videos: Sequence[np.ndarray], actions: Sequence[Sequence[str]], titles: Sequence[str]) -> Image.Image:
+    """One row per video: ``videos[i]`` is ``(T, H, W, 3)`` uint8, ``actions[i]`` its T action names."""
+    if not (len(videos) == len(actions) == len(titles)) or not videos:
+        raise ValueError(f"need as many videos, action lists and titles (got {len(videos)}, {len(actions)}, "
+                         f"{len(titles)}), and at least one")
+    for i, (v, a) in enumerate(zip(videos, actions)):
+        if v.ndim != 4 or v.shape[-1] != 3 or len(a) != len(v):
+            raise ValueError(f"video {i}: expected (T, H, W, 3) frames and one action per frame, got "
+                             f"{tuple(v.shape)} and {len(a)} actions")
+    columns = max(len(v) for v in videos)
+    row_h = TITLE_H + CELL + LABEL_H + GAP
+    image = Image.new("RGB", (columns * (CELL + GAP) + GAP, len(videos) * row_h + GAP), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    for r, (frames, acts, title) in enumerate(zip(videos, actions, titles)):
+        top = GAP + r * row_h
+        draw.text((GAP, top), title, fill=(0, 0, 0), font=font)
+        for c, (frame, action) in enumerate(zip(frames, acts)):
+            x = GAP + c * (CELL + GAP)
+            image.paste(Image.fromarray(frame).resize((CELL, CELL), Image.NEAREST), (x, top + TITLE_H))
+            box = (x, top + TITLE_H + CELL, x + CELL - 1, top + TITLE_H + CELL + LABEL_H - 1)
+            draw.rectangle(box, fill=action_colour(action))
+            if is_skip(action):  # a skipped frame never ran: grey it out
+                shade = Image.new("RGB", (CELL, CELL), (255, 255, 255))
+                cell = image.crop((x, top + TITLE_H, x + CELL, top + TITLE_H + CELL))
+                image.paste(Image.blend(cell, shade, 0.6), (x, top + TITLE_H))
+            draw.text((x + 3, box[1] + 1), action, fill=(0, 0, 0), font=font)
+    return image
+
+
+def save_strip(image: Image.Image, path: str | os.PathLike) -> str:
+    """Write the strip as PNG (the folder is created); returns the path."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    image.save(path, format="PNG")
+    return path
+
+
+def validation_strip(db: "VideoDB", spec: "ClipSpec", pred: "Predictions", actions: Sequence[str],
+                     videos: int = 8) -> Image.Image:
+    """The strip of up to ``videos`` scored videos of ``db`` (one per class first), from the frames evaluation
+    sampled (its first view) and the decisions in ``pred.extra["decisions"]``; titled key, label, prediction."""
+    from .data.clips import decode_clip, read_clip
+
+    classes = db.classes
+    chosen, seen = [], set()
+    for row, position in enumerate(pred.index):  # one video of each class first, then the rest in order
+        label = db.index.labels[position][0] if db.index.labels[position] else -1
+        if label not in seen:
+            chosen.append(row)
+            seen.add(label)
+    chosen += [r for r in range(len(pred.index)) if r not in chosen]
+    chosen = sorted(chosen[:videos])
+    frames, acts, titles = [], [], []
+    for row in chosen:
+        position = int(pred.index[row])
+        clip = decode_clip(spec, read_clip(db, position, spec, rng=None), rng=None)  # (views, T, 3, S, S)
+        frames.append(clip[0].permute(0, 2, 3, 1).numpy())
+        acts.append([actions[a] for a in pred.extra["decisions"][row].argmax(axis=-1)])
+        label = db.index.labels[position]
+        truth = classes[label[0]] if label else "?"
+        titles.append(f"{db.index.keys[position].split('/')[-1]}: {truth} -> {classes[int(pred.logits[row].argmax())]}")
+    return decision_strip(frames, acts, titles)
