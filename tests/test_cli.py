@@ -76,3 +76,13 @@ def test_importing_the_core_does_not_import_ray():
 def test_module_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "videoiq", "models", "resnet_tiny"], capture_output=True, text=True)
     assert done.returncode == 0 and "resnet_tiny" in done.stdout
+
+
+def test_logging_is_configured_once_and_by_rank():
+    script = ("import logging; from videoiq.logs import configure_logging; configure_logging(); configure_logging(); "
+              "logging.getLogger('videoiq.train').info('loaded 12 tensors'); configure_logging(rank=1); "
+              "logging.getLogger('videoiq.data').info('hidden on other ranks'); "
+              "logging.getLogger('videoiq.data').warning('skipping bad record')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "videoiq: loaded 12 tensors\nvideoiq: skipping bad record\n"

@@ -39,7 +39,10 @@ def test_ray_job_submit_runs_a_stage(tiny_videos, tmp_path):
              "ray.cpus_per_worker=1", f"ray.storage_path={tmp_path}"],
             capture_output=True, text=True, timeout=400, cwd=ROOT)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-        assert "succeeded" in job.stdout + job.stderr
+        out = job.stdout + job.stderr
+        assert "succeeded" in out and "fp: epoch=1 " in out
+        # a log a person reads: no Ray Data progress bars or execution banners, no wandb banners
+        assert "Running Dataset" not in out and "row/s" not in out and "wandb:" not in out, out[-3000:]
         checkpoints = list((tmp_path / "fp").glob("checkpoint_*/checkpoint.pt"))
         assert len(checkpoints) == 1 and (tmp_path / "fp" / "metrics.jsonl").exists()
     finally:

@@ -408,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .logs import configure_logging
+
+    configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "flags", None) and args.flags[0] == "--":

@@ -156,6 +156,10 @@ def clip_dataset(path: str, spec: ClipSpec, videos_per_block: int = 8, read_task
     # pipeline is one fused operator, and the reservation left half of a 2-CPU node idle (videoiq bench
     # data: 160 -> 270 videos/s without it). Set on this dataset's own context, not globally.
     ds.context.op_resource_reservation_enabled = False
+    # Job logs: Ray Data's progress bars and "Running Dataset" banners were most of a job's lines (thousands
+    # per stage); the training loop prints its own progress and epoch lines.
+    ds.context.enable_progress_bars = False
+    ds.context.print_on_execution_start = False
     if seed is not None:  # blocks otherwise arrive in the order their tasks finish
         ds.context.execution_options.preserve_order = True
     return ds

@@ -22,6 +22,7 @@ from typing import Any
 
 from .atomic import write_text_atomic
 from .config import STAGES, ConfigError, StageConfig, apply_overrides, config_from_dict, read_yaml
+from .logs import configure_logging
 from .tracking import Tracker, TrackingError, resolve_mode
 
 PIPELINE = ("fp", "ap", "policy_pretrain", "policy", "eval")
@@ -80,6 +81,7 @@ def guard(fn: Callable[[], int]) -> int:
     from .train.checkpoint import CheckpointError, StorageError
     from .train.loop import NonFiniteLoss
 
+    configure_logging()
     try:
         return fn()
     except (ConfigError, CheckpointError, BuildError, TrackingError, StorageError, NonFiniteLoss, FileNotFoundError,

@@ -73,7 +73,8 @@ class Tracker:
             run_id = secrets.token_hex(6)
             id_file.write_text(run_id + "\n")
         # console off: output capture fights Ray's and pytest's own; stats off: no sampler thread per run
-        settings = wandb.Settings(console="off", quiet=True, x_disable_stats=True, init_timeout=120)
+        # silent: no banners in job logs (the run folder is in metrics.jsonl's folder, wandb-<name>.id beside it)
+        settings = wandb.Settings(console="off", quiet=True, silent=True, x_disable_stats=True, init_timeout=120)
         run = wandb.init(project=project, dir=str(folder), id=run_id, resume="allow", name=name, group=group,
                          job_type=job_type, config=dict(config), mode=mode, settings=settings)
         run.define_metric("epoch")

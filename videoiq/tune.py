@@ -25,6 +25,7 @@ from ray import tune
 from .atomic import write_text_atomic
 from .config import ConfigError, config_to_dict
 from .experiment import SWEEP_FILE, Report, build_report, read_state, trial_dir, update_state
+from .logs import configure_logging
 from .sweep import COST, Sweep, load_sweep
 from .tracking import Tracker, resolve_mode
 from .train.worker import connect
@@ -71,6 +72,7 @@ def _trial(params: dict[str, Any], *, sweep: Sweep, base: dict[str, Any], experi
     The last epoch is reported only once the stage is over (checkpoint written, wandb run closed), as
     the trial's very last act: Tune may end a trial as soon as it has a report it wants to stop at.
     """
+    configure_logging()
     trial_id = tune.get_context().get_trial_id()
     folder = trial_dir(experiment, trial_id)
     cfg = sweep.trial_config(params, base)

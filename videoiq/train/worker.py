@@ -32,6 +32,7 @@ from ray.train.torch import TorchTrainer
 from ..config import ConfigError, StageConfig, absolute_paths, config_from_dict, config_to_dict
 from ..data.clips import ClipSpec, VideoClipDataset
 from ..distributed import is_main, rank, world_size
+from ..logs import configure_logging
 from ..ray_data import clip_dataset, iter_clip_batches, train_data_config
 from ..tracking import resolve_mode, wandb_env
 from .checkpoint import FILENAME, check_storage, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -55,6 +56,7 @@ def _say(line: str) -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     """What each Ray Train worker runs; returns the last epoch's metrics (``Result.return_value``)."""
     cfg = config_from_dict(config["stage"])
+    configure_logging(ray.train.get_context().get_world_rank())
     run_dir = Path(config["run_dir"])
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,27 @@
+"""The ``videoiq`` logger's one console handler, installed by the entry points.
+
+Library modules only call ``logging.getLogger("videoiq.<part>")``. The CLI, the launchers, each Ray Train
+worker and each Tune trial call :func:`configure_logging` once, so that weight-load reports and warnings
+reach the console: rank 0 at INFO, the other ranks their warnings only. Ray and wandb configure their own
+loggers (and sometimes the root logger); this handler sits on ``videoiq`` alone and does not propagate, so
+no line is printed twice.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+_MARK = "_videoiq_console"
+
+
+def configure_logging(rank: int = 0) -> logging.Logger:
+    """Give the ``videoiq`` logger a stderr handler (once per process) and the level for ``rank``."""
+    logger = logging.getLogger("videoiq")
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    if not any(getattr(h, _MARK, False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("videoiq: %(message)s"))
+        setattr(handler, _MARK, True)
+        logger.addHandler(handler)
+        logger.propagate = False
+    return logger
