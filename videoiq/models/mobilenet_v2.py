@@ -49,9 +49,13 @@ class TSNMobileNetV2(MobileNetV2):
         x, b, t = fold_frames(video, type(self).__name__)
         return pool_features(self.features(x)).view(b, t, -1)
 
+    def frame_logits(self, features: Tensor) -> Tensor:
+        """Each frame's own logits ``(B, T, num_classes)``: the classifier per frame."""
+        return self.classifier(features)
+
     def forward_head(self, features: Tensor) -> Tensor:
-        """Video logits ``(B, num_classes)``: the classifier per frame, then the mean over frames."""
-        return self.classifier(features).mean(dim=1)
+        """Video logits ``(B, num_classes)``: the mean of the frames' logits."""
+        return self.frame_logits(features).mean(dim=1)
 
     def forward(self, video: Tensor) -> Tensor:  # type: ignore[override]
         return self.forward_head(self.forward_features(video))

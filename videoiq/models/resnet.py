@@ -223,9 +223,13 @@ class ResNet(nn.Module):
         x, b, t = fold_frames(video, type(self).__name__)
         return self.frame_features(x).view(b, t, -1)
 
+    def frame_logits(self, features: Tensor) -> Tensor:
+        """Each frame's own logits ``(B, T, num_classes)``: dropout, then the shared fc per frame."""
+        return self.fc(self.dropout(features))
+
     def forward_head(self, features: Tensor) -> Tensor:
-        """Video logits ``(B, num_classes)``: dropout, the shared fc per frame, then the mean over frames."""
-        return self.fc(self.dropout(features)).mean(dim=1)
+        """Video logits ``(B, num_classes)``: the mean of the frames' logits."""
+        return self.frame_logits(features).mean(dim=1)
 
     def forward(self, video: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(video))

@@ -42,10 +42,9 @@ def videoiq_from_checkpoint(ckpt: dict[str, Any], source: str) -> VideoIQ:
 
 
 def with_frame_logits(model: torch.nn.Module, video: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Video logits and each frame's own logits ``(B, T, C)`` (a TSN model's classifier on one frame's features;
-    in eval mode its dropout is off, so their mean is the model's output)."""
-    head = model.fc if hasattr(model, "fc") else model.classifier
-    frame_logits = head(model.forward_features(video))
+    """Video logits and each frame's own logits ``(B, T, C)``, from one pass of a TSN model (its video logits
+    are the mean of its frames')."""
+    frame_logits = model.frame_logits(model.forward_features(video))
     return {"logits": frame_logits.mean(dim=1), "frame_logits": frame_logits}
 
 
