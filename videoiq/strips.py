@@ -89,7 +89,8 @@ def validation_strip(db: "VideoDB", spec: "ClipSpec", pred: "Predictions", actio
         if label not in seen:
             chosen.append(row)
             seen.add(label)
-    chosen += [r for r in range(len(pred.index)) if r not in chosen]
+    first = set(chosen)
+    chosen += [r for r in range(len(pred.index)) if r not in first]
     chosen = sorted(chosen[:videos])
     frames, acts, titles = [], [], []
     for row in chosen:
