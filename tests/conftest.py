@@ -46,17 +46,17 @@ def ray_local():
 def trained_stages(tiny_videos, tmp_path_factory):
     """fp -> ap, policy_pretrain, policy on tiny models, in-process, one epoch each (fp two), once per session:
     ``(runs folder, {stage: final metrics})`` with the checkpoints in ``runs/{fp,ap,pp,policy}``."""
-    from videoiq.train.stage import run_stage
+    from videoiq.train.stage import train_in_process
 
     runs = tmp_path_factory.mktemp("runs")
-    out = {"fp": run_stage(stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}, optim={"epochs": 2}),
+    out = {"fp": train_in_process(stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}, optim={"epochs": 2}),
                            runs / "fp", printer=QUIET)}
-    out["ap"] = run_stage(stage_config("ap", tiny_videos, model={"name": "ap_resnet_tiny"},
+    out["ap"] = train_in_process(stage_config("ap", tiny_videos, model={"name": "ap_resnet_tiny"},
                                        init={"backbone_checkpoint": str(runs / "fp")}), runs / "ap", printer=QUIET)
-    out["policy_pretrain"] = run_stage(stage_config("policy_pretrain", tiny_videos, model={"name": "mobilenet_v2_tiny"}),
+    out["policy_pretrain"] = train_in_process(stage_config("policy_pretrain", tiny_videos, model={"name": "mobilenet_v2_tiny"}),
                                        runs / "pp", printer=QUIET)
     init = {"backbone_checkpoint": str(runs / "ap" / "checkpoint.pt"), "policy_backbone_checkpoint": str(runs / "pp")}
-    out["policy"] = run_stage(stage_config("policy", tiny_videos, policy=TINY_POLICY, init=init,
+    out["policy"] = train_in_process(stage_config("policy", tiny_videos, policy=TINY_POLICY, init=init,
                                            optim={"policy_lr": 0.01, "policy_backbone_lr": 0.001}),
                               runs / "policy", printer=QUIET)
     return runs, out

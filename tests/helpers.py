@@ -13,3 +13,46 @@ def stage_config(stage, root, **sections):
     for k, v in sections.items():
         base[k] = {**base.get(k, {}), **v}
     return config_from_dict(base)
+
+
+def copy_data(src, dst, edit_meta=None):
+    """Copy a generated data folder's two databases to ``dst`` (a new folder); ``edit_meta(meta)`` changes
+    each database's metadata in place (e.g. its class names)."""
+    import shutil
+
+    import lmdb
+    import msgpack
+
+    from videoiq.data.records import forget
+
+    dst.mkdir(parents=True)
+    for split in ("train", "val"):
+        shutil.copytree(src / f"{split}.lmdb", dst / f"{split}.lmdb")
+        if edit_meta is not None:
+            env = lmdb.open(str(dst / f"{split}.lmdb"))
+            with env.begin(write=True) as txn:
+                meta = msgpack.unpackb(txn.get(b"__meta__"))
+                edit_meta(meta)
+                txn.put(b"__meta__", msgpack.packb(meta))
+            env.close()
+        forget(str(dst / f"{split}.lmdb"))
+    return dst
+
+
+def garble_record(db_path, i):
+    """Overwrite record ``i`` of a database with JPEGs of the right sizes that do not decode; returns its key."""
+    import lmdb
+
+    from videoiq.data.records import VideoDB, encode_record, forget
+
+    db = VideoDB(db_path)
+    key = db.index.keys[i]
+    header, jpegs = db.read(i)
+    forget(str(db_path))
+    env = lmdb.open(str(db_path))
+    with env.begin(write=True) as txn:
+        txn.put(key.encode(), encode_record([b"\xff\xd8" + bytes(len(j) - 2) for j in jpegs], list(header.labels),
+                                            header.height, header.width, key))
+    env.close()
+    forget(str(db_path))
+    return key

@@ -35,7 +35,7 @@ def test_sixteen_frame_videos_are_close_to_the_original_constants(name, gmacs, o
 
 @pytest.mark.parametrize("action, original", [("32bit", 66.66), ("4bit", 18.78), ("2bit", 6.81)])
 def test_paper_formula_reproduces_the_original_numbers(action, original):
-    # spec section 7: all frames at 32 bits 66.66, at 4 bits 18.78, at 2 bits 6.81 GFLOPs per video
+    # the original's GFLOPs constants: all frames at 32 bits 66.66, at 4 bits 18.78, at 2 bits 6.81 GFLOPs per video
     assert round(PAPER_COSTS["resnet50"].gmacs({action: 1.0}).total, 2) == original
 
 

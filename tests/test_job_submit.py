@@ -1,5 +1,6 @@
 """`ray job submit` of a launcher to a real `ray start --head` cluster, as the README and `make demo` do it."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,13 +37,15 @@ def test_ray_job_submit_runs_a_stage(tiny_videos, tmp_path):
             [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
              sys.executable, "launch/fp.py", "--config", "launch/configs/demo/fp.yaml", "--set",
              f"data.root={tiny_videos}", "data.num_frames=4", "data.input_size=32", "optim.epochs=1",
-             "ray.cpus_per_worker=1", f"ray.storage_path={tmp_path}"],
+             "ray.cpus_per_worker=1", f"ray.storage_path={tmp_path}", "logging.log_every=1"],
             capture_output=True, text=True, timeout=400, cwd=ROOT)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         out = job.stdout + job.stderr
         assert "succeeded" in out and "fp: epoch=1 " in out
+        assert re.search(r"fp: epoch 1 step 1/\d+ loss=\S+ lr=\S+ [\d.]+ videos/s, epoch ends in \d+ s", out), out[-3000:]
         # a log a person reads: no Ray Data progress bars or execution banners, no wandb banners
         assert "Running Dataset" not in out and "row/s" not in out and "wandb:" not in out, out[-3000:]
+        assert "Reporting training result" not in out and "Checkpoint successfully created" not in out, out[-3000:]
         checkpoints = list((tmp_path / "fp").glob("checkpoint_*/checkpoint.pt"))
         assert len(checkpoints) == 1 and (tmp_path / "fp" / "metrics.jsonl").exists()
     finally:

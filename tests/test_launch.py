@@ -1,11 +1,13 @@
 """The launchers and the pipeline as a user runs them (in-process here; on Ray in test_train_ray)."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from videoiq.cli import main
 from videoiq.config import ConfigError
 from videoiq.runner import run_pipeline, shared_overrides
 
@@ -14,22 +16,43 @@ DEMO = ROOT / "launch" / "configs" / "demo"
 CONFIGS = {s: str(DEMO / f"{s}.yaml") for s in ("fp", "ap", "policy_pretrain", "policy", "eval")}
 
 
-def test_pipeline_hands_checkpoints_on_and_prints_the_table(tiny_videos, tmp_path):
-    lines = []
+def test_pipeline_hands_checkpoints_on_and_prints_the_table(tiny_videos, tmp_path, capsys):
     overrides = [f"data.root={tiny_videos}", "data.num_frames=4", "optim.epochs=1", "ray.num_workers=0",
                  f"ray.storage_path={tmp_path}"]
-    summary = run_pipeline(CONFIGS, overrides, printer=lines.append)
+    command = ["pipeline", *(f"--{s.replace('_', '-')}={f}" for s, f in CONFIGS.items()), "--set", *overrides]
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "pipeline_summary.json").read_text())
     assert summary["checkpoints"]["ap"] == str(tmp_path / "ap" / "checkpoint.pt")
     for row in ("full precision (fp)", "any-precision at 32 bits", "any-precision at 2 bits", "VideoIQ (argmax)"):
         assert row in summary["table"]
-    saved = json.loads((tmp_path / "pipeline_summary.json").read_text())
-    assert saved["table"] == summary["table"] and saved["eval"]["policy"]["metrics"]["val/videos"] == 8.0
-    policy_ckpt = saved["eval"]["policy"]["checkpoint"]
-    assert policy_ckpt == str(tmp_path / "policy" / "checkpoint.pt")
+    assert summary["table"] in out and summary["eval"]["policy"]["metrics"]["val/videos"] == 8.0
+    assert summary["eval"]["policy"]["checkpoint"] == str(tmp_path / "policy" / "checkpoint.pt")
     # a second run finds every stage finished and trains nothing
     again = []
     run_pipeline(CONFIGS, overrides, printer=again.append)
     assert sum("nothing to do" in line for line in again) == 4
+
+
+def _printed_result(out):
+    """The JSON ``videoiq run`` prints last, after the stage's progress lines."""
+    lines = out.splitlines()
+    return json.loads("\n".join(lines[len(lines) - 1 - lines[::-1].index("{"):]))
+
+
+def test_videoiq_run_trains_a_stage_and_resumes_it(tiny_videos, tmp_path, capsys):
+    common = ["--config", CONFIGS["policy_pretrain"], "--set", f"data.root={tiny_videos}", "data.num_frames=4",
+              "ray.num_workers=0", f"ray.storage_path={tmp_path}", "model.name=mobilenet_v2_tiny", "logging.log_every=1"]
+    assert main(["run", *common, "optim.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    result = _printed_result(out)
+    # the progress line: step of the epoch's steps, loss, rate and time left
+    assert re.search(r"^policy_pretrain: epoch 1 step 1/1 loss=\S+ lr=\S+ [\d.]+ videos/s, epoch ends in \d+ s$", out, re.M), out
+    assert result["checkpoint"] == str(tmp_path / "policy_pretrain" / "checkpoint.pt") and result["metrics"]["epoch"] == 1
+    assert main(["run", *common, "optim.epochs=2"]) == 0
+    assert _printed_result(capsys.readouterr().out)["metrics"]["epoch"] == 2
+    assert main(["run", *common, "data.root=" + str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("videoiq: error: inputs not ready:")
 
 
 def test_shared_overrides_go_where_they_apply():
@@ -43,4 +66,4 @@ def test_a_launcher_refuses_another_stages_config():
     done = subprocess.run([sys.executable, str(ROOT / "launch" / "fp.py"), "--config", CONFIGS["ap"]],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
-    assert "is a 'ap' config; this launcher runs the 'fp' stage" in done.stdout and "Traceback" not in done.stderr
+    assert "is a 'ap' config; this launcher runs the 'fp' stage" in done.stderr and "Traceback" not in done.stderr

@@ -41,7 +41,7 @@ def test_test_command_training_flags_give_the_mini_sports1m_policy_yaml():
 
 
 def test_translations_carry_the_seed_recipe():
-    # spec section 11, read independently of the translator
+    # the original's argument defaults, read independently of the translator
     ap = translate_legacy(command("ap")).config
     assert ap.quant.bit_widths == (32, 4, 2) and ap.quant.clip_init == 2.0
     assert ap.optim.clip_lr == {32: 0.1, 4: 0.1, 2: 0.01} and ap.optim.clip_weight_decay == {32: 5e-4, 4: 5e-4, 2: 0.06}

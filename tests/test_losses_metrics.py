@@ -1,4 +1,4 @@
-"""Loss terms (spec 6) and metrics (spec 8.4) against hand-worked values."""
+"""Loss terms and metrics against hand-worked values."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Quantizers against hand-derived grids (spec 3.2-3.4), their straight-through gradients, switching."""
+"""Quantizers against hand-derived grids, their straight-through gradients, switching."""
 import math
 
 import pytest

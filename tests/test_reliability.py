@@ -10,14 +10,14 @@ from pathlib import Path
 import lmdb
 import msgpack
 import pytest
-from helpers import QUIET, TINY_POLICY, stage_config
+from helpers import QUIET, TINY_POLICY, copy_data, stage_config
 
 from videoiq.config import ConfigError
 from videoiq.data.records import DatabaseError, VideoDB, forget
 from videoiq.train import checkpoint as ckpt_module
-from videoiq.train.checkpoint import StorageError, load_checkpoint, save_checkpoint
+from videoiq.train.checkpoint import CheckpointError, StorageError, load_checkpoint, save_checkpoint
 from videoiq.train.loop import NonFiniteLoss
-from videoiq.train.stage import run_stage
+from videoiq.train.stage import train_in_process
 
 
 def _fp(root, tmp_path, **sections):
@@ -27,14 +27,14 @@ def _fp(root, tmp_path, **sections):
 def test_an_unwritable_storage_path_is_refused_before_training(tiny_videos, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     with pytest.raises(StorageError, match="cannot write to .*a_file/runs"):
-        run_stage(_fp(tiny_videos, tmp_path), tmp_path / "a_file" / "runs", printer=QUIET)
+        train_in_process(_fp(tiny_videos, tmp_path), tmp_path / "a_file" / "runs", printer=QUIET)
 
 
 def test_too_little_space_is_refused_before_training(tiny_videos, tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(ckpt_module.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**10, 2**10))
     with pytest.raises(StorageError, match=r"has 0 MiB free; this stage's checkpoints need about [0-9.]+ MiB"):
-        run_stage(_fp(tiny_videos, tmp_path), tmp_path / "fp", printer=QUIET)
+        train_in_process(_fp(tiny_videos, tmp_path), tmp_path / "fp", printer=QUIET)
     assert not (tmp_path / "fp" / "checkpoint.pt").exists() and not (tmp_path / "fp" / "metrics.jsonl").exists()
 
 
@@ -59,7 +59,7 @@ def test_a_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(trained_s
     cfg = stage_config("policy", tiny_videos, policy=TINY_POLICY, init=init,
                        optim={"epochs": 3, "policy_lr": 1e30})  # diverges in epoch 2
     with pytest.raises(NonFiniteLoss) as info:
-        run_stage(cfg, tmp_path / "policy", printer=QUIET)
+        train_in_process(cfg, tmp_path / "policy", printer=QUIET)
     message = str(info.value)
     assert "policy: epoch 2 step 1: the loss is nan" in message
     assert f"the last good checkpoint is {tmp_path / 'policy' / 'checkpoint.pt'} (after epoch 1), left as it was" in message
@@ -97,22 +97,22 @@ def test_labels_outside_the_classes_and_empty_sets_are_refused(tiny_videos, tmp_
     _rewrite_index(tiny_videos / "train.lmdb", tmp_path / "data" / "train.lmdb", empty)
     _rewrite_index(tiny_videos / "val.lmdb", tmp_path / "data" / "val.lmdb", lambda meta, index: None)
     with pytest.raises(ConfigError, match="train.lmdb has no training video"):
-        run_stage(_fp(tmp_path / "data", tmp_path), tmp_path / "fp", printer=QUIET)
+        train_in_process(_fp(tmp_path / "data", tmp_path), tmp_path / "fp", printer=QUIET)
 
 
 def test_worker_groups_the_cluster_cannot_schedule_are_refused(ray_local, tiny_videos, tmp_path):
-    from videoiq.train.worker import run_stage_on_ray
+    from videoiq.runner import run_config
 
     ray = {"storage_path": str(tmp_path)}
     with pytest.raises(ConfigError, match="= 5 CPUs, but the Ray cluster has 4"):
-        run_stage_on_ray(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 5}), printer=QUIET)
+        run_config(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 5}), printer=QUIET)
     with pytest.raises(ConfigError, match="= 4 CPUs of the cluster's 4 leaves none for the Ray Data readers"):
-        run_stage_on_ray(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 2, "cpus_per_worker": 2}), printer=QUIET)
+        run_config(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 2, "cpus_per_worker": 2}), printer=QUIET)
     with pytest.raises(ConfigError, match="has 0 GPUs"):
-        run_stage_on_ray(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 1, "use_gpu": True}), printer=QUIET)
+        run_config(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 1, "use_gpu": True}), printer=QUIET)
     (tmp_path / "a_file").write_text("")
     with pytest.raises(StorageError, match="ray.storage_path: cannot write to"):
-        run_stage_on_ray(_fp(tiny_videos, tmp_path, ray={"storage_path": str(tmp_path / "a_file"), "num_workers": 1}),
+        run_config(_fp(tiny_videos, tmp_path, ray={"storage_path": str(tmp_path / "a_file"), "num_workers": 1}),
                          printer=QUIET)
 
 
@@ -149,13 +149,13 @@ def kill_a_worker_after(metrics: Path, epochs: int, kills: list, timeout: float 
 
 
 def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, tiny_videos, tmp_path):
-    from videoiq.train.worker import run_stage_on_ray
+    from videoiq.runner import run_config
 
     ray = {"storage_path": str(tmp_path), "name": "fp", "num_workers": 2, "max_failures": 1}
     cfg = _fp(tiny_videos, tmp_path, ray=ray, optim={"epochs": 3})
     kills = []
     kill_a_worker_after(tmp_path / "fp" / "metrics.jsonl", epochs=1, kills=kills)
-    path, metrics = run_stage_on_ray(cfg, printer=QUIET)
+    path, metrics = run_config(cfg, printer=QUIET).values()
     assert len(kills) == 1 and kills[0][1] < 3  # a worker died mid-run, and the run still finished
     assert load_checkpoint(path)["epoch"] == 3 and metrics["epoch"] == 3.0
     lines = [json.loads(x) for x in (tmp_path / "fp" / "metrics.jsonl").read_text().splitlines()]
@@ -204,3 +204,18 @@ def test_only_abandoned_worker_groups_of_the_failed_attempt_are_freed(ray_local,
     ray_local.kill(worker)
     for g in (older, other_shape, busy):
         ray_local.util.remove_placement_group(g)
+
+
+def test_resuming_on_data_of_other_classes_is_refused_naming_them(tiny_videos, tmp_path):
+    train_in_process(stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}), tmp_path / "fp", printer=QUIET)
+    renamed = copy_data(tiny_videos, tmp_path / "renamed",
+                        lambda meta: meta.update(classes=[f"other_{c}" for c in meta["classes"]]))
+    with pytest.raises(CheckpointError, match=r"resume: .*checkpoint.pt was trained on 4 classes \(.*\), data.root's "
+                                              r"databases have 4 \(other_"):
+        train_in_process(stage_config("fp", renamed, model={"name": "resnet_tiny"}, optim={"epochs": 2}),
+                         tmp_path / "fp", printer=QUIET)
+    more = copy_data(tiny_videos, tmp_path / "wider")  # the same classes, a model of another width
+    with pytest.raises(CheckpointError, match=r"its model does not fit this config's model \(size mismatch"):
+        train_in_process(stage_config("fp", more, model={"name": "resnet18"}, optim={"epochs": 2}),
+                         tmp_path / "fp", printer=QUIET)
+    assert load_checkpoint(tmp_path / "fp")["epoch"] == 1  # left as it was

@@ -19,11 +19,11 @@ EPOCHS, KILLS = 12, 4
 
 
 def _run(tiny_videos, storage, name, max_failures):
-    from videoiq.train.worker import run_stage_on_ray
+    from videoiq.runner import run_config
 
     cfg = stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}, optim={"epochs": EPOCHS},
                        ray={"storage_path": str(storage), "name": name, "num_workers": 2, "max_failures": max_failures})
-    path, metrics = run_stage_on_ray(cfg, printer=QUIET)
+    path, metrics = run_config(cfg, printer=QUIET).values()
     lines = [json.loads(x) for x in (storage / name / "metrics.jsonl").read_text().splitlines()]
     return load_checkpoint(path), metrics, lines
 

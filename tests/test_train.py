@@ -11,7 +11,7 @@ from videoiq.config import ConfigError, config_from_dict
 from videoiq.losses import soft_cross_entropy
 from videoiq.models import create_model
 from videoiq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from videoiq.train.stage import run_stage
+from videoiq.train.stage import train_in_process
 from videoiq.train.tasks import AnyPrecisionTask
 
 def test_the_four_stages_chain_by_checkpoint(trained_stages):
@@ -39,11 +39,11 @@ def test_resume_continues_at_the_next_epoch(trained_stages, tiny_videos, tmp_pat
     cfg = _cfg("policy_pretrain", tiny_videos, model={"name": "mobilenet_v2_tiny"}, optim={"epochs": 2})
     import shutil
     shutil.copytree(runs / "pp", tmp_path / "pp")  # one epoch done
-    final = run_stage(cfg, tmp_path / "pp", printer=lines.append)
+    final = train_in_process(cfg, tmp_path / "pp", printer=lines.append)
     assert lines[0].startswith("policy_pretrain: resuming from") and "after epoch 1" in lines[0]
     assert final["epoch"] == 2.0 and load_checkpoint(tmp_path / "pp")["epoch"] == 2
     again = []
-    assert run_stage(cfg, tmp_path / "pp", printer=again.append) == final
+    assert train_in_process(cfg, tmp_path / "pp", printer=again.append) == final
     assert "already has all 2 epochs" in again[0]
 
 
@@ -51,20 +51,20 @@ def test_hand_off_traps_are_errors(trained_stages, tiny_videos, tmp_path):
     runs, _ = trained_stages
     policy = {"model": "policy_mobilenet_v2_tiny", "hidden_size": 32, "input_size": 32}
     with pytest.raises(CheckpointError, match="is a 'fp'-stage checkpoint; expected 'ap'"):
-        run_stage(_cfg("policy", tiny_videos, policy=policy, init={"backbone_checkpoint": str(runs / "fp")}),
+        train_in_process(_cfg("policy", tiny_videos, policy=policy, init={"backbone_checkpoint": str(runs / "fp")}),
                   tmp_path / "x", printer=QUIET)
     with pytest.raises(CheckpointError, match=r"quant.bit_widths \[32, 4\] differs from the family \[32, 4, 2\]"):
-        run_stage(_cfg("policy", tiny_videos, policy=policy, quant={"bit_widths": [32, 4]},
+        train_in_process(_cfg("policy", tiny_videos, policy=policy, quant={"bit_widths": [32, 4]},
                        init={"backbone_checkpoint": str(runs / "ap")}), tmp_path / "y", printer=QUIET)
     with pytest.raises(CheckpointError, match="policy_pretrain"):
-        run_stage(_cfg("policy", tiny_videos, policy=policy, init={"backbone_checkpoint": str(runs / "ap"),
+        train_in_process(_cfg("policy", tiny_videos, policy=policy, init={"backbone_checkpoint": str(runs / "ap"),
                                                                    "policy_backbone_checkpoint": str(runs / "fp")}),
                   tmp_path / "z", printer=QUIET)
     with pytest.raises(CheckpointError, match="needs its full-precision twin 'resnet18'"):
-        run_stage(_cfg("ap", tiny_videos, model={"name": "ap_resnet18"}, init={"backbone_checkpoint": str(runs / "fp")}),
+        train_in_process(_cfg("ap", tiny_videos, model={"name": "ap_resnet18"}, init={"backbone_checkpoint": str(runs / "fp")}),
                   tmp_path / "w", printer=QUIET)
     with pytest.raises(ConfigError, match="inputs not ready"):
-        run_stage(_cfg("policy", tiny_videos, policy=policy), tmp_path / "v", printer=QUIET)
+        train_in_process(_cfg("policy", tiny_videos, policy=policy), tmp_path / "v", printer=QUIET)
 
 
 def test_any_precision_loss_is_the_sum_over_widths():
@@ -160,7 +160,7 @@ def test_batch_norm_recalibration_averages_the_statistics_of_the_final_weights()
 def test_bf16_autocast_and_channels_last_train_and_hand_off(trained_stages, tiny_videos, tmp_path):
     runs, _ = trained_stages
     speed = {"amp": "bf16", "channels_last": True}
-    metrics = run_stage(_cfg("ap", tiny_videos, model={"name": "ap_resnet_tiny"}, speed=speed,
+    metrics = train_in_process(_cfg("ap", tiny_videos, model={"name": "ap_resnet_tiny"}, speed=speed,
                              init={"backbone_checkpoint": str(runs / "fp")}), tmp_path / "ap", printer=QUIET)
     assert metrics["train/loss"] == metrics["train/loss"] and 0.0 <= metrics["val/b2/top1"] <= 100.0  # finite
     ckpt = load_checkpoint(tmp_path / "ap")

@@ -1,6 +1,6 @@
 """The whole pipeline on real Ray Train workers (2-worker DDP for fp, ap and policy): hand-off by
 checkpoint, resume after the driver is killed mid-run, and final numbers equal to what was logged; seeded runs
-repeat exactly."""
+repeat exactly; a user's error in a worker reaches the driver as its own one-line message."""
 import json
 import os
 import signal
@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import QUIET, stage_config
+from helpers import QUIET, copy_data, garble_record, stage_config
 from wandb_offline import read_runs
 
+from videoiq.errors import RemoteError, error_line, run_guarded
+from videoiq.runner import run_config
 from videoiq.train.checkpoint import CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +114,7 @@ def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, t
 
 
 def test_seeded_runs_on_ray_repeat_exactly_and_relative_paths_reach_the_workers(ray_local, tiny_videos, tmp_path):
-    from videoiq.train.worker import run_stage_on_ray
+    from videoiq.runner import run_config
 
     runs = []
     for name in ("first", "again"):
@@ -120,9 +122,42 @@ def test_seeded_runs_on_ray_repeat_exactly_and_relative_paths_reach_the_workers(
         ray = {"storage_path": os.path.relpath(tmp_path), "name": name, "num_workers": 2}
         cfg = stage_config("fp", os.path.relpath(tiny_videos), model={"name": "resnet_tiny"}, ray=ray,
                            optim={"epochs": 2})
-        run_stage_on_ray(cfg, printer=QUIET)
+        run_config(cfg, printer=QUIET)
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         runs.append([{k: v for k, v in json.loads(x).items() if not k.endswith("seconds")} for x in lines])
     assert [x["epoch"] for x in runs[0]] == [1.0, 2.0]
     assert runs[0] == runs[1]  # same seed: the same clips, augmentation, batches and weights
     assert runs[0][0]["train/loss"] != runs[0][1]["train/loss"]
+
+
+def test_a_users_error_in_a_train_worker_is_its_own_line_with_the_traceback_kept(ray_local, tiny_videos, tmp_path,
+                                                                                   capsys):
+    """A garbled training record (read by a Ray Data task) and a resume on data of other classes (refused in
+    the worker): the driver raises each worker's own message, one line, not Ray's wrapping of it; the
+    worker's traceback is kept in <run>/errors/, and the launcher's handler prints the one line and exits 2."""
+    runs = tmp_path / "runs"
+
+    def fp(root, name, epochs=1):
+        return stage_config("fp", root, model={"name": "resnet_tiny"}, optim={"epochs": epochs},
+                            ray={"num_workers": 1, "storage_path": str(runs), "name": name})
+
+    bad = copy_data(tiny_videos, tmp_path / "bad")
+    key = garble_record(bad / "train.lmdb", 0)
+    with pytest.raises(RemoteError) as info:
+        run_config(fp(bad, "garbled"), printer=QUIET)
+    e = info.value
+    assert f"record '{key}': sampled frame" in e.message and "undecodable image" in e.message, e.message
+    assert "\n" not in e.message and "Ray" not in e.message
+    log = Path(e.log)
+    assert log.parent == runs / "garbled" / "errors" and "Traceback" in log.read_text()
+    assert run_guarded(lambda: run_config(fp(bad, "garbled"), printer=QUIET)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("videoiq: error: ") and "undecodable image" in err[0], err
+
+    run_config(fp(tiny_videos, "resumed"), printer=QUIET)
+    renamed = copy_data(tiny_videos, tmp_path / "renamed",
+                        lambda meta: meta.update(classes=[f"other_{c}" for c in meta["classes"]]))
+    with pytest.raises(RemoteError) as info:
+        run_config(fp(renamed, "resumed", epochs=2), printer=QUIET)
+    assert "was trained on 4 classes" in info.value.message and "other_" in info.value.message, info.value.message
+    assert error_line(info.value).count("\n") == 0 and Path(info.value.log).exists()

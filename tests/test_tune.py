@@ -123,9 +123,13 @@ def test_a_crashing_trial_is_retried_and_reported(ray_local, trained_stages, tin
     by_lr = {t.params["optim.policy_lr"]: t for t in report.trials}
     bad, good = by_lr[1e30], by_lr[0.01]
     assert (good.status, good.attempts, good.epochs) == ("finished", 1, 2)
-    assert (bad.status, bad.attempts) == ("error", 2) and "NonFiniteLoss" in bad.error
+    assert (bad.status, bad.attempts) == ("error", 2) and "epoch 2 step 1: the loss is nan" in bad.error
     assert bad.epochs == 1 and bad.metrics["epoch"] == 1.0  # what it reached is still in the table
-    assert any(f"error in {bad.trial_id} (after 2 attempts): NonFiniteLoss" in line for line in lines)
+    # the cause in one line, and the trial's traceback kept in a file the line names
+    log = Path(bad.error.split("(full traceback: ")[1].rstrip(")"))
+    assert log.parent.parent.name == bad.trial_id and "NonFiniteLoss" in log.read_text()
+    assert any(f"error in {bad.trial_id} (after 2 attempts): policy: epoch 2 step 1: the loss is nan" in line
+               for line in lines)
     # the report rebuilds from the folder alone
     (tmp_path / "tune" / "lr" / "pareto.csv").unlink()
     done = subprocess.run([sys.executable, "-m", "videoiq", "tune", "report", str(tmp_path / "tune" / "lr")],

@@ -1,7 +1,8 @@
-"""The ``videoiq`` command line: configs, the legacy-flag translator, models, FLOPs, data and benchmarks.
+"""The ``videoiq`` command line: stages and the pipeline, sweeps, prediction, data, configs, models, FLOPs
+and benchmarks.
 
-Every subcommand turns a bad input into one ``videoiq: error: ...`` line naming the file, key or
-flag (exit code 2) instead of a traceback.
+Every subcommand turns a bad input into one ``videoiq: error: ...`` line on stderr naming the file, key
+or flag (exit code 2) instead of a traceback (:func:`videoiq.errors.run_guarded`).
 """
 from __future__ import annotations
 
@@ -16,9 +17,7 @@ def _config_show(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     print(dump_yaml(cfg, changes_only=args.changes), end="")
     if args.check_inputs:
-        problems = cfg.input_problems()
-        if problems:
-            raise ConfigError(f"{args.config}: inputs not ready:\n  - " + "\n  - ".join(problems))
+        cfg.check_inputs(args.config)
     return 0
 
 
@@ -359,9 +358,23 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     bi.set_defaults(run=_bench_infer)
 
 
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    from .runner import add_pipeline_arguments, add_stage_arguments, run_pipeline_command, run_stage_command
+
+    run = sub.add_parser("run", help="run one stage from its config: in this process (ray.num_workers: 0) or on "
+                         "Ray Train workers; re-running resumes it")
+    add_stage_arguments(run)
+    run.set_defaults(run=run_stage_command)
+    pipeline = sub.add_parser("pipeline", help="run fp -> ap, policy_pretrain, policy and eval, handing the "
+                              "checkpoints on, and print the result table")
+    add_pipeline_arguments(pipeline)
+    pipeline.set_defaults(run=run_pipeline_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videoiq", description="VideoIQ on Ray Train and Tune")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
 
     config = sub.add_parser("config", help="show, check and translate stage configs")
     csub = config.add_subparsers(dest="config_command", required=True)
@@ -415,17 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "flags", None) and args.flags[0] == "--":
         args.flags = args.flags[1:]
-    from .data.build import BuildError
+    from .errors import run_guarded
 
-    try:
-        return args.run(args)
-    except KeyboardInterrupt:
-        print("videoiq: interrupted; work already committed is kept (a conversion resumes when re-run)", file=sys.stderr)
-        return 130
-    except (ConfigError, BuildError, KeyError, ValueError, FileNotFoundError, OSError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"videoiq: error: {message}", file=sys.stderr)
-        return 2
+    return run_guarded(lambda: args.run(args))
 
 
 if __name__ == "__main__":

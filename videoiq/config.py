@@ -4,7 +4,7 @@ Stages and their config classes: ``fp`` :class:`FPConfig`, ``ap`` :class:`APConf
 ``policy_pretrain`` :class:`PolicyPretrainConfig`, ``policy`` :class:`PolicyStageConfig` and
 ``eval`` :class:`EvalConfig`. Each is made of shared sections (``model``, ``quant``, ``data``,
 ``optim``, ``loss``, ``policy``, ``init``, ``logging``, ``ray``, ``eval``) whose defaults are the
-paper's values (spec section 11), so a stage YAML only states what differs.
+paper's values, so a stage YAML only states what differs.
 
 * :func:`load_config` reads a YAML file whose ``stage:`` key picks the class, then applies dotted
   ``--set`` overrides (``optim.lr=0.001``, ``quant.bit_widths=[32,4,2]``; values are YAML).
@@ -258,7 +258,7 @@ class EvalSection:
     """What to evaluate and how policy decisions are taken."""
 
     checkpoint: str = ""  # a policy-stage checkpoint
-    decisions: Literal["argmax", "sampled"] = "argmax"  # the original sampled (spec 5.5)
+    decisions: Literal["argmax", "sampled"] = "argmax"  # the original sampled
     num_samples: int = 5  # runs averaged (mean and spread) when decisions are sampled
     num_clips: int = 1
     num_crops: int = 1
@@ -319,6 +319,13 @@ class StageConfig:
                     out.append(f"data.root: no {split}.lmdb database in {self.data.root!r} "
                                "(convert one with `videoiq data build`)")
         return out
+
+    def check_inputs(self, where: str = "") -> None:
+        """Raise a :class:`ConfigError` listing every :meth:`input_problems`, if there are any (``where``:
+        the config file, to name in the message)."""
+        problems = self.input_problems()
+        if problems:
+            raise ConfigError((f"{where}: " if where else "") + "inputs not ready:\n  - " + "\n  - ".join(problems))
 
     def _splits(self) -> tuple[str, ...]:
         """The data splits a run of this stage reads."""

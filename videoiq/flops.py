@@ -4,7 +4,7 @@ Convention (as the paper and torchvision's ``_ops`` metadata): "GFLOPs" means gi
 multiply-accumulates (GMACs). ``torch.utils.flop_counter`` counts 2 FLOPs per MAC, so counts are
 halved. Counting runs on the ``meta`` device: no memory for activations, no arithmetic.
 
-Cost of a video under a policy (spec section 7), for action usage fractions ``u_a`` over frames::
+Cost of a video under a policy, for action usage fractions ``u_a`` over frames::
 
     E        = sum_a u_a * cost(a)          cost(b bits) = (min(b, 8) / 8) ** 2, fp = 1, skip = 0
     backbone = fp_part + quantized_part * E
@@ -36,7 +36,7 @@ SKIP_COST = 0.0
 """A skipped frame runs no quantized layer."""
 
 FULL_PRECISION_MODULES = ("conv1", "fc")
-"""The ResNet children that are never quantized (spec 3.1); their MACs are not scaled by bit cost."""
+"""The ResNet children that are never quantized; their MACs are not scaled by bit cost."""
 
 POLICY_CNN_MODULES = ("features",)
 """The PolicyNet children whose cost scales with the policy's own precision (only 32 is supported)."""

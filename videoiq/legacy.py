@@ -4,7 +4,7 @@ A user of sunxm2357/VideoIQ can paste a command such as
 ``python train_dist_ap.py --dataset activitynet --q_init 2 --backbone_net resnet_pact_ap -d 50 ...``
 and get the equivalent config plus notes on what changed and why. The translation is faithful to
 the original's behaviour, including its ``opts.py`` defaults for flags the command leaves out
-(spec section 2): the result states every value explicitly.
+: the result states every value explicitly.
 
 The stage comes from the script name and ``--backbone_net`` (``-e`` makes it an evaluation).
 Flags that the original ignored, or that videoiq handles differently, become notes; flags that

@@ -4,7 +4,8 @@ Library modules only call ``logging.getLogger("videoiq.<part>")``. The CLI, the 
 worker and each Tune trial call :func:`configure_logging` once, so that weight-load reports and warnings
 reach the console: rank 0 at INFO, the other ranks their warnings only. Ray and wandb configure their own
 loggers (and sometimes the root logger); this handler sits on ``videoiq`` alone and does not propagate, so
-no line is printed twice.
+no line is printed twice. :func:`quiet_ray_train_reports` drops the two lines Ray Train logs for every
+report of a worker (the epoch line says the same), where Ray lets a worker's logging be set.
 """
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ def configure_logging(rank: int = 0) -> logging.Logger:
         logger.addHandler(handler)
         logger.propagate = False
     return logger
+
+
+# Ray Train's loggers of "Reporting training result ..." and "Checkpoint successfully created ..."
+_RAY_TRAIN_REPORTS = ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage")
+
+
+def quiet_ray_train_reports() -> None:
+    """In a Ray Train worker: only warnings from the loggers that announce each report and checkpoint."""
+    for name in _RAY_TRAIN_REPORTS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,12 +1,12 @@
-"""Loss terms of the four stages (spec 6), as pure functions of tensors.
+"""Loss terms of the four stages, as pure functions of tensors.
 
 * :func:`soft_cross_entropy`: KD with temperature 1, ``-mean_b sum_c q_bc log softmax(z_b)_c`` against
-  detached teacher probabilities (spec 6.2, 6.3);
+  detached teacher probabilities;
 * :func:`efficiency_loss`: the expected normalised per-frame cost of the straight-through decisions,
   priced by :func:`videoiq.flops.action_cost` (``min(b, 8)^2 / 64``; skip 0);
 * :func:`balance_loss`: squared distance of the action usage from uniform. The target is ``1/A`` over
   *all* A actions; the original used ``1/(precisions + skips)`` and so ignored its fp-teacher action
-  (spec 6.3, "Bug"), which is the one deliberate difference from the original here;
+ , which is the one deliberate difference from the original here;
 * :func:`entropy_loss`: the mean per-frame entropy of the policy (minimised to sharpen it).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evaluation metrics on video scores (spec 8.4): top-k accuracy and torchnet-style mAP, in numpy.
+"""Evaluation metrics on video scores: top-k accuracy and torchnet-style mAP, in numpy.
 
 mAP is the mean over classes of the non-interpolated average precision of the softmax scores: rank
 the videos by score, and average the precision at the rank of each positive. The original

@@ -1,4 +1,4 @@
-"""Quantizers and bit-switchable layers of the any-precision network (spec sections 3.1-3.4).
+"""Quantizers and bit-switchable layers of the any-precision network.
 
 This module owns every piece of quantization numerics in videoiq:
 
@@ -45,7 +45,7 @@ def check_bit_widths(bit_widths: Sequence[int], what: str = "bit_widths") -> tup
     """Validate a precision family and return it as a tuple.
 
     The family must be non-empty, without repeats, within [1, 32] and in descending order, because
-    index 0 is the master width that lower widths are truncated from (spec section 12.5).
+    index 0 is the master width that lower widths are truncated from.
     """
     family = tuple(int(b) for b in bit_widths)
     if not family:
@@ -104,7 +104,7 @@ def quantize_normalized(w_n: Tensor, bits: int, master_bits: int, mean_aligned: 
 
 
 def quantize_weight(weight: Tensor, bits: int, master_bits: int, mean_aligned: bool = False) -> Tensor:
-    """DoReFa weight quantization at ``master_bits`` truncated to ``bits`` (spec section 3.3).
+    """DoReFa weight quantization at ``master_bits`` truncated to ``bits``.
 
     Args:
         weight: full-precision master weight, any shape.
@@ -148,7 +148,7 @@ class _PACT(torch.autograd.Function):
 
 
 def quantize_activation(x: Tensor, alpha: Tensor, bits: int, mean_aligned: bool = False) -> Tensor:
-    """One-sided PACT: ``round(min(x, alpha) * s) / s`` with ``s = (2**bits - 1) / alpha`` (spec 3.2).
+    """One-sided PACT: ``round(min(x, alpha) * s) / s`` with ``s = (2**bits - 1) / alpha``.
 
     ``x`` is expected to be non-negative (it follows a ReLU or the max-pool). A negative value
     passes through rounded and gets no gradient, as in the original's backward; the original's

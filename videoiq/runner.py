@@ -1,4 +1,5 @@
-"""Run a stage or the whole pipeline from config files: the code behind ``launch/*.py`` and ``videoiq run``.
+"""Run a stage or the whole pipeline from config files: the code behind ``videoiq run``, ``videoiq
+pipeline`` and the ``launch/*.py`` scripts that ``ray job submit`` starts.
 
 A stage runs in-process when ``ray.num_workers`` is 0 and on Ray Train workers otherwise (connecting
 to ``RAY_ADDRESS``, as ``ray job submit`` sets it, or starting a local Ray). Its output goes to the run
@@ -22,6 +23,7 @@ from typing import Any
 
 from .atomic import write_text_atomic
 from .config import STAGES, ConfigError, StageConfig, apply_overrides, config_from_dict, read_yaml
+from .errors import run_guarded
 from .logs import configure_logging
 from .tracking import Tracker, TrackingError, resolve_mode
 
@@ -33,22 +35,38 @@ def run_dir(cfg: StageConfig) -> Path:
     return Path(os.path.abspath(cfg.ray.storage_path)) / (cfg.ray.name or f"{cfg.STAGE}_{cfg.data.dataset}")
 
 
-def run_config(cfg: StageConfig, printer: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run one stage; returns ``{"checkpoint": path, "metrics": {...}}`` (for eval, the results too)."""
+def device_of(cfg: StageConfig) -> str:
+    """The device a stage runs on in this process: ``cuda`` with ``ray.use_gpu``, else ``cpu`` (Ray Train
+    workers are given theirs by Ray)."""
+    return "cuda" if cfg.ray.use_gpu else "cpu"
+
+
+def run_config(cfg: StageConfig, printer: Callable[[str], None] = print, *,
+               on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+               callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Run one stage, wherever its config says: the one dispatcher every entry point goes through.
+
+    Checks the inputs, then evaluates (``eval``), trains in this process (``ray.num_workers: 0``,
+    :func:`~videoiq.train.stage.train_in_process`) or on Ray Train workers
+    (:func:`~videoiq.train.worker.train_on_ray`) into :func:`run_dir`. ``on_epoch`` is called after each
+    in-process epoch's checkpoint; ``callbacks`` go to the Ray Train run (a Tune trial passes one of each).
+    Returns ``{"checkpoint": path, "metrics": {...}}`` (for eval, ``"results"`` too).
+    """
+    cfg.check_inputs()
     if cfg.STAGE == "eval":
         from .train.evaluate import evaluate_checkpoint
 
-        results = evaluate_checkpoint(cfg, device="cuda" if cfg.ray.use_gpu else "cpu", printer=printer)
+        results = evaluate_checkpoint(cfg, device=device_of(cfg), printer=printer)
         return {"checkpoint": results["checkpoint"], "metrics": results["metrics"], "results": results}
+    out = run_dir(cfg)
     if cfg.ray.num_workers == 0:
-        from .train.stage import run_stage
+        from .train.stage import train_in_process
 
-        out = run_dir(cfg)
-        metrics = run_stage(cfg, out, device="cuda" if cfg.ray.use_gpu else "cpu", printer=printer)
+        metrics = train_in_process(cfg, out, device=device_of(cfg), printer=printer, on_epoch=on_epoch)
         return {"checkpoint": str(out / "checkpoint.pt"), "metrics": metrics}
-    from .train.worker import run_stage_on_ray
+    from .train.worker import train_on_ray
 
-    path, metrics = run_stage_on_ray(cfg, printer=printer)
+    path, metrics = train_on_ray(cfg, out, printer=printer, callbacks=callbacks)
     return {"checkpoint": path, "metrics": metrics}
 
 
@@ -60,34 +78,31 @@ def load_stage_config(path: str, overrides: Sequence[str], stage: str | None = N
     return config_from_dict(data, path)
 
 
-def stage_main(stage: str | None, argv: Sequence[str] | None = None) -> int:
-    """``launch/<stage>.py --config FILE [--set KEY=VALUE ...]``: run one stage, print its checkpoint and metrics."""
-    parser = argparse.ArgumentParser(prog=f"launch/{stage}.py" if stage else "videoiq run",
-                                     description=f"Run the {stage or 'configured'} stage of VideoIQ.")
+def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE [--set KEY=VALUE ...]``: the arguments of ``videoiq run`` and ``launch/<stage>.py``."""
     parser.add_argument("--config", required=True, help="stage YAML (launch/configs/...)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, values in YAML")
-    args = parser.parse_args(argv)
-    return guard(lambda: _print_result(run_config(load_stage_config(args.config, args.set, stage))))
 
 
-def _print_result(result: dict[str, Any]) -> int:
+def run_stage_command(args: argparse.Namespace, stage: str | None = None) -> int:
+    """Run the stage of ``args.config`` (which must be ``stage``'s, when given); print its checkpoint and metrics."""
+    result = run_config(load_stage_config(args.config, args.set, stage))
     print(json.dumps({"checkpoint": result["checkpoint"], "metrics": result["metrics"]}, indent=1))
     return 0
 
 
-def guard(fn: Callable[[], int]) -> int:
-    """Run a launcher's body; a bad config, checkpoint or input is one ``videoiq: error:`` line and exit 2."""
-    from .data.build import BuildError
-    from .train.checkpoint import CheckpointError, StorageError
-    from .train.loop import NonFiniteLoss
+def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
+    """``launch/<stage>.py --config FILE [--set KEY=VALUE ...]``: the ``ray job submit`` entry point of a stage."""
+    parser = argparse.ArgumentParser(prog=f"launch/{stage}.py", description=f"Run the {stage} stage of VideoIQ.")
+    add_stage_arguments(parser)
+    args = parser.parse_args(argv)
+    return guard(lambda: run_stage_command(args, stage))
 
+
+def guard(body: Callable[[], int]) -> int:
+    """A launcher's body with logging configured and the one error handler (:func:`videoiq.errors.run_guarded`)."""
     configure_logging()
-    try:
-        return fn()
-    except (ConfigError, CheckpointError, BuildError, TrackingError, StorageError, NonFiniteLoss, FileNotFoundError,
-            ValueError) as e:
-        print(f"videoiq: error: {e}", flush=True)
-        return 2
+    return run_guarded(body)
 
 
 def run_pipeline(configs: dict[str, str], overrides: Sequence[str], printer: Callable[[str], None] = print) -> dict[str, Any]:
@@ -211,11 +226,22 @@ def summary_table(rows: list[tuple[str, dict[str, float], str]]) -> str:
     return "\n".join(lines + ["", uniform_comparison(rows)])
 
 
-def pipeline_main(argv: Sequence[str] | None = None) -> int:
-    """``launch/pipeline.py --fp F --ap A --policy-pretrain P --policy Q --eval E [--set ...]``."""
-    parser = argparse.ArgumentParser(prog="launch/pipeline.py", description="Run fp -> ap, policy_pretrain, policy, eval.")
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--fp F --ap A --policy-pretrain P --policy Q --eval E [--set ...]``: ``videoiq pipeline``'s and
+    ``launch/pipeline.py``'s arguments."""
     for name in PIPELINE:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, help=f"the {name} stage YAML")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides applied to every stage")
+
+
+def run_pipeline_command(args: argparse.Namespace) -> int:
+    run_pipeline({s: getattr(args, s) for s in PIPELINE}, args.set)
+    return 0
+
+
+def pipeline_main(argv: Sequence[str] | None = None) -> int:
+    """``launch/pipeline.py ...``: the ``ray job submit`` entry point of the whole pipeline."""
+    parser = argparse.ArgumentParser(prog="launch/pipeline.py", description="Run fp -> ap, policy_pretrain, policy, eval.")
+    add_pipeline_arguments(parser)
     args = parser.parse_args(argv)
-    return guard(lambda: (run_pipeline({s: getattr(args, s) for s in PIPELINE}, args.set), 0)[1])
+    return guard(lambda: run_pipeline_command(args))

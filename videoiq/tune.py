@@ -4,7 +4,9 @@
 (the Train V2 pattern; a ``Tuner`` over a ``TorchTrainer`` fails under Train V2) that trains the policy
 stage on the base config's frozen ap backbone and policy_pretrain checkpoints, read once per trial and
 never retrained: in the trial's own process when ``ray.num_workers`` is 0, else on Ray Train workers
-whose reports are forwarded to Tune. Every epoch reports accuracy, mAP, GFLOPs per video and the share
+whose reports are forwarded to Tune (both through :func:`videoiq.runner.run_config`, as a stage
+runs anywhere else). A trial that fails keeps its traceback in ``<trial>/errors/`` and its cause in the
+trial's state, which the report shows. Every epoch reports accuracy, mAP, GFLOPs per video and the share
 of frames at each action. A trial's run lives in ``<experiment>/trials/<trial id>`` and resumes from
 its own checkpoint whenever Tune restarts it (a retry after a crash, or a restored sweep).
 
@@ -24,8 +26,10 @@ from ray import tune
 
 from .atomic import write_text_atomic
 from .config import ConfigError, config_to_dict
+from .errors import RemoteError, keep_traceback, run_guarded, user_errors
 from .experiment import SWEEP_FILE, Report, build_report, read_state, trial_dir, update_state
 from .logs import configure_logging
+from .runner import run_config
 from .sweep import COST, Sweep, load_sweep
 from .tracking import Tracker, resolve_mode
 from .train.worker import connect
@@ -82,21 +86,16 @@ def _trial(params: dict[str, Any], *, sweep: Sweep, base: dict[str, Any], experi
     epochs = cfg.optim.epochs
     attempts = int(read_state(folder).get("attempts", 0)) + 1
     update_state(folder, trial_id=trial_id, params=params, status="running", attempts=attempts, error="")
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch < epochs:
+            tune.report(metrics)
+
     try:
-        if cfg.ray.num_workers == 0:
-            from .train.stage import run_stage
-
-            def report(epoch: int, metrics: dict[str, float]) -> None:
-                if epoch < epochs:
-                    tune.report(metrics)
-
-            final = run_stage(cfg, folder, device="cuda" if cfg.ray.use_gpu else "cpu", on_epoch=report)
-        else:
-            from .train.worker import run_stage_on_ray
-
-            final = run_stage_on_ray(cfg, callbacks=[_train_reports_to_tune(epochs)])[1]
+        final = run_config(cfg, on_epoch=report, callbacks=[_train_reports_to_tune(epochs)])["metrics"]
     except Exception as e:
-        update_state(folder, status="error", error=f"{type(e).__name__}: {e}")
+        log = keep_traceback(folder, "trial", e)
+        cause = e.message if isinstance(e, RemoteError) else str(e) if isinstance(e, user_errors()) else f"{type(e).__name__}: {e}"
+        update_state(folder, status="error", error=f"{cause} (full traceback: {log})")
         raise
     update_state(folder, status="finished")
     tune.report(final)
@@ -130,9 +129,7 @@ def run_sweep(sweep: Sweep, printer: Callable[[str], None] = print) -> Report:
     """Run (or continue) a sweep to the end; write, log and return its Pareto report."""
     base = sweep.base_config()
     base_cfg = sweep.trial_config({}, base)
-    problems = base_cfg.input_problems()
-    if problems:
-        raise ConfigError(f"{sweep.source}: the base config's inputs are not ready:\n  - " + "\n  - ".join(problems))
+    base_cfg.check_inputs(f"{sweep.source} (the base config)")
     spec = {**sweep.as_dict(), "base_config": config_to_dict(base_cfg)}
     _check_resumable(sweep, spec)
     exp = sweep.experiment_dir

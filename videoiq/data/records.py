@@ -56,6 +56,9 @@ class RecordError(ValueError):
         super().__init__(f"{db}: record {key!r}: {reason}")
         self.db, self.key, self.reason = db, key, reason
 
+    def __reduce__(self):  # rebuilt from its three parts when a Ray task's error travels to a worker
+        return type(self), (self.db, self.key, self.reason)
+
 
 @dataclass(frozen=True)
 class RecordHeader:

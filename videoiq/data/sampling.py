@@ -1,4 +1,4 @@
-"""Which frames of a video make a clip: TSN segment sampling (spec 4.5), as pure index functions.
+"""Which frames of a video make a clip: TSN segment sampling, as pure index functions.
 
 A video of ``n`` frames is cut into ``segments`` equal segments and ``frames_per_segment`` frames are
 taken from each, giving ``segments * frames_per_segment`` indices (0-based, sorted). Training draws
@@ -7,12 +7,12 @@ random offsets; evaluation takes fixed positions, so the same video always gives
 Two training variants:
 
 * ``"independent"`` (default): each segment draws its own offset(s), as the original TSN does.
-* ``"shared"``: one set of offsets for every segment, as the VideoIQ code does (spec 10.2 #12);
+* ``"shared"``: one set of offsets for every segment, as the VideoIQ code does;
   choose it only to replicate the original's sampling.
 
 Evaluation deviates from the original in one place, on purpose: for videos shorter than the clip, the
 original re-seeds numpy's global RNG and draws random frames; here the same centred formula applies
-(frames repeat in order), which is deterministic without touching any global RNG (spec 13.11).
+(frames repeat in order), which is deterministic without touching any global RNG.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-dataset constants of the four paper datasets (spec 8.1), and ``custom`` for everything else.
+"""Per-dataset constants of the four paper datasets, and ``custom`` for everything else.
 
 This is the one home of class counts, list-file names, separators, frame templates and the metric
 each dataset reports. ``custom`` datasets (the generated demo set, a user's own) take their class

@@ -2,9 +2,9 @@
 
 Clips stay ``(T, 3, H, W)`` uint8 from decoding to the training device (a quarter of the bytes of
 float32); :func:`normalize` turns a batch into ImageNet-normalised floats there. The training
-augmentation is TSN's (spec 4.3): multi-scale crop with scales (1, .875, .75, .66), at most one step
+augmentation is TSN's: multi-scale crop with scales (1, .875, .75, .66), at most one step
 of aspect distortion, sizes within 3 px of the output snapped to it, one of 13 fixed offsets, resized
-bilinearly to ``size``; then a horizontal flip with p = 0.5. Evaluation (spec 4.4) scales the short
+bilinearly to ``size``; then a horizontal flip with p = 0.5. Evaluation scales the short
 side to ``scale_size`` and takes 1, 3, 5 or 10 crops of ``size``.
 
 Resizing is torch's antialiased bilinear interpolation on uint8, the kernel torchvision's ``resize``

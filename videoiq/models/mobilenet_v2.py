@@ -1,7 +1,7 @@
 """TSN MobileNetV2 on torchvision's definition: the policy backbone and its stage-3 pre-training model.
 
 The original had two MobileNetV2 definitions with different key names, so the stage-3 checkpoint
-did not load into the policy (VideoIQ GitHub issue #4, spec section 10.1). Here there is one: the
+did not load into the policy (VideoIQ GitHub issue #4). Here there is one: the
 TSN model subclasses torchvision's ``MobileNetV2`` (keys ``features.*``, ``classifier.1.*``, so
 torchvision ImageNet weight files load unchanged) and the policy network reuses its ``features``.
 """

@@ -1,4 +1,4 @@
-"""The policy network: MobileNetV2 features -> LSTMCell -> per-frame decisions (spec 5.1, 5.2).
+"""The policy network: MobileNetV2 features -> LSTMCell -> per-frame decisions.
 
 Each frame, resized to ``input_size`` (84 in the paper; bilinear, ``align_corners=False``), goes
 through the MobileNetV2 features, global pooling and dropout (0.8). An ``LSTMCell`` (1280 -> 512,

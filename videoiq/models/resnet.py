@@ -1,4 +1,4 @@
-"""TSN ResNets, full precision and any-precision, as one class with injected layers (spec 3.1, 4.1).
+"""TSN ResNets, full precision and any-precision, as one class with injected layers.
 
 A video ``(B, T, C, H, W)`` is folded to ``B*T`` frames, each frame goes through a torchvision-layout
 ResNet (v1.5: stride on the 3x3 conv), and the per-frame logits are averaged over ``T`` (the TSN

@@ -1,6 +1,6 @@
 """The VideoIQ model: a policy picks, per frame, the precision the any-precision ResNet runs at.
 
-This is the dense reference forward of the original ``ada_forward`` (spec 5.3): every precision
+This is the dense reference forward of the original ``ada_forward``: every precision
 action is computed on every frame, and the straight-through one-hot decisions select and mix the
 per-frame features::
 
@@ -16,7 +16,7 @@ the fc is applied to the mean feature of the frames that ran. It gives the dense
 Actions are ordered ``[fp teacher (if fp_action)] + precisions + skip choices``. ``precisions`` is
 a subset of the backbone's trained family, in its order; lower widths are always truncated from the
 backbone's own master width, so the policy can never see weight grids the backbone was not trained
-on (the original's README command did; spec 10.2.2).
+on (the original's README command did).
 """
 from __future__ import annotations
 

@@ -72,9 +72,7 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
     The results also go to a wandb run (``eval-<stage of the checkpoint>``, kept next to the JSON):
     the metrics as its summary and the per-class AP as a table.
     """
-    problems = cfg.input_problems()
-    if problems:
-        raise ConfigError("inputs not ready:\n  - " + "\n  - ".join(problems))
+    cfg.check_inputs()
     source = cfg.eval.checkpoint
     ckpt = load_checkpoint(source, stages=STAGES_SCORED, what="eval.checkpoint")
     spec = ClipSpec.from_config(cfg.data, train=False, num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +68,7 @@ def train_one_epoch(task: Task, module: nn.Module, batches: Iterable[dict[str, T
     sums: dict[str, Tensor] = {}
     correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = skipped = steps = 0
+    total = len(batches) if isinstance(batches, Sized) else None  # for the progress line's time left
     start = time.perf_counter()
     for batch in batches:
         video, label, _, bad = _valid(batch, device)
@@ -81,8 +82,10 @@ def train_one_epoch(task: Task, module: nn.Module, batches: Iterable[dict[str, T
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.detach().double() * len(label)
         if on_log is not None and log_every and steps % log_every == 0:
+            elapsed = time.perf_counter() - start
             on_log({"epoch": epoch, "step": steps, "loss": float(losses["loss"].detach()),
-                    "lr": optimizer.param_groups[0]["lr"]})
+                    "lr": optimizer.param_groups[0]["lr"], "videos_per_s": seen / elapsed,
+                    **({"seconds_left": elapsed / steps * max(total - steps, 0), "steps": total} if total else {})})
     local = torch.tensor([seen, 0.0, skipped], dtype=torch.float64)
     local[1] = correct.cpu()
     totals = all_reduce_sum(torch.cat([local, torch.stack(list(sums.values())).cpu() if sums else local[:0]]))
@@ -173,7 +176,7 @@ def predict(predictor: Callable[[Tensor], dict[str, Tensor]], batches: Iterable[
 
 
 def class_ap(pred: Predictions, labels: tuple[tuple[int, ...], ...], num_classes: int) -> APResult:
-    """Average precision of each class on the softmax scores (spec 8.4), and their mean."""
+    """Average precision of each class on the softmax scores, and their mean."""
     return average_precision(softmax(pred.logits), multi_hot([labels[i] for i in pred.index], num_classes))
 
 
@@ -190,7 +193,7 @@ def class_ap_table(predictions: Mapping[str, Predictions], labels: tuple[tuple[i
 
 
 def score(pred: Predictions, labels: tuple[tuple[int, ...], ...], num_classes: int, prefix: str = "val") -> dict[str, float]:
-    """top-1, top-5 and mAP (spec 8.4) of predictions against every video's labels (the database index)."""
+    """top-1, top-5 and mAP of predictions against every video's labels (the database index)."""
     primary = np.array([labels[i][0] if labels[i] else -1 for i in pred.index])
     ap = class_ap(pred, labels, num_classes)
     out = {f"{prefix}/top1": topk_accuracy(pred.logits, primary, 1), f"{prefix}/mAP": ap.mean,

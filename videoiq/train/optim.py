@@ -1,11 +1,10 @@
-"""Optimizer parameter groups per stage (spec 11), SGD, and the per-epoch learning-rate schedule.
+"""Optimizer parameter groups per stage, SGD, and the per-epoch learning-rate schedule.
 
 * ``fp`` / ``policy_pretrain``: one group, ``optim.lr`` and ``optim.weight_decay``.
 * ``ap``: the weights shared by every width train at ``lr / number of widths`` (their gradient is a
   sum over widths); each width's own BN parameters at ``lr``; each width's PACT clips at
   ``optim.clip_lr[bits]`` with ``optim.clip_weight_decay[bits]`` (2-bit: 0.01 and 0.06). The original
-  grouped by name substring and so gave the stem BN full LR and the downsample BNs LR/3 (spec 10.2
-  #13); here the split follows what each parameter is.
+  grouped by name substring and so gave the stem BN full LR and the downsample BNs LR/3; here the split follows what each parameter is.
 * ``policy``: the policy's MobileNetV2 at ``policy_backbone_lr``, its LSTM and heads at ``policy_lr``;
   the backbone is frozen.
 """

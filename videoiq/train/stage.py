@@ -3,7 +3,7 @@
 :func:`build_stage` turns a validated stage config into a :class:`Stage`: the models (initialised from
 local weight files or the previous stage's checkpoint, checked on load), the Task, the optimizer and
 schedule, and the evaluation. :func:`run_epochs` is the epoch loop with checkpointing and resume;
-:func:`run_stage` runs it in-process (``ray.num_workers: 0``), and the Ray Train worker runs the same
+:func:`train_in_process` runs it in-process (``ray.num_workers: 0``), and the Ray Train worker runs the same
 loop on each worker. Hand-off between stages is by checkpoint path:
 
 * ``ap`` reads the ``fp`` checkpoint (``init.backbone_checkpoint``): its model initialises every width
@@ -79,14 +79,33 @@ class Stage:
         """About the size of one checkpoint of this stage."""
         return state_bytes([m for _, _, m in self.entries.values()], self.optimizer)
 
-    def restore(self, ckpt: dict[str, Any]) -> int:
-        """Load a checkpoint of this same stage (resume); returns the epochs already done."""
+    def restore(self, ckpt: dict[str, Any], source: str) -> int:
+        """Load a checkpoint of this same stage (resume) from ``source``; returns the epochs already done.
+
+        A checkpoint of other classes or another model is refused naming the difference: resuming it would
+        fail deep in PyTorch, or train on labels that mean other classes."""
+        saved = list(ckpt["extra"].get("classes", self.classes))
+        if saved != list(self.classes):
+            raise CheckpointError(
+                f"resume: {source} was trained on {len(saved)} classes ({_few(saved)}), data.root's databases have "
+                f"{len(self.classes)} ({_few(self.classes)}); train in another run folder (ray.name or "
+                "ray.storage_path), or point data.root at the data it was trained on")
         for role, (_, _, model) in self.entries.items():
-            model.load_state_dict(ckpt["models"][role]["state_dict"])
+            try:
+                model.load_state_dict(ckpt["models"][role]["state_dict"])
+            except RuntimeError as e:  # torch names every mismatched tensor; the first line is enough here
+                raise CheckpointError(f"resume: {source}: its {role} does not fit this config's model "
+                                      f"({str(e).strip().splitlines()[-1].strip()}); train in another run folder "
+                                      "(ray.name or ray.storage_path)") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.global_step = int(ckpt["extra"].get("global_step", 0))
         return int(ckpt["epoch"])
+
+
+def _few(names: list[str], shown: int = 4) -> str:
+    """``a, b, c, d, ...``: the first few names of a list."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def dataset_classes(cfg: StageConfig) -> tuple[list[str], tuple[tuple[int, ...], ...]]:
@@ -383,13 +402,15 @@ class StageLog:
 
     def step(self, record: dict[str, float]) -> None:
         """A progress record from the loop every ``logging.log_every`` steps."""
-        self.printer(f"{self.stage.cfg.STAGE}: epoch {record['epoch'] + 1} step {record['step']} "
-                     f"loss={record['loss']:.4g} lr={record['lr']:.3g}")
+        of = f"/{record['steps']:.0f}" if "steps" in record else ""
+        left = f", epoch ends in {record['seconds_left']:.0f} s" if "seconds_left" in record else ""
+        self.printer(f"{self.stage.cfg.STAGE}: epoch {record['epoch'] + 1} step {record['step']}{of} "
+                     f"loss={record['loss']:.4g} lr={record['lr']:.3g} {record['videos_per_s']:.1f} videos/s{left}")
         self.tracker.log({"global_step": self.stage.global_step + record["step"], "step/loss": record["loss"],
                           "step/lr": record["lr"]})
 
 
-def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
+def train_in_process(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
               printer: Callable[[str], None] = print,
               on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Run a training stage in this process (no Ray) into ``out_dir``; resumes from its checkpoint there.
@@ -401,9 +422,7 @@ def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
     from ..data.clips import ClipSpec, VideoClipDataset
     from .checkpoint import FILENAME
 
-    problems = cfg.input_problems()
-    if problems:
-        raise ConfigError("inputs not ready:\n  - " + "\n  - ".join(problems))
+    cfg.check_inputs()
     out = Path(out_dir)
     dev = torch.device(device)
     torch.manual_seed(cfg.seed)
@@ -412,7 +431,7 @@ def run_stage(cfg: StageConfig, out_dir: str | os.PathLike, device: str = "cpu",
     start = 0
     if (out / FILENAME).exists():
         ckpt = load_checkpoint(out / FILENAME, stages=(cfg.STAGE,), what="resume")
-        start = stage.restore(ckpt)
+        start = stage.restore(ckpt, str(out / FILENAME))
         if start >= cfg.optim.epochs:
             printer(f"{cfg.STAGE}: {out / FILENAME} already has all {start} epochs; nothing to do")
             return dict(ckpt["metrics"])

@@ -2,13 +2,13 @@
 
 The loop is the same for every stage (``loop.py``); a Task says what one step computes:
 
-* :class:`FPTask` (stages ``fp`` and ``policy_pretrain``): the TSN model, cross-entropy (spec 6.1).
+* :class:`FPTask` (stages ``fp`` and ``policy_pretrain``): the TSN model, cross-entropy.
 * :class:`AnyPrecisionTask` (``ap``): every bit width of the family in *one* forward of one module, so
   DDP syncs gradients once per step and no ``retain_graph`` is needed; the loss is the sum over widths
-  of CE + KD from the frozen full-precision teacher (spec 6.2).
+  of CE + KD from the frozen full-precision teacher.
 * :class:`PolicyTask` (``policy``): the VideoIQ model on a frozen backbone; CE + KD + policy CE +
   balance + efficiency + entropy terms, and the Gumbel temperature set from the epoch number so that
-  a resumed run continues exactly (spec 5.2, 6.3).
+  a resumed run continues exactly.
 
 Frozen parts (teachers, the policy stage's backbone) are kept in eval mode whenever the task trains.
 """
@@ -109,7 +109,7 @@ class AnyPrecisionTask(Task):
     """Any-precision training: ``sum_b [CE(z_b, y) + kd_weight * KD(z_b, teacher)]`` over the family.
 
     ``kind`` ``ce`` drops the KD term, ``kd`` drops CE. Without a teacher the widths after the first
-    distil from the first (max) width's detached prediction, which trains with CE only (spec 6.2).
+    distil from the first (max) width's detached prediction, which trains with CE only.
     """
 
     def __init__(self, model: ResNet, bit_widths: tuple[int, ...], teacher: nn.Module | None,
@@ -158,7 +158,7 @@ class _VideoIQStep(nn.Module):
 
 
 class PolicyTask(Task):
-    """Policy training on a frozen any-precision backbone (spec 6.3)."""
+    """Policy training on a frozen any-precision backbone."""
 
     def __init__(self, model: VideoIQ, weights: Any, temperature_init: float, temperature_decay: float):
         model.backbone.requires_grad_(False)

@@ -7,16 +7,20 @@ validation reads the LMDB directly, each rank a disjoint slice with nothing drop
 are gathered so every rank reports the same numbers. Rank 0 writes the checkpoint (the same
 ``checkpoint.pt`` format) and reports it; the run directory ``<ray.storage_path>/<name>`` also gets a
 ``metrics.jsonl`` and rank 0's wandb run. Re-running with the same name resumes from the latest
-checkpoint (Train V2).
+checkpoint (Train V2). A user error in a worker (a garbled record, a checkpoint of other classes) is
+kept with its traceback under ``<run>/errors/`` and reaches the driver as that error's own message
+(:class:`~videoiq.errors.RemoteError`), not as Ray's wrapper around it.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import tempfile
 import threading
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 import ray
@@ -26,22 +30,20 @@ import torch
 from ray.exceptions import RayActorError
 from ray.util.placement_group import (PlacementGroup, PlacementGroupID, placement_group_table,
                                       remove_placement_group)
-from ray.train import Checkpoint, CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (Checkpoint, CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig,
+                       TrainingFailedError)
 from ray.train.torch import TorchTrainer
 
 from ..config import ConfigError, StageConfig, absolute_paths, config_from_dict, config_to_dict
 from ..data.clips import ClipSpec, VideoClipDataset
+from ..data.records import VideoDB
 from ..distributed import is_main, rank, world_size
-from ..logs import configure_logging
+from ..errors import RemoteError, find_remote, keep_traceback, unwrap, user_errors
+from ..logs import configure_logging, quiet_ray_train_reports
 from ..ray_data import clip_dataset, iter_clip_batches, train_data_config
 from ..tracking import resolve_mode, wandb_env
 from .checkpoint import FILENAME, check_storage, latest_checkpoint, load_checkpoint, save_checkpoint
 from .stage import Evaluation, StageLog, build_stage, run_epochs, start_tracker
-
-
-def run_name(cfg: StageConfig) -> str:
-    """The Ray run name: ``ray.name``, else ``<stage>_<dataset>``."""
-    return cfg.ray.name or f"{cfg.STAGE}_{cfg.data.dataset}"
 
 
 def _say(line: str) -> None:
@@ -55,8 +57,33 @@ def _say(line: str) -> None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     """What each Ray Train worker runs; returns the last epoch's metrics (``Result.return_value``)."""
+    try:
+        return _train_worker(config)
+    except Exception as e:
+        cause = unwrap(e)
+        if not isinstance(cause, user_errors()):
+            raise  # a bug: Ray's report of it, traceback and all
+        log = keep_traceback(config["run_dir"], f"rank{ray.train.get_context().get_world_rank()}", e)
+        raise RemoteError(str(cause), str(log)) from None
+
+
+class SizedBatches:
+    """A shard's batches with about how many there are (the progress line's time left; Ray Data does not say)."""
+
+    def __init__(self, batches: Iterable[dict[str, Any]], count: int) -> None:
+        self.batches, self.count = batches, count
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _train_worker(config: dict[str, Any]) -> dict[str, float]:
     cfg = config_from_dict(config["stage"])
     configure_logging(ray.train.get_context().get_world_rank())
+    quiet_ray_train_reports()
     run_dir = Path(config["run_dir"])
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
@@ -69,7 +96,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             ckpt = load_checkpoint(Path(d) / FILENAME, stages=(cfg.STAGE,), what="resume")
-        start, last = stage.restore(ckpt), dict(ckpt["metrics"])
+        start, last = stage.restore(ckpt, str(Path(checkpoint.path) / FILENAME)), dict(ckpt["metrics"])
         stage.last_saved = f"the newest checkpoint_* in {run_dir} (after epoch {start})"
     logbook = None
     if is_main():  # only rank 0 prints, writes metrics.jsonl and logs to wandb
@@ -86,8 +113,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         cfg.data, train=False, num_clips=ev.num_clips if ev else 1, num_crops=ev.num_crops if ev else 1))
     val.positions = val.positions[rank()::world_size()]
 
+    steps = math.ceil(len(VideoDB(cfg.data.lmdb_path(cfg.data.train_split)).index.keys) / world_size() / batch)
+
     def train_batches(epoch: int):
-        return iter_clip_batches(shard, batch)
+        return SizedBatches(iter_clip_batches(shard, batch), steps)
 
     def val_batches():
         return torch.utils.data.DataLoader(val, batch_size=batch, num_workers=cfg.data.num_workers)
@@ -109,11 +138,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     return metrics or last
 
 
-def connect() -> None:
+def connect(min_cpus: float = 0.0, printer: Callable[[str], None] = print) -> None:
     """Join the cluster of ``RAY_ADDRESS`` (``ray job submit`` sets it; ``auto`` finds a running one),
-    else start a local Ray (never a stale address left by a dead cluster: that would hang)."""
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+    else start a local Ray (never a stale address left by a dead cluster: that would hang) with at least
+    ``min_cpus`` logical CPUs, so that a config written for a larger machine still runs here, only slower."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    cores = os.cpu_count() or 1
+    cpus = max(cores, math.ceil(min_cpus))
+    if cpus > cores:
+        printer(f"starting a local Ray with {cpus} logical CPUs on this machine's {cores} cores (the workers' CPUs "
+                "and one for the Ray Data readers)")
+    ray.init(address="local", num_cpus=cpus)
 
 
 def check_resources(cfg: StageConfig) -> None:
@@ -198,25 +238,23 @@ class _GroupJanitor(threading.Thread):
                     self.printer(f"{self.cfg.STAGE}: freed the CPUs of a worker group Ray Train left behind after a restart")
 
 
-def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
-                     callbacks: list[Any] | None = None) -> tuple[str, dict[str, float]]:
-    """Train a stage with ``cfg.ray.num_workers`` Ray Train workers; returns (checkpoint file, final metrics).
+def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None] = print,
+                 callbacks: list[Any] | None = None) -> tuple[str, dict[str, float]]:
+    """Train a stage with ``cfg.ray.num_workers`` Ray Train workers into ``run_dir`` (Ray's run folder:
+    its name is the run's); returns (checkpoint file, final metrics). Call it through
+    :func:`videoiq.runner.run_config`, which checks the inputs and names the run folder.
 
     Connects to the cluster of ``RAY_ADDRESS`` (as ``ray job submit`` sets it) or starts a local one.
     ``callbacks`` go to the run (a Tune trial passes the one that forwards reports to Tune).
     """
-    problems = cfg.input_problems()
-    if problems:
-        raise ConfigError("inputs not ready:\n  - " + "\n  - ".join(problems))
     if cfg.ray.num_workers < 1:
-        raise ConfigError("ray.num_workers: 0 means in-process; use videoiq.train.stage.run_stage")
+        raise ConfigError("ray.num_workers: 0 means in-process; use videoiq.train.stage.train_in_process")
     cfg = config_from_dict(absolute_paths(config_to_dict(cfg)))  # the workers' working directory is not ours
-    connect()
+    connect(cfg.ray.num_workers * cfg.ray.cpus_per_worker + 1, printer)
     check_resources(cfg)
-    storage = cfg.ray.storage_path
+    storage, name = str(run_dir.parent), run_dir.name
     check_storage(storage)  # writable at all; rank 0 checks the space once it knows the models' size
-    name = run_name(cfg)
-    finished = latest_checkpoint(Path(storage) / name)
+    finished = latest_checkpoint(run_dir)
     if finished is not None and finished[1]["epoch"] >= cfg.optim.epochs:
         printer(f"{cfg.STAGE}: {finished[0]} already has all {finished[1]['epoch']} epochs; nothing to do")
         return str(finished[0]), dict(finished[1]["metrics"])
@@ -227,7 +265,7 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
         datasets = {"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec, seed=cfg.seed)}
         return TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"stage": config_to_dict(cfg), "run_dir": os.path.join(storage, name), "wandb_mode": mode},
+            train_loop_config={"stage": config_to_dict(cfg), "run_dir": str(run_dir), "wandb_mode": mode},
             scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                          resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
             run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks,
@@ -237,7 +275,7 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
             datasets=datasets, dataset_config=train_data_config(datasets),
         )
 
-    printer(f"{cfg.STAGE}: {cfg.ray.num_workers} Ray Train workers, run {os.path.join(storage, name)}")
+    printer(f"{cfg.STAGE}: {cfg.ray.num_workers} Ray Train workers, run {run_dir}")
     retries = 0
     before = set(placement_group_table())  # groups from before this run: never this run's to free
     while True:
@@ -246,7 +284,12 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
         try:
             result = trainer().fit()
             break
-        except ControllerError as e:
+        except TrainingFailedError as e:
+            remote = find_remote(e)
+            if remote is not None:  # the worker's own message, not Ray's wrapping of it
+                raise RemoteError(remote.message, remote.log) from None
+            if not isinstance(e, ControllerError):
+                raise
             # Ray Train restarts a worker group that dies while training (ray.max_failures), but one that dies
             # while the controller is starting, polling or stopping it fails the whole run; the same run name
             # resumes from the last checkpoint, so do that, within the same budget.
@@ -261,7 +304,8 @@ def run_stage_on_ray(cfg: StageConfig, printer: Callable[[str], None] = print,
             janitor.stop.set()
             janitor.join()
     if result.error is not None:
-        raise result.error
+        remote = find_remote(result.error)
+        raise result.error if remote is None else RemoteError(remote.message, remote.log)
     if result.checkpoint is None:
         raise RuntimeError(f"{cfg.STAGE}: the run finished without a checkpoint")
     return os.path.join(result.checkpoint.path, FILENAME), dict(result.return_value or result.metrics or {})

@@ -1,0 +1,110 @@
+"""How a failure reaches the user, the same from every entry point.
+
+* :func:`user_errors`: what counts as the user's to fix (a bad config, list file, record, checkpoint,
+  storage, wandb setting, a loss that went non-finite) as opposed to a bug in videoiq;
+* :func:`run_guarded`: the one handler the ``videoiq`` command and the ``launch/*.py`` scripts run their
+  body in: such an error is one ``videoiq: error: <cause>`` line on stderr and exit code 2, Ctrl-C is one
+  line and exit code 130, and anything else is a traceback (a bug to report);
+* :class:`RemoteError`: a user error raised inside a Ray Train worker, carried back to the driver as the
+  worker's own message, with the worker's full traceback kept in a file under the run folder
+  (:func:`keep_traceback`) whose path the error line names. Ray wraps what a worker raises in its own
+  exceptions (:func:`find_remote` looks through them), so without this the cause would be buried in
+  Ray's output and the driver would end in Ray's traceback.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+
+class RemoteError(RuntimeError):
+    """A user error raised where the driver cannot see it (a Ray Train worker): its message and the file
+    that holds its traceback."""
+
+    def __init__(self, message: str, log: str) -> None:
+        super().__init__(message, log)
+        self.message, self.log = message, log
+
+    def __str__(self) -> str:
+        return f"{self.message} (full traceback: {self.log})"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean a bad input, not a bug (imported here, late: they live in the modules
+    that raise them, some of which import this one)."""
+    from .config import ConfigError
+    from .data.build import BuildError
+    from .tracking import TrackingError
+    from .train.checkpoint import CheckpointError, StorageError
+    from .train.loop import NonFiniteLoss
+
+    # ValueError covers ConfigError, CheckpointError and the data errors (records, frames, list files, weights)
+    return (RemoteError, ConfigError, CheckpointError, BuildError, TrackingError, StorageError, NonFiniteLoss,
+            ValueError, KeyError, OSError)
+
+
+def error_line(error: BaseException) -> str:
+    """``videoiq: error: <cause>`` (a KeyError's key without the quotes ``str`` adds)."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return f"videoiq: error: {message}"
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The exception Ray wrapped: a Ray task's error (e.g. a Ray Data read of a garbled record) reaches the
+    worker as a ``RayTaskError`` that holds the original as ``cause``."""
+    seen = {id(error)}
+    while True:
+        inner = getattr(error, "cause", None)
+        if not isinstance(inner, BaseException) and type(error).__module__.startswith("ray."):
+            inner = error.__cause__
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner
+
+
+def run_guarded(body: Callable[[], int]) -> int:
+    """Run an entry point's body; a user error is one line on stderr and exit code 2."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print("videoiq: interrupted; work already committed is kept (re-running the same command resumes it)",
+              file=sys.stderr, flush=True)
+        return 130
+    except user_errors() as e:
+        print(error_line(e), file=sys.stderr, flush=True)
+        return 2
+
+
+def keep_traceback(folder: str | os.PathLike, who: str, error: BaseException) -> Path:
+    """Write ``error``'s traceback to ``<folder>/errors/<time>-<who>.log``; returns the file's path."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    path = Path(folder) / "errors" / f"{stamp}-{who}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(error_line(error) + "\n\n" + "".join(traceback.format_exception(error)), encoding="utf-8")
+    return path
+
+
+def find_remote(error: BaseException) -> RemoteError | None:
+    """The :class:`RemoteError` somewhere inside Ray's wrapping of ``error`` (a worker group's per-rank
+    failures, the wrapped exception, the cause chain), if there is one."""
+    seen: set[int] = set()
+    todo: list[object] = [error]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, RemoteError):
+            return e
+        failures = getattr(e, "worker_failures", None)  # ray.train.WorkerGroupError: rank -> exception
+        if isinstance(failures, dict):
+            todo.extend(failures.values())
+        # what Ray keeps of the worker's exception: the exception itself, or the controller's failure
+        todo.extend(getattr(e, name, None) for name in ("_base_exc", "cause", "controller_failure"))
+        todo.extend((e.__cause__, e.__context__))
+    return None
