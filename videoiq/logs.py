@@ -28,11 +28,20 @@ def configure_logging(rank: int = 0) -> logging.Logger:
     return logger
 
 
-# Ray Train's loggers of "Reporting training result ..." and "Checkpoint successfully created ..."
+# Ray Train's modules that log "Reporting training result ..." and "Checkpoint successfully created ..."
 _RAY_TRAIN_REPORTS = ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage")
 
 
 def quiet_ray_train_reports() -> None:
     """In a Ray Train worker: only warnings from the loggers that announce each report and checkpoint."""
+    import importlib
+
     for name in _RAY_TRAIN_REPORTS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # another Ray version: its lines stay
+            continue
+        # one of them names its logger after the module, the other after its file
+        for logger in (name, getattr(module, "__file__", None)):
+            if logger:
+                logging.getLogger(logger).setLevel(logging.WARNING)

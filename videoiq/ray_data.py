@@ -160,6 +160,9 @@ def clip_dataset(path: str, spec: ClipSpec, videos_per_block: int = 8, read_task
     # per stage); the training loop prints its own progress and epoch lines.
     ds.context.enable_progress_bars = False
     ds.context.print_on_execution_start = False
+    # A bad record's own error (RecordError, naming the database, key and frame), not Ray Data's
+    # "UDF failed to process a data block", whose cause does not survive the trip to the consumer.
+    ds.context.raise_original_map_exception = True
     if seed is not None:  # blocks otherwise arrive in the order their tasks finish
         ds.context.execution_options.preserve_order = True
     return ds
