@@ -80,13 +80,17 @@ def run_guarded(body: Callable[[], int]) -> int:
         return 2
 
 
-def keep_traceback(folder: str | os.PathLike, who: str, error: BaseException) -> Path:
-    """Write ``error``'s traceback to ``<folder>/errors/<time>-<who>.log``; returns the file's path."""
+def keep_traceback(folder: str | os.PathLike, who: str, error: BaseException) -> str:
+    """Write ``error``'s traceback to ``<folder>/errors/<time>-<who>.log``; returns the file's path (or, if
+    it cannot be written, why not: the error being reported must not be lost to a second one)."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     path = Path(folder) / "errors" / f"{stamp}-{who}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(error_line(error) + "\n\n" + "".join(traceback.format_exception(error)), encoding="utf-8")
-    return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(error_line(error) + "\n\n" + "".join(traceback.format_exception(error)), encoding="utf-8")
+    except OSError as e:
+        return f"not kept: {path} could not be written ({e})"
+    return str(path)
 
 
 def find_remote(error: BaseException) -> RemoteError | None:

@@ -25,7 +25,7 @@ from .atomic import write_text_atomic
 from .config import STAGES, ConfigError, StageConfig, apply_overrides, config_from_dict, read_yaml
 from .errors import run_guarded
 from .logs import configure_logging
-from .tracking import Tracker, TrackingError, resolve_mode
+from .tracking import Tracker, resolve_mode
 
 PIPELINE = ("fp", "ap", "policy_pretrain", "policy", "eval")
 

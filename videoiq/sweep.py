@@ -3,7 +3,7 @@
 A sweep names a policy-stage config and the dotted keys to vary (plain data, no Ray here)::
 
     base: launch/configs/demo/policy.yaml   # a policy-stage YAML (relative paths: from the current directory)
-    name: policy_demo_effw             # the experiment, in <storage_path>/<name> (default: the file's stem)
+    name: policy_demo_tradeoff             # the experiment, in <storage_path>/<name> (default: the file's stem)
     storage_path: demo_out/tune
     fixed: {optim.epochs: 6}                # applied to every trial
     search_space:                           # dotted key -> one domain

@@ -26,7 +26,7 @@ from ray import tune
 
 from .atomic import write_text_atomic
 from .config import ConfigError, config_to_dict
-from .errors import RemoteError, keep_traceback, run_guarded, user_errors
+from .errors import RemoteError, keep_traceback, user_errors
 from .experiment import SWEEP_FILE, Report, build_report, read_state, trial_dir, update_state
 from .logs import configure_logging
 from .runner import run_config

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_text_atomic
-from ..config import ConfigError, EvalConfig
+from ..config import EvalConfig
 from ..data.clips import ClipSpec, VideoClipDataset
 from ..flops import video_cost
 from ..models import VideoIQ

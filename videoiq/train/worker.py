@@ -64,7 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         if not isinstance(cause, user_errors()):
             raise  # a bug: Ray's report of it, traceback and all
         log = keep_traceback(config["run_dir"], f"rank{ray.train.get_context().get_world_rank()}", e)
-        raise RemoteError(str(cause), str(log)) from None
+        raise RemoteError(str(cause), log) from None
 
 
 class SizedBatches:
