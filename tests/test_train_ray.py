@@ -150,7 +150,10 @@ def test_a_users_error_in_a_train_worker_is_its_own_line_with_the_traceback_kept
     assert "\n" not in e.message and "Ray" not in e.message
     log = Path(e.log)
     assert log.parent == runs / "garbled" / "errors" and "Traceback" in log.read_text()
-    assert run_guarded(lambda: run_config(fp(bad, "garbled"), printer=QUIET)) == 2
+    def fails_as_on_ray() -> int:
+        raise e
+
+    assert run_guarded(fails_as_on_ray) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("videoiq: error: ") and "undecodable image" in err[0], err
 

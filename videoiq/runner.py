@@ -235,6 +235,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
+    """Run the pipeline of ``args`` (from :func:`add_pipeline_arguments`); it prints the table itself."""
     run_pipeline({s: getattr(args, s) for s in PIPELINE}, args.set)
     return 0
 
