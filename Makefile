@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 .PHONY: install test soak demo clean
 
 $(VENV)/.installed: setup.py
-	@echo "==> creating $(VENV) and installing videoiq with its dev extras (about 2 minutes the first time)"
+	@echo "==> creating $(VENV) and installing videoiq with its dev extras (about 3 minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar off -q -e '.[dev]'
 	@touch $@
