@@ -219,3 +219,25 @@ def test_resuming_on_data_of_other_classes_is_refused_naming_them(tiny_videos, t
         train_in_process(stage_config("fp", more, model={"name": "resnet18"}, optim={"epochs": 2}),
                          tmp_path / "fp", printer=QUIET)
     assert load_checkpoint(tmp_path / "fp")["epoch"] == 1  # left as it was
+
+
+def test_a_local_ray_gets_the_cpus_the_config_asks_for(monkeypatch):
+    """Without RAY_ADDRESS videoiq starts a local Ray with at least the workers' CPUs plus one for the Ray Data
+    readers, so a config written for a bigger machine is not refused on a 2-core one; with it, it joins."""
+    import ray
+
+    from videoiq.train import worker
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(worker.os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    said = []
+    worker.connect(2 * 2 + 1, said.append)  # 2 workers x 2 CPUs, plus one
+    assert calls == [{"address": "local", "num_cpus": 5}] and "5 logical CPUs on this machine's 2 cores" in said[0]
+    worker.connect(1.5, said.append)
+    assert calls[-1] == {"address": "local", "num_cpus": 2} and len(said) == 1  # enough cores: nothing to say
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    worker.connect(99, said.append)
+    assert calls[-1] == {"address": "auto"}
