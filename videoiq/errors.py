@@ -8,8 +8,8 @@
 * :class:`RemoteError`: a user error raised inside a Ray Train worker, carried back to the driver as the
   worker's own message, with the worker's full traceback kept in a file under the run folder
   (:func:`keep_traceback`) whose path the error line names. Ray wraps what a worker raises in its own
-  exceptions (:func:`find_remote` looks through them), so without this the cause would be buried in
-  Ray's output and the driver would end in Ray's traceback.
+  exceptions (:func:`user_cause` and :func:`find_remote` look through them); without this the cause
+  would be buried in Ray's output and the driver would end in Ray's traceback.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import datetime
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -53,18 +53,31 @@ def error_line(error: BaseException) -> str:
     return f"videoiq: error: {message}"
 
 
-def unwrap(error: BaseException) -> BaseException:
-    """The exception Ray wrapped: a Ray task's error (e.g. a Ray Data read of a garbled record) reaches the
-    worker as a ``RayTaskError`` that holds the original as ``cause``."""
-    seen = {id(error)}
-    while True:
-        inner = getattr(error, "cause", None)
-        if not isinstance(inner, BaseException) and type(error).__module__.startswith("ray."):
-            inner = error.__cause__
-        if not isinstance(inner, BaseException) or id(inner) in seen:
-            return error
-        seen.add(id(inner))
-        error = inner
+def _inside(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and, through Ray's wrappers, every exception they keep: a worker group's per-rank failures,
+    a task's or the controller's wrapped exception, their cause chain."""
+    seen: set[int] = set()
+    todo: list[object] = [error]
+    while todo:
+        e = todo.pop(0)
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        if not type(e).__module__.startswith("ray."):
+            continue  # only Ray's wrappers are looked into: a bug raised while handling a user error stays a bug
+        failures = getattr(e, "worker_failures", None)  # ray.train.WorkerGroupError: rank -> exception
+        if isinstance(failures, dict):
+            todo.extend(failures.values())
+        todo.extend(getattr(e, name, None) for name in ("_base_exc", "cause", "controller_failure"))
+        todo.extend((e.__cause__, e.__context__))
+
+
+def user_cause(error: BaseException) -> BaseException | None:
+    """The user error inside Ray's wrapping of ``error`` (a Ray Data read of a garbled record reaches the
+    worker as a ``RayTaskError`` holding the ``RecordError``), or None when the failure is not the user's."""
+    return next((e for e in _inside(error)
+                 if isinstance(e, user_errors()) and not type(e).__module__.startswith("ray.")), None)
 
 
 def run_guarded(body: Callable[[], int]) -> int:
@@ -94,21 +107,5 @@ def keep_traceback(folder: str | os.PathLike, who: str, error: BaseException) ->
 
 
 def find_remote(error: BaseException) -> RemoteError | None:
-    """The :class:`RemoteError` somewhere inside Ray's wrapping of ``error`` (a worker group's per-rank
-    failures, the wrapped exception, the cause chain), if there is one."""
-    seen: set[int] = set()
-    todo: list[object] = [error]
-    while todo:
-        e = todo.pop()
-        if not isinstance(e, BaseException) or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, RemoteError):
-            return e
-        failures = getattr(e, "worker_failures", None)  # ray.train.WorkerGroupError: rank -> exception
-        if isinstance(failures, dict):
-            todo.extend(failures.values())
-        # what Ray keeps of the worker's exception: the exception itself, or the controller's failure
-        todo.extend(getattr(e, name, None) for name in ("_base_exc", "cause", "controller_failure"))
-        todo.extend((e.__cause__, e.__context__))
-    return None
+    """The :class:`RemoteError` somewhere inside Ray's wrapping of ``error``, if there is one."""
+    return next((e for e in _inside(error) if isinstance(e, RemoteError)), None)

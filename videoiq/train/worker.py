@@ -38,7 +38,7 @@ from ..config import ConfigError, StageConfig, absolute_paths, config_from_dict,
 from ..data.clips import ClipSpec, VideoClipDataset
 from ..data.records import VideoDB
 from ..distributed import is_main, rank, world_size
-from ..errors import RemoteError, find_remote, keep_traceback, unwrap, user_errors
+from ..errors import RemoteError, find_remote, keep_traceback, user_cause
 from ..logs import configure_logging, quiet_ray_train_reports
 from ..ray_data import clip_dataset, iter_clip_batches, train_data_config
 from ..tracking import resolve_mode, wandb_env
@@ -60,8 +60,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     try:
         return _train_worker(config)
     except Exception as e:
-        cause = unwrap(e)
-        if not isinstance(cause, user_errors()):
+        cause = user_cause(e)
+        if cause is None:
             raise  # a bug: Ray's report of it, traceback and all
         log = keep_traceback(config["run_dir"], f"rank{ray.train.get_context().get_world_rank()}", e)
         raise RemoteError(str(cause), log) from None
