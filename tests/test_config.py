@@ -83,6 +83,7 @@ def test_overrides_are_typed_yaml_values():
         ("quant.bit_widths=[2,4]", "descending"),
         ("loss.kd_weight=-1", "loss.kd_weight: must be >= 0"),
         ("optim.epochs=0", "optim.epochs: must be >= 1"),
+        ("optim.val_every=0", "optim.val_every: must be >= 1"),
         ("optim.clip_lr={32: 0.1}", "optim.clip_lr: needs one value per bit width"),
         ("data.dataset=kinetics", "data.dataset: unknown dataset 'kinetics'"),
         ("model.name=resnet50", "any-precision model"),

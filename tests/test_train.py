@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import QUIET, stage_config as _cfg
+from helpers import QUIET, TINY_POLICY, stage_config as _cfg
 
 from videoiq.config import ConfigError, config_from_dict
 from videoiq.losses import soft_cross_entropy
@@ -45,6 +45,22 @@ def test_resume_continues_at_the_next_epoch(trained_stages, tiny_videos, tmp_pat
     again = []
     assert train_in_process(cfg, tmp_path / "pp", printer=again.append) == final
     assert "already has all 2 epochs" in again[0]
+
+
+def test_validation_runs_every_n_th_epoch_and_after_the_last_and_never_changes_training(trained_stages, tiny_videos,
+                                                                                        tmp_path):
+    runs, _ = trained_stages
+    init = {"backbone_checkpoint": str(runs / "ap"), "policy_backbone_checkpoint": str(runs / "pp")}
+    weights = {}
+    for every in (1, 2):
+        cfg = _cfg("policy", tiny_videos, policy=TINY_POLICY, init=init, optim={"epochs": 3, "val_every": every})
+        final = train_in_process(cfg, tmp_path / str(every), printer=QUIET)
+        lines = [json.loads(x) for x in (tmp_path / str(every) / "metrics.jsonl").read_text().splitlines()]
+        assert [x["epoch"] for x in lines] == [1.0, 2.0, 3.0] and "val/top1" in final
+        assert ["val/top1" in x for x in lines] == ([True] * 3 if every == 1 else [False, True, True])
+        weights[every] = load_checkpoint(tmp_path / str(every))["models"]["policy"]["state_dict"]
+    # the policy's Gumbel noise comes from the global RNG, which validation must leave alone
+    assert all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
 
 
 def test_hand_off_traps_are_errors(trained_stages, tiny_videos, tmp_path):

@@ -139,9 +139,10 @@ class OptimConfig:
     policy_lr: float = 1e-3  # --p_lr: LSTM, action head, auxiliary classifier
     policy_backbone_lr: float = 1e-5  # --p_b_lr: the policy's MobileNetV2
     bn_recalibration: int = 0  # fp/ap: after the last epoch, BN statistics averaged over this many batches
+    val_every: int = 1  # validate after every N-th epoch and always after the last
 
     def problems(self) -> list[str]:
-        out = _below(self, 1, "epochs") + _fraction(self, "momentum") + _below(self, 0, "bn_recalibration")
+        out = _below(self, 1, "epochs", "val_every") + _fraction(self, "momentum") + _below(self, 0, "bn_recalibration")
         out += _below(self, 0, "lr", "weight_decay", "policy_lr", "policy_backbone_lr")
         for name in ("clip_lr", "clip_weight_decay"):
             negative = {k: v for k, v in getattr(self, name).items() if v < 0}

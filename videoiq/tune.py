@@ -6,8 +6,8 @@ stage on the base config's frozen ap backbone and policy_pretrain checkpoints, r
 never retrained: in the trial's own process when ``ray.num_workers`` is 0, else on Ray Train workers
 whose reports are forwarded to Tune (both through :func:`videoiq.runner.run_config`, as a stage
 runs anywhere else). A trial that fails keeps its traceback in ``<trial>/errors/`` and its cause in the
-trial's state, which the report shows. Every epoch reports accuracy, mAP, GFLOPs per video and the share
-of frames at each action. A trial's run lives in ``<experiment>/trials/<trial id>`` and resumes from
+trial's state, which the report shows. Every validated epoch (``optim.val_every``) reports accuracy, mAP,
+GFLOPs per video and the share of frames at each action. A trial's run lives in ``<experiment>/trials/<trial id>`` and resumes from
 its own checkpoint whenever Tune restarts it (a retry after a crash, or a restored sweep).
 
 Re-running an interrupted sweep (same file, same storage) restores it with ``Tuner.restore``:
@@ -87,7 +87,7 @@ def _trial(params: dict[str, Any], *, sweep: Sweep, base: dict[str, Any], experi
     attempts = int(read_state(folder).get("attempts", 0)) + 1
     update_state(folder, trial_id=trial_id, params=params, status="running", attempts=attempts, error="")
     def report(epoch: int, metrics: dict[str, float]) -> None:
-        if epoch < epochs:
+        if epoch < epochs and _validated(metrics):
             tune.report(metrics)
 
     try:
@@ -101,13 +101,19 @@ def _trial(params: dict[str, Any], *, sweep: Sweep, base: dict[str, Any], experi
     tune.report(final)
 
 
+def _validated(metrics: dict[str, Any]) -> bool:
+    """Whether an epoch's metrics hold a validation (``optim.val_every`` skips some): Tune sees only those,
+    so every report it gets carries the sweep's metric."""
+    return any(k.startswith("val/") for k in metrics)
+
+
 def _train_reports_to_tune(epochs: int) -> Any:
     """Forward the Ray Train workers' reports of every epoch but the last to this Tune trial."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class AllButLast(TuneReportCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-            if metrics and metrics[0].get("epoch", epochs) < epochs:
+            if metrics and metrics[0].get("epoch", epochs) < epochs and _validated(metrics[0]):
                 super().after_report(run_context, metrics, checkpoint)
 
     return AllButLast()

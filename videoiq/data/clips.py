@@ -159,3 +159,11 @@ class VideoClipDataset(torch.utils.data.Dataset):
             return invalid_sample(self.spec, position, e)
         return {"video": video, "label": torch.tensor(primary_label(self.db.index.labels[position])),
                 "index": torch.tensor(position), "valid": torch.tensor(True)}
+
+
+def eval_loader(dataset: VideoClipDataset, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+    """Evaluation batches in database order. The loader has its own generator: a ``DataLoader`` without one
+    draws its workers' seed from the global RNG, which the policy's Gumbel noise also draws from, so how
+    often a stage validates would change what it learns."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                       generator=torch.Generator())

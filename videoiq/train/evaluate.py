@@ -20,7 +20,7 @@ import torch
 
 from ..atomic import write_text_atomic
 from ..config import EvalConfig
-from ..data.clips import ClipSpec, VideoClipDataset
+from ..data.clips import ClipSpec, VideoClipDataset, eval_loader
 from ..flops import video_cost
 from ..models import VideoIQ
 from ..quant import bit_width
@@ -84,7 +84,7 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
     frames, size = spec.frames, spec.size
 
     def batches():
-        return torch.utils.data.DataLoader(val, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+        return eval_loader(val, cfg.data.batch_size, cfg.data.num_workers)
 
     kinds = SampledKinds.of(cfg, cfg.data.val_split, val.db, cfg.eval.num_clips)
     stage = ckpt["stage"]

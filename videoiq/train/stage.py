@@ -322,10 +322,11 @@ def decisions_picture(cfg: StageConfig, pred: Predictions, actions: tuple[str, .
 
 def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], Iterable[dict[str, Tensor]]],
                val_batches: Callable[[], Iterable[dict[str, Tensor]]], device: torch.device, start_epoch: int,
-               on_epoch_end: Callable[[int, dict[str, float], Evaluation], None],
+               on_epoch_end: Callable[[int, dict[str, float], Evaluation | None], None],
                on_log: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
-    """Train from ``start_epoch`` to ``optim.epochs``; after each epoch evaluate and call ``on_epoch_end``
-    (which saves the checkpoint and logs); ``on_log`` gets a progress record every ``logging.log_every``
+    """Train from ``start_epoch`` to ``optim.epochs``; after each epoch call ``on_epoch_end`` (which saves the
+    checkpoint and logs) with the validation's result, which is ``None`` on epochs that ``optim.val_every``
+    passes over; ``on_log`` gets a progress record every ``logging.log_every``
     steps. After the last epoch, ``optim.bn_recalibration`` batches recompute the BN statistics first.
     Returns the last epoch's metrics."""
     metrics: dict[str, float] = {}
@@ -347,9 +348,11 @@ def run_epochs(stage: Stage, module: nn.Module, train_batches: Callable[[int], I
         if epoch + 1 == stage.cfg.optim.epochs and stage.cfg.optim.bn_recalibration:
             metrics["train/bn_recalibration_batches"] = float(recalibrate_batch_norm(
                 stage.task, train_batches(epoch + 1), stage.cfg.optim.bn_recalibration, device, stage.cfg.speed.amp))
-        stage.task.train(False)
-        evaluation = stage.evaluate(val_batches(), device)
-        metrics.update(evaluation.metrics)
+        evaluation = None
+        if (epoch + 1) % stage.cfg.optim.val_every == 0 or epoch + 1 == stage.cfg.optim.epochs:
+            stage.task.train(False)
+            evaluation = stage.evaluate(val_batches(), device)
+            metrics.update(evaluation.metrics)
         on_epoch_end(epoch + 1, metrics, evaluation)
     return metrics
 
@@ -385,13 +388,13 @@ class StageLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
 
-    def publish(self, epoch: int, metrics: dict[str, float], evaluation: Evaluation) -> None:
+    def publish(self, epoch: int, metrics: dict[str, float], evaluation: Evaluation | None) -> None:
         """Print the epoch and log it to wandb; after the last epoch also the summary and per-class AP."""
         cfg = self.stage.cfg
         shown = {k: v for k, v in metrics.items() if k in self.SHOWN}
         self.printer(f"{cfg.STAGE}: " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
         self.tracker.log(metrics)
-        if epoch == cfg.optim.epochs:
+        if epoch == cfg.optim.epochs and evaluation is not None:  # the last epoch is always validated
             self.tracker.summary(metrics)
             self.tracker.table("val/per_class_ap", *class_ap_table({"AP %": evaluation.predictions},
                                                                    self.stage.val_labels, self.stage.classes))
@@ -419,7 +422,7 @@ def train_in_process(cfg: StageConfig, out_dir: str | os.PathLike, device: str =
     """
     from torch.utils.data import DataLoader
 
-    from ..data.clips import ClipSpec, VideoClipDataset
+    from ..data.clips import ClipSpec, VideoClipDataset, eval_loader
     from .checkpoint import FILENAME
 
     cfg.check_inputs()
@@ -450,12 +453,12 @@ def train_in_process(cfg: StageConfig, out_dir: str | os.PathLike, device: str =
                           drop_last=len(train_ds) > cfg.data.batch_size)
 
     def val_batches():
-        return DataLoader(val_ds, batch_size=cfg.data.batch_size, num_workers=workers)
+        return eval_loader(val_ds, cfg.data.batch_size, workers)
 
     logbook = StageLog(stage, out, printer, start_tracker(cfg, out, resolve_mode(cfg.logging.wandb)))
     logbook.resume(start)
 
-    def on_epoch_end(epoch: int, metrics: dict[str, float], evaluation: Evaluation) -> None:
+    def on_epoch_end(epoch: int, metrics: dict[str, float], evaluation: Evaluation | None) -> None:
         logbook.record(metrics)
         save_checkpoint(out / FILENAME, stage.payload(epoch, metrics))
         stage.last_saved = f"{out / FILENAME} (after epoch {epoch})"

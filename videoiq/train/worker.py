@@ -35,7 +35,7 @@ from ray.train import (Checkpoint, CheckpointConfig, ControllerError, FailureCon
 from ray.train.torch import TorchTrainer
 
 from ..config import ConfigError, StageConfig, absolute_paths, config_from_dict, config_to_dict
-from ..data.clips import ClipSpec, VideoClipDataset
+from ..data.clips import ClipSpec, VideoClipDataset, eval_loader
 from ..data.records import VideoDB
 from ..distributed import is_main, rank, world_size
 from ..errors import RemoteError, find_remote, keep_traceback, user_cause
@@ -119,9 +119,9 @@ def _train_worker(config: dict[str, Any]) -> dict[str, float]:
         return SizedBatches(iter_clip_batches(shard, batch), steps)
 
     def val_batches():
-        return torch.utils.data.DataLoader(val, batch_size=batch, num_workers=cfg.data.num_workers)
+        return eval_loader(val, batch, cfg.data.num_workers)
 
-    def on_epoch_end(epoch: int, metrics: dict[str, float], evaluation: Evaluation) -> None:
+    def on_epoch_end(epoch: int, metrics: dict[str, float], evaluation: Evaluation | None) -> None:
         if logbook is None:
             ray.train.report(metrics)  # every rank reports the same number of times
             return
