@@ -55,7 +55,7 @@ def test_every_shipped_stage_yaml_loads(path):
 
 def test_a_partial_section_keeps_the_stage_defaults():
     cfg = config_from_dict({"stage": "policy", "optim": {"epochs": 3}})
-    assert cfg.optim.epochs == 3 and cfg.optim.policy_lr == 0.01  # not OptimConfig's generic 1e-3
+    assert cfg.optim.epochs == 3 and cfg.optim.policy_lr == 0.01  # not OptimSection's generic 1e-3
     ap = config_from_dict({"stage": "ap", "optim": {"lr": 0.1}})
     assert ap.optim.clip_weight_decay == {32: 5e-4, 4: 5e-4, 2: 6e-2}
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from videoiq.data import build
+from videoiq.data import build, lists
 from videoiq.data.clips import ClipSpec, VideoClipDataset
 from videoiq.data.codec import encode_jpeg, read_video, write_video
 from videoiq.data.records import (DatabaseError, RecordError, VideoDB, decode_header, encode_record, forget,
@@ -72,7 +72,7 @@ def test_damaged_records_name_the_key(damage, message):
 
 def test_frame_folders_convert_with_a_configurable_template(tmp_path):
     list_file = _frame_folders(tmp_path, template="image_{:05d}.jpg", start=3)
-    items = build.parse_frame_list(str(list_file), str(tmp_path))
+    items = lists.parse_frame_list(str(list_file), str(tmp_path))
     report = build.build_frames(str(tmp_path / "out.lmdb"), items, ["a", "b", "c"], "image_{:05d}.jpg",
                                 dataset="custom", split="train", stream=QUIET)
     assert report.converted == 4 and not report.skipped
@@ -89,7 +89,7 @@ def test_frame_folders_convert_with_a_configurable_template(tmp_path):
 def test_count_layout_and_multilabel_lines(tmp_path):
     _frame_folders(tmp_path, n_videos=2, template="{:05d}.jpg")
     (tmp_path / "count.txt").write_text("frames/vid0;6;1;2\nframes/vid1;4;0\n")
-    items = build.parse_frame_list(str(tmp_path / "count.txt"), str(tmp_path), ";", "count")
+    items = lists.parse_frame_list(str(tmp_path / "count.txt"), str(tmp_path), ";", "count")
     build.build_frames(str(tmp_path / "c.lmdb"), items, ["x", "y", "z"], stream=QUIET)
     db = VideoDB(tmp_path / "c.lmdb")
     assert db.index.num_frames == (6, 4) and db.index.labels == ((1, 2), (0,)) and db.meta["multilabel"]
@@ -102,7 +102,7 @@ def test_bad_inputs_are_skipped_and_reported(tmp_path):
     png = io.BytesIO()
     Image.new("RGB", (32, 24), (10, 20, 30)).save(png, "PNG")
     (tmp_path / "frames/vid3/00001.jpg").write_bytes(png.getvalue())  # a PNG behind a .jpg name
-    items = build.parse_frame_list(str(tmp_path / "list.txt"), str(tmp_path))
+    items = lists.parse_frame_list(str(tmp_path / "list.txt"), str(tmp_path))
     report = build.build_frames(str(tmp_path / "o.lmdb"), items, ["a", "b", "c"], stream=QUIET)
     assert report.converted == 3 and report.reencoded_frames == 1
     reasons = dict(report.skipped)
@@ -117,19 +117,19 @@ def test_bad_inputs_are_skipped_and_reported(tmp_path):
 
 def test_bad_list_lines_are_all_named(tmp_path):
     (tmp_path / "l.txt").write_text("a 1 5 0\nb 1 x 0\nc 1\n__meta__ 1 4 0\na 1 5 1\nd 1 3 9\n")
-    with pytest.raises(build.ListFileError) as info:
-        build.parse_frame_list(str(tmp_path / "l.txt"), str(tmp_path), num_classes=3)
+    with pytest.raises(lists.ListFileError) as info:
+        lists.parse_frame_list(str(tmp_path / "l.txt"), str(tmp_path), num_classes=3)
     text = str(info.value)
     for expected in ("line 2: frame numbers", "line 3: expected 4+ fields", "'__meta__'", "'a' appears twice",
                      "d: label(s) [9] outside 0..2"):
         assert expected in text
-    with pytest.raises(build.ListFileError, match="cannot read"):
-        build.parse_frame_list(str(tmp_path / "missing.txt"), str(tmp_path))
+    with pytest.raises(lists.ListFileError, match="cannot read"):
+        lists.parse_frame_list(str(tmp_path / "missing.txt"), str(tmp_path))
 
 
 def test_a_different_build_on_the_same_path_is_refused(tmp_path):
     _frame_folders(tmp_path, n_videos=2)
-    items = build.parse_frame_list(str(tmp_path / "list.txt"), str(tmp_path))
+    items = lists.parse_frame_list(str(tmp_path / "list.txt"), str(tmp_path))
     out = str(tmp_path / "o.lmdb")
     build.build_frames(out, items, ["a", "b", "c"], "image_{:05d}.jpg", stream=QUIET)
     again = build.build_frames(out, items, ["a", "b", "c"], "image_{:05d}.jpg", stream=QUIET)
@@ -216,7 +216,7 @@ def test_undecodable_videos_are_skipped(tmp_path):
     (tmp_path / "a").mkdir()
     write_video(str(tmp_path / "a/good.mp4"), np.zeros((4, 16, 16, 3), np.uint8), fps=4)
     (tmp_path / "a/broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
-    items, classes = build.scan_video_folders(str(tmp_path))
+    items, classes = lists.scan_video_folders(str(tmp_path))
     report = build.build_videos(str(tmp_path / "o.lmdb"), items, classes, short_side=0, stream=QUIET)
     assert report.converted == 1 and report.skipped[0][0] == "a/broken" and "cannot open" in report.skipped[0][1]
     with pytest.raises(build.BuildError, match="no video could be converted"):
@@ -242,9 +242,10 @@ def test_killed_conversion_resumes_without_duplicates(tmp_path):
     out = tmp_path / "o.lmdb"
     # The real converter in a real process, slowed to 0.1 s a video so that the kill lands mid-way.
     script = (
-        "import sys, time; import videoiq.data.build as b; real = b.convert_video_file\n"
+        "import sys, time; import videoiq.data.build as b; from videoiq.data.lists import scan_video_folders\n"
+        "real = b.convert_video_file\n"
         "b.convert_video_file = lambda *a: (time.sleep(0.1), real(*a))[1]\n"
-        "items, classes = b.scan_video_folders(sys.argv[1])\n"
+        "items, classes = scan_video_folders(sys.argv[1])\n"
         "b.build_videos(sys.argv[2], items, classes, short_side=0, commit_every=3)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(src), str(out)], stderr=subprocess.DEVNULL)
@@ -258,7 +259,7 @@ def test_killed_conversion_resumes_without_duplicates(tmp_path):
     assert 9 <= written < 30
     with pytest.raises(DatabaseError, match="conversion not finished"):
         VideoDB(out)
-    items, classes = build.scan_video_folders(str(src))
+    items, classes = lists.scan_video_folders(str(src))
     report = build.build_videos(str(out), items, classes, short_side=0, stream=QUIET)
     assert report.already_present == written and report.converted == 30 - written
     db = VideoDB(out)

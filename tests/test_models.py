@@ -211,7 +211,7 @@ def test_kept_frames_kd_target_is_the_teacher_on_the_frames_kept():
 
 
 def test_policy_task_distils_from_the_kept_frames_when_asked():
-    from videoiq.config import LossConfig
+    from videoiq.config import LossSection
     from videoiq.losses import soft_cross_entropy
     from videoiq.train.tasks import PolicyTask
 
@@ -219,7 +219,7 @@ def test_policy_task_distils_from_the_kept_frames_when_asked():
     out = model(torch.randn(VIDEO), forced_actions=torch.tensor([[0, 3, 2], [3, 1, 3]]))._asdict()
     labels = torch.tensor([1, 2])
     for frames, target in (("all", out["teacher_logits"]), ("kept", out["kept_target_logits"])):
-        task = PolicyTask(model, LossConfig(kind="kd", teacher=True, kd_frames=frames), 5.0, 0.9)
+        task = PolicyTask(model, LossSection(kind="kd", teacher=True, kd_frames=frames), 5.0, 0.9)
         assert torch.allclose(task.losses(out, labels)["loss/kd"], soft_cross_entropy(out["logits"], target))
 
 

@@ -4,7 +4,7 @@ policy, when the policy's frame features are zeroed, or when its decisions ignor
 import pytest
 import torch
 
-from videoiq.config import LossConfig
+from videoiq.config import LossSection
 from videoiq.models import VideoIQ, create_model
 from videoiq.train.loop import train_step
 from videoiq.train.tasks import AnyPrecisionTask, PolicyTask
@@ -63,7 +63,7 @@ def _train_policy(backbone, *, steps=120, lr=0.1, break_gradient=False, zero_fea
     if ignore_frames:  # every step reads the first frame only
         features = policy.frame_features
         policy.frame_features = lambda video: features(video)[:, :1].expand(-1, video.shape[1], -1)
-    task = PolicyTask(model, LossConfig(kind="ce", efficiency_weight=0.5), temperature_init=5.0, temperature_decay=0.9)
+    task = PolicyTask(model, LossSection(kind="ce", efficiency_weight=0.5), temperature_init=5.0, temperature_decay=0.9)
     if break_gradient:
         forward = model.forward
         model.forward = lambda video, **kw: forward(video, **kw)._replace(

@@ -13,7 +13,7 @@ TRAIN = ClipSpec(train=True, segments=4, size=24)
 
 
 def test_eval_samples_equal_the_pytorch_dataset(ray_local, tiny_videos):
-    from videoiq.ray_data import clip_dataset, iter_clip_batches
+    from videoiq.ray.data import clip_dataset, iter_clip_batches
 
     path = str(tiny_videos / "val.lmdb")
     batches = list(iter_clip_batches(clip_dataset(path, EVAL), batch_size=3))
@@ -27,7 +27,7 @@ def test_eval_samples_equal_the_pytorch_dataset(ray_local, tiny_videos):
 
 
 def test_training_order_is_reshuffled_every_epoch(ray_local, tiny_videos):
-    from videoiq.ray_data import clip_dataset, iter_clip_batches
+    from videoiq.ray.data import clip_dataset, iter_clip_batches
 
     ds = clip_dataset(str(tiny_videos / "train.lmdb"), TRAIN, videos_per_block=2)
     orders = [[int(i) for b in iter_clip_batches(ds, 4) for i in b["index"]] for _ in range(3)]
@@ -36,7 +36,7 @@ def test_training_order_is_reshuffled_every_epoch(ray_local, tiny_videos):
 
 
 def test_a_seed_fixes_every_execution_and_still_reshuffles_between_them(ray_local, tiny_videos):
-    from videoiq.ray_data import clip_dataset, iter_clip_batches
+    from videoiq.ray.data import clip_dataset, iter_clip_batches
 
     def executions(ds, n=2):
         batches = [list(iter_clip_batches(ds, 4)) for _ in range(n)]
@@ -52,7 +52,7 @@ def test_a_seed_fixes_every_execution_and_still_reshuffles_between_them(ray_loca
 
 
 def test_bad_records_fail_or_are_flagged(ray_local, tiny_videos, tmp_path):
-    from videoiq.ray_data import clip_dataset, iter_clip_batches
+    from videoiq.ray.data import clip_dataset, iter_clip_batches
 
     shutil.copytree(tiny_videos / "val.lmdb", tmp_path / "bad.lmdb")
     db = VideoDB(tmp_path / "bad.lmdb")
@@ -76,7 +76,7 @@ def test_bad_records_fail_or_are_flagged(ray_local, tiny_videos, tmp_path):
 def _collect_shards(config):
     import ray.train
 
-    from videoiq.ray_data import iter_clip_batches
+    from videoiq.ray.data import iter_clip_batches
 
     seen = {name: [int(i) for b in iter_clip_batches(ray.train.get_dataset_shard(name), 2) for i in b["index"]]
             for name in ("train", "val")}
@@ -89,7 +89,7 @@ def test_two_train_workers_get_disjoint_complete_shards(ray_local, tiny_videos, 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from videoiq.ray_data import clip_dataset, train_data_config
+    from videoiq.ray.data import clip_dataset, train_data_config
 
     datasets = {"train": clip_dataset(str(tiny_videos / "train.lmdb"), TRAIN),
                 "val": clip_dataset(str(tiny_videos / "val.lmdb"), EVAL)}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from videoiq.cli import build_parser
-from videoiq.runner import add_pipeline_arguments, add_stage_arguments
+from videoiq.runner import add_pipeline_arguments, add_stage_arguments, add_sweep_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -65,9 +65,7 @@ def test_ray_job_submit_commands_name_the_venv_python_and_parse():
         if script == "launch/pipeline.py":
             add_pipeline_arguments(parser)
         elif script == "launch/tune.py":
-            parser.add_argument("--sweep", required=True)
-            parser.add_argument("--storage-path")
-            parser.add_argument("--set", nargs="*", default=[])
+            add_sweep_arguments(parser)
         else:
             add_stage_arguments(parser)
         parsed = parser.parse_args(entry[2:])

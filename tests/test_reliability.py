@@ -17,7 +17,7 @@ from videoiq.data.records import DatabaseError, VideoDB, forget
 from videoiq.train import checkpoint as ckpt_module
 from videoiq.train.checkpoint import CheckpointError, StorageError, load_checkpoint, save_checkpoint
 from videoiq.train.loop import NonFiniteLoss
-from videoiq.train.stage import train_in_process
+from videoiq.train.run import train_in_process
 
 
 def _fp(root, tmp_path, **sections):
@@ -167,7 +167,7 @@ def test_only_abandoned_worker_groups_of_the_failed_attempt_are_freed(ray_local,
     from ray.util.placement_group import placement_group, placement_group_table
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from videoiq.train.worker import _GroupJanitor, _remove_abandoned_groups
+    from videoiq.ray._placement_groups import GroupJanitor, remove_abandoned_groups
 
     cfg = _fp(tiny_videos, tmp_path, ray={"num_workers": 2, "cpus_per_worker": 0.5})
     older = placement_group([{"CPU": 0.5}] * 2)  # not from the failed attempt
@@ -183,7 +183,7 @@ def test_only_abandoned_worker_groups_of_the_failed_attempt_are_freed(ray_local,
 
     worker = Worker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(busy, 0)).remote()
     ray_local.get(worker.ping.remote())
-    assert _remove_abandoned_groups(before, cfg) == 1
+    assert remove_abandoned_groups(before, cfg) == 1
     states = {k: v["state"] for k, v in placement_group_table().items()}
     assert states[abandoned.id.hex()] == "REMOVED"
     assert {states[g.id.hex()] for g in (older, other_shape, busy)} == {"CREATED"}
@@ -191,7 +191,7 @@ def test_only_abandoned_worker_groups_of_the_failed_attempt_are_freed(ray_local,
     left_behind = placement_group([{"CPU": 0.5}] * 2)
     ray_local.get(left_behind.ready())
     lines = []
-    janitor = _GroupJanitor(before, cfg, lines.append, interval=0.1, patience=3)
+    janitor = GroupJanitor(before, cfg, lines.append, interval=0.1, patience=3)
     janitor.start()
     deadline = time.time() + 30
     while placement_group_table()[left_behind.id.hex()]["state"] != "REMOVED" and time.time() < deadline:
@@ -226,18 +226,18 @@ def test_a_local_ray_gets_the_cpus_the_config_asks_for(monkeypatch):
     readers, so a config written for a bigger machine is not refused on a 2-core one; with it, it joins."""
     import ray
 
-    from videoiq.train import worker
+    from videoiq.ray import train as on_ray
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
-    monkeypatch.setattr(worker.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(on_ray.os, "cpu_count", lambda: 2)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     said = []
-    worker.connect(2 * 2 + 1, said.append)  # 2 workers x 2 CPUs, plus one
+    on_ray.connect(2 * 2 + 1, said.append)  # 2 workers x 2 CPUs, plus one
     assert calls == [{"address": "local", "num_cpus": 5}] and "5 logical CPUs on this machine's 2 cores" in said[0]
-    worker.connect(1.5, said.append)
+    on_ray.connect(1.5, said.append)
     assert calls[-1] == {"address": "local", "num_cpus": 2} and len(said) == 1  # enough cores: nothing to say
     monkeypatch.setenv("RAY_ADDRESS", "auto")
-    worker.connect(99, said.append)
+    on_ray.connect(99, said.append)
     assert calls[-1] == {"address": "auto"}

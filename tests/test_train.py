@@ -11,7 +11,7 @@ from videoiq.config import ConfigError, config_from_dict
 from videoiq.losses import soft_cross_entropy
 from videoiq.models import create_model
 from videoiq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from videoiq.train.stage import train_in_process
+from videoiq.train.run import train_in_process
 from videoiq.train.tasks import AnyPrecisionTask
 
 def test_the_four_stages_chain_by_checkpoint(trained_stages):

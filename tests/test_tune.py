@@ -13,8 +13,9 @@ from helpers import QUIET
 from wandb_offline import read_runs
 
 from videoiq.config import ConfigError
-from videoiq.experiment import Report, TrialRecord, pareto_fronts, read_state
-from videoiq.sweep import load_sweep
+from videoiq.sweeps.report import Report, TrialRecord, pareto_fronts, read_state
+from videoiq.runner import run_config
+from videoiq.sweeps.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,13 +114,13 @@ def test_a_killed_sweep_resumes_and_reports_its_pareto_front(ray_local, trained_
 
 
 def test_a_crashing_trial_is_retried_and_reported(ray_local, trained_stages, tiny_videos, tmp_path):
-    from videoiq.tune import run_sweep
+    from videoiq.ray.tune import run_sweep
 
     # a policy learning rate of 1e30 makes the loss NaN in epoch 2: that trial fails, twice
     path = _write_sweep(tmp_path, trained_stages, tiny_videos, "lr", {"optim.policy_lr": {"grid": [0.01, 1e30]}},
                         searcher="grid", max_failures=1)
     lines = []
-    report = run_sweep(load_sweep(path), printer=lines.append)
+    report = run_sweep(load_sweep(path), run_config, printer=lines.append)
     by_lr = {t.params["optim.policy_lr"]: t for t in report.trials}
     bad, good = by_lr[1e30], by_lr[0.01]
     assert (good.status, good.attempts, good.epochs) == ("finished", 1, 2)
@@ -187,13 +188,13 @@ def test_every_shipped_sweep_loads(monkeypatch):
 
 
 def test_resuming_with_another_sweep_is_refused(ray_local, trained_stages, tiny_videos, tmp_path):
-    from videoiq.tune import run_sweep
+    from videoiq.ray.tune import run_sweep
 
     path = _write_sweep(tmp_path, trained_stages, tiny_videos, "same", {"loss.balance_weight": {"grid": [0.5]}},
                         searcher="grid", fixed={"optim.epochs": 1})
-    run_sweep(load_sweep(path), printer=QUIET)
+    run_sweep(load_sweep(path), run_config, printer=QUIET)
     data = yaml.safe_load(path.read_text())
     data["search_space"] = {"loss.balance_weight": {"grid": [0.7]}}
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="was started by a different sweep .differs in search_space"):
-        run_sweep(load_sweep(path), printer=QUIET)
+        run_sweep(load_sweep(path), run_config, printer=QUIET)

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .bench.commands import add_bench_commands
 from .config import STAGES, ConfigError, default_config, dump_yaml, load_config, save_config
 
 
@@ -96,7 +97,7 @@ def _flops(args: argparse.Namespace) -> int:
 
 def _class_names(args: argparse.Namespace, items_labels: list[tuple[int, ...]]) -> list[str]:
     """Names from --classes, else ``0..max label``; checked against a named dataset's class count."""
-    from .data.build import read_class_names
+    from .data.lists import read_class_names
     from .data.specs import dataset_spec
 
     if args.classes:
@@ -111,7 +112,7 @@ def _class_names(args: argparse.Namespace, items_labels: list[tuple[int, ...]]) 
 
 
 def _data_build(args: argparse.Namespace) -> int:
-    from .data import build
+    from .data import build, lists
     from .data.specs import dataset_spec
 
     spec = dataset_spec(args.dataset)
@@ -119,16 +120,16 @@ def _data_build(args: argparse.Namespace) -> int:
     common = dict(dataset=args.dataset, split=args.split or "", workers=args.workers, strict=args.strict,
                   overwrite=args.overwrite, map_size=int(args.map_size_gib * (1 << 30)))
     if args.source == "frames":
-        items = build.parse_frame_list(args.list, args.root, sep, args.layout)
+        items = lists.parse_frame_list(args.list, args.root, sep, args.layout)
         classes = _class_names(args, [it.labels for it in items])
         template = args.template or spec.frame_template
         report = build.build_frames(args.out, items, classes, template, verify=not args.no_verify, **common)
     else:
         if args.list:
-            items = build.parse_video_list(args.list, args.root, sep)
+            items = lists.parse_video_list(args.list, args.root, sep)
             classes = _class_names(args, [it.labels for it in items])
         else:
-            items, classes = build.scan_video_folders(args.root)
+            items, classes = lists.scan_video_folders(args.root)
         fps = args.fps if args.fps > 0 else None
         report = build.build_videos(args.out, items, classes, fps, args.short_side, args.quality, **common)
     print(report.summary())
@@ -160,26 +161,10 @@ def _data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_data(args: argparse.Namespace) -> int:
-    from .bench.data import bench_data
-
-    bench_data(args.db, videos=args.videos, frames=args.frames, size=args.size, batch_size=args.batch_size,
-               workers=args.workers, decoder=args.decoder, train=not args.eval, epochs=args.epochs)
-    return 0
-
-
 def _tune_report(args: argparse.Namespace) -> int:
-    from .experiment import build_report
+    from .sweeps.report import build_report
 
     build_report(args.experiment, printer=print)
-    return 0
-
-
-def _tune_run(args: argparse.Namespace) -> int:
-    from .sweep import load_sweep
-    from .tune import run_sweep
-
-    run_sweep(load_sweep(args.sweep, args.storage_path, args.set))
     return 0
 
 
@@ -203,49 +188,16 @@ def _add_predict_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
+    from .runner import add_sweep_arguments, run_sweep_command
+
     tune = sub.add_parser("tune", help="Ray Tune sweeps of the policy stage and their Pareto reports")
     tsub = tune.add_subparsers(dest="tune_command", required=True)
     run = tsub.add_parser("run", help="run (or continue) a sweep: the same as launch/tune.py")
-    run.add_argument("sweep", help="sweep YAML (tune_configs/...)")
-    run.add_argument("--storage-path", help="where experiments live (default: the sweep file's storage_path)")
-    run.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="values fixed for every trial")
-    run.set_defaults(run=_tune_run)
+    add_sweep_arguments(run)
+    run.set_defaults(run=run_sweep_command)
     report = tsub.add_parser("report", help="rebuild pareto.csv/json/png of a finished or interrupted sweep, print the table")
     report.add_argument("experiment", help="the experiment folder, <storage_path>/<name>")
     report.set_defaults(run=_tune_report)
-
-
-def _bench_quant(args: argparse.Namespace) -> int:
-    from .bench.quant import bench_quant
-
-    bench_quant(args.channels, args.size, args.batch, args.kernel, args.repeat, args.threads, args.device)
-    return 0
-
-
-def _bench_train(args: argparse.Namespace) -> int:
-    from .bench.train import bench_train
-
-    bench_train(args.backbone, args.policy, args.frames, args.size, args.batch, args.steps, args.classes, args.threads,
-                args.device, tuple(args.ray_workers), args.amp, args.channels_last, args.storage)
-    return 0
-
-
-def _bench_infer(args: argparse.Namespace) -> int:
-    from .bench.infer import MIXES, bench_infer
-
-    bench_infer(args.backbone, args.policy, args.frames, args.size, args.policy_size, args.batch, args.classes,
-                args.repeat, args.threads, args.device, tuple(args.mixes or MIXES))
-    return 0
-
-
-def _bench_setting(parser: argparse.ArgumentParser, *, frames: int, size: int, classes: int) -> None:
-    """The model input and machine arguments the model benchmarks share."""
-    parser.add_argument("--policy", default="policy_mobilenet_v2")
-    parser.add_argument("--frames", type=int, default=frames)
-    parser.add_argument("--size", type=int, default=size, help="frame height and width")
-    parser.add_argument("--classes", type=int, default=classes)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads and Ray CPUs (0: torch's default)")
-    parser.add_argument("--device", default="cpu")
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -315,48 +267,6 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--workers", type=int, default=2)
     synth.set_defaults(run=_data_synth)
 
-    bench = sub.add_parser("bench", help="benchmarks that print measured figures")
-    besub = bench.add_subparsers(dest="bench_command", required=True)
-    bd = besub.add_parser("data", help="videos/s: decode-only, PyTorch DataLoader and Ray Data on the same records")
-    bd.add_argument("db")
-    bd.add_argument("--videos", type=int, default=0, help="videos per pass (0: the whole database)")
-    bd.add_argument("--frames", type=int, default=16, help="segments (frames) per clip")
-    bd.add_argument("--size", type=int, default=112, help="output crop size")
-    bd.add_argument("--batch-size", type=int, default=16)
-    bd.add_argument("--workers", type=int, default=2, help="DataLoader workers and Ray CPUs")
-    bd.add_argument("--decoder", choices=["simplejpeg", "pil"], default="simplejpeg")
-    bd.add_argument("--eval", action="store_true", help="evaluation clips (centre crop) instead of training augmentation")
-    bd.add_argument("--epochs", type=int, default=2, help="passes per pipeline; the best pass after the first is reported")
-    bd.set_defaults(run=_bench_data)
-    bq = besub.add_parser("quant", help="a quantized conv layer (PACT + DoReFa) vs a plain conv, forward + backward")
-    bq.add_argument("--channels", type=int, default=64)
-    bq.add_argument("--size", type=int, default=56, help="input height and width")
-    bq.add_argument("--batch", type=int, default=16)
-    bq.add_argument("--kernel", type=int, default=3)
-    bq.add_argument("--repeat", type=int, default=10)
-    bq.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    bq.add_argument("--device", default="cpu")
-    bq.set_defaults(run=_bench_quant)
-    bt = besub.add_parser("train", help="samples/s of each stage's step: bare loop vs Ray Train (1 and 2 workers)")
-    bt.add_argument("--backbone", default="resnet18", help="a full-precision ResNet name; ap uses ap_<name>")
-    _bench_setting(bt, frames=8, size=112, classes=10)
-    bt.add_argument("--batch", type=int, default=4, help="global batch (videos), split across Ray workers")
-    bt.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
-    bt.add_argument("--ray-workers", type=int, nargs="*", default=[1, 2], help="worker counts to measure (none: skip Ray)")
-    bt.add_argument("--amp", choices=["off", "bf16"], default="off")
-    bt.add_argument("--channels-last", action="store_true")
-    bt.add_argument("--storage", default="", help="Ray run folder (default: ./runs/bench)")
-    bt.set_defaults(run=_bench_train)
-    bi = besub.add_parser("infer", help="conditional execution vs the dense fp and all-precision paths, per policy mix")
-    bi.add_argument("--backbone", default="ap_resnet50", help="an any-precision ResNet; the dense fp is its fp twin")
-    _bench_setting(bi, frames=16, size=112, classes=200)
-    bi.add_argument("--policy-size", type=int, default=84, help="side the policy resizes frames to")
-    bi.add_argument("--batch", type=int, default=4, help="videos per call")
-    bi.add_argument("--repeat", type=int, default=3)
-    bi.add_argument("--mixes", nargs="+", help="policy mixes to time (default: all): 32 4 2 (every frame at that width), "
-                    "skip25/50/75 (that share skipped, the rest at 32 bits), even (a quarter each of 32, 4, 2, skip)")
-    bi.set_defaults(run=_bench_infer)
-
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     from .runner import add_pipeline_arguments, add_stage_arguments, run_pipeline_command, run_stage_command
@@ -415,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--policy-hidden", type=int, default=0, help="the policy's LSTM width (default: its own)")
     flops.set_defaults(run=_flops)
     _add_data_commands(sub)
+    add_bench_commands(sub)
     _add_tune_commands(sub)
     _add_predict_command(sub)
     return parser

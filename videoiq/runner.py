@@ -47,8 +47,8 @@ def run_config(cfg: StageConfig, printer: Callable[[str], None] = print, *,
     """Run one stage, wherever its config says: the one dispatcher every entry point goes through.
 
     Checks the inputs, then evaluates (``eval``), trains in this process (``ray.num_workers: 0``,
-    :func:`~videoiq.train.stage.train_in_process`) or on Ray Train workers
-    (:func:`~videoiq.train.worker.train_on_ray`) into :func:`run_dir`. ``on_epoch`` is called after each
+    :func:`~videoiq.train.run.train_in_process`) or on Ray Train workers
+    (:func:`~videoiq.ray.train.train_on_ray`) into :func:`run_dir`. ``on_epoch`` is called after each
     in-process epoch's checkpoint; ``callbacks`` go to the Ray Train run (a Tune trial passes one of each).
     Returns ``{"checkpoint": path, "metrics": {...}}`` (for eval, ``"results"`` too).
     """
@@ -60,11 +60,11 @@ def run_config(cfg: StageConfig, printer: Callable[[str], None] = print, *,
         return {"checkpoint": results["checkpoint"], "metrics": results["metrics"], "results": results}
     out = run_dir(cfg)
     if cfg.ray.num_workers == 0:
-        from .train.stage import train_in_process
+        from .train.run import train_in_process
 
         metrics = train_in_process(cfg, out, device=device_of(cfg), printer=printer, on_epoch=on_epoch)
         return {"checkpoint": str(out / "checkpoint.pt"), "metrics": metrics}
-    from .train.worker import train_on_ray
+    from .ray.train import train_on_ray
 
     path, metrics = train_on_ray(cfg, out, printer=printer, callbacks=callbacks)
     return {"checkpoint": path, "metrics": metrics}
@@ -246,3 +246,29 @@ def pipeline_main(argv: Sequence[str] | None = None) -> int:
     add_pipeline_arguments(parser)
     args = parser.parse_args(argv)
     return guard(lambda: run_pipeline_command(args))
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--sweep FILE [--storage-path DIR] [--set KEY=VALUE ...]``: ``videoiq tune run``'s and ``launch/tune.py``'s
+    arguments."""
+    parser.add_argument("--sweep", required=True, help="sweep YAML (tune_configs/...)")
+    parser.add_argument("--storage-path", help="where experiments live (default: the sweep file's storage_path)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="values fixed for every trial (added to the sweep's fixed:), e.g. data.root=/data/anet")
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """Run (or continue) the sweep of ``args`` (from :func:`add_sweep_arguments`); it prints its report."""
+    from .ray.tune import run_sweep
+    from .sweeps.spec import load_sweep
+
+    run_sweep(load_sweep(args.sweep, args.storage_path, args.set), run_config)
+    return 0
+
+
+def tune_main(argv: Sequence[str] | None = None) -> int:
+    """``launch/tune.py --sweep FILE ...``: the ``ray job submit`` entry point of a Tune sweep."""
+    parser = argparse.ArgumentParser(prog="launch/tune.py", description="Run (or continue) a Ray Tune sweep of the policy stage.")
+    add_sweep_arguments(parser)
+    args = parser.parse_args(argv)
+    return guard(lambda: run_sweep_command(args))

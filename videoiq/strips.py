@@ -19,7 +19,7 @@ from .flops import is_skip
 if TYPE_CHECKING:
     from .data.clips import ClipSpec
     from .data.records import VideoDB
-    from .train.loop import Predictions
+    from .train.scoring import Predictions
 
 CELL = 64  # frames are scaled to this side (nearest neighbour: small frames stay sharp)
 LABEL_H = 14

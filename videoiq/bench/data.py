@@ -4,7 +4,7 @@
   of the work);
 * samples, one process: the full per-sample work (sample, read, decode, augment), no loader machinery;
 * the PyTorch ``DataLoader`` with ``workers`` processes over :class:`VideoClipDataset`;
-* the Ray Data pipeline (:mod:`videoiq.ray_data`) on a local Ray with ``workers`` CPUs, with fresh draws and
+* the Ray Data pipeline (:mod:`videoiq.ray.data`) on a local Ray with ``workers`` CPUs, with fresh draws and
   seeded (ordered blocks, as training reads it).
 
 Each pipeline runs ``epochs`` passes over the same videos; the best pass after the first (which pays
@@ -92,7 +92,7 @@ def _ray_rates(db_path: str, spec: ClipSpec, positions: list[int], batch_size: i
     """The Ray Data pipeline with fresh draws, and seeded with ordered blocks as training runs it."""
     import ray
 
-    from ..ray_data import clip_dataset, iter_clip_batches
+    from ..ray.data import clip_dataset, iter_clip_batches
 
     started = not ray.is_initialized()
     if started:

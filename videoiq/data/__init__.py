@@ -7,7 +7,7 @@
 * ``clips``: record -> sample, and the PyTorch ``VideoClipDataset``;
 * ``synthetic``: the generated demo set; ``inspect``: ``videoiq data inspect``.
 
-The Ray Data reader over the same records is :mod:`videoiq.ray_data`, outside this package, since the
+The Ray Data reader over the same records is :mod:`videoiq.ray.data`, outside this package, since the
 core never imports Ray.
 """
 from .specs import DATASETS, DatasetSpec, dataset_spec

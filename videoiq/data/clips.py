@@ -3,7 +3,7 @@
 One :class:`ClipSpec` says how clips are made (segments, crops, decoder, error policy); the two steps,
 :func:`read_clip` (pick frame indices, slice their JPEG bytes out of the record) and
 :func:`decode_clip` (decode, transform, stack views), are shared by :class:`VideoClipDataset` and the
-Ray Data pipeline (``videoiq.ray_data``), so both give the same samples.
+Ray Data pipeline (``videoiq.ray.data``), so both give the same samples.
 
 A sample is a dict:
 

@@ -30,7 +30,8 @@ from typing import Literal, TextIO
 import numpy as np
 
 from ..progress import Progress
-from .build import BuildReport, build_frames, build_videos, parse_frame_list, parse_video_list, read_class_names
+from .build import BuildReport, build_frames, build_videos
+from .lists import parse_frame_list, parse_video_list, read_class_names
 from .codec import encode_jpeg, write_video
 from .frame_kinds import FrameKinds, frame_kinds_path
 

@@ -15,7 +15,7 @@ them, as the original does.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -149,31 +149,24 @@ class PolicyNet(nn.Module):
         return PolicyOutput(torch.stack(decisions, dim=1), torch.stack(log_probs, dim=1), logits)
 
 
-def _register_policy(name: str, make_backbone, hidden_size: int, input_size: int, what: str) -> None:
-    def build(
-        num_precisions: int,
-        skip_choices: Sequence[int] = (),
-        hidden_size: int = hidden_size,
-        input_size: int = input_size,
-        dropout: float = 0.8,
-        num_classes: int | None = None,
-        temperature: float = 5.0,
-    ) -> PolicyNet:
-        return PolicyNet(
-            make_backbone(), num_precisions, skip_choices, hidden_size=hidden_size, input_size=input_size,
-            dropout=dropout, num_classes=num_classes, temperature=temperature,
-        )
-
-    build.__name__ = name
-    build.__doc__ = what
-    register_model("policy")(build)
+def _policy(make_backbone: Callable[[], nn.Module], num_precisions: int, skip_choices: Sequence[int], hidden_size: int,
+            input_size: int, dropout: float, num_classes: int | None, temperature: float) -> PolicyNet:
+    return PolicyNet(make_backbone(), num_precisions, skip_choices, hidden_size=hidden_size, input_size=input_size,
+                     dropout=dropout, num_classes=num_classes, temperature=temperature)
 
 
-_register_policy(
-    "policy_mobilenet_v2", mobilenet_v2, 512, 84,
-    "The paper's policy: MobileNetV2 (width 1.0) at 84x84, LSTMCell 1280 -> 512.",
-)
-_register_policy(
-    "policy_mobilenet_v2_tiny", mobilenet_v2_tiny, 32, 32,
-    "A tiny policy for tests and CPU smoke runs: MobileNetV2-tiny features at 32x32, 32-wide LSTM.",
-)
+@register_model("policy")
+def policy_mobilenet_v2(num_precisions: int, skip_choices: Sequence[int] = (), hidden_size: int = 512,
+                        input_size: int = 84, dropout: float = 0.8, num_classes: int | None = None,
+                        temperature: float = 5.0) -> PolicyNet:
+    """The paper's policy: MobileNetV2 (width 1.0) at 84x84, LSTMCell 1280 -> 512."""
+    return _policy(mobilenet_v2, num_precisions, skip_choices, hidden_size, input_size, dropout, num_classes, temperature)
+
+
+@register_model("policy")
+def policy_mobilenet_v2_tiny(num_precisions: int, skip_choices: Sequence[int] = (), hidden_size: int = 32,
+                             input_size: int = 32, dropout: float = 0.8, num_classes: int | None = None,
+                             temperature: float = 5.0) -> PolicyNet:
+    """A tiny policy for tests and CPU smoke runs: MobileNetV2-tiny features at 32x32, 32-wide LSTM."""
+    return _policy(mobilenet_v2_tiny, num_precisions, skip_choices, hidden_size, input_size, dropout, num_classes,
+                   temperature)

@@ -21,6 +21,7 @@ Port of the structure of sunxm2357/VideoIQ ``resnet_pact_ap.py`` (read, not copi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass
 from functools import partial
 
@@ -245,10 +246,6 @@ class Arch:
     stem_kernel: int = 7
     stem_stride: int = 2
 
-    def describe(self) -> str:
-        return (f"{self.block.__name__} x {list(self.stage_blocks)}, width {self.width}, "
-                f"{self.stem_kernel}x{self.stem_kernel}/{self.stem_stride} stem")
-
 
 # "tiny" is for tests and CPU smoke runs; "demo" is the CPU demo's model, proportioned like ResNet-18
 # (quantized stages dominate its cost) at 32-48 px.
@@ -262,45 +259,94 @@ _ARCHS: dict[str, Arch] = {
 }
 
 
-def _register_fp(name: str) -> None:
-    arch = _ARCHS[name]
-
-    def build(num_classes: int = 1000, dropout: float = 0.5) -> ResNet:
-        return ResNet(arch.block, arch.stage_blocks, num_classes, width=arch.width, dropout=dropout,
-                      stem_kernel=arch.stem_kernel, stem_stride=arch.stem_stride)
-
-    build.__name__ = name
-    build.__doc__ = f"Full-precision TSN {name} ({arch.describe()})."
-    register_model("recognition")(build)
+def _fp(arch: str, num_classes: int, dropout: float) -> ResNet:
+    a = _ARCHS[arch]
+    return ResNet(a.block, a.stage_blocks, num_classes, width=a.width, dropout=dropout, stem_kernel=a.stem_kernel,
+                  stem_stride=a.stem_stride)
 
 
-def _register_ap(name: str) -> None:
-    arch = _ARCHS[name]
-
-    def build(
-        num_classes: int = 1000,
-        dropout: float = 0.5,
-        bit_widths: Sequence[int] = (32, 4, 2),
-        switchable_bn: bool = True,
-        switchable_clip: bool = True,
-        clip_init: float = 2.0,
-        mean_aligned: bool = False,
-    ) -> ResNet:
-        layers = ap_layers(
-            bit_widths,
-            switchable_bn=switchable_bn,
-            switchable_clip=switchable_clip,
-            clip_init=clip_init,
-            mean_aligned=mean_aligned,
-        )
-        return ResNet(arch.block, arch.stage_blocks, num_classes, width=arch.width, dropout=dropout, layers=layers,
-                      stem_kernel=arch.stem_kernel, stem_stride=arch.stem_stride)
-
-    build.__name__ = f"ap_{name}"
-    build.__doc__ = f"Any-precision TSN {name}: quantized residual stages, one master weight for all widths."
-    register_model("recognition")(build)
+def _ap(arch: str, num_classes: int, dropout: float, *, bit_widths: Sequence[int] = (32, 4, 2),
+        switchable_bn: bool = True, switchable_clip: bool = True, clip_init: float = 2.0,
+        mean_aligned: bool = False) -> ResNet:
+    a = _ARCHS[arch]
+    layers = ap_layers(bit_widths, switchable_bn=switchable_bn, switchable_clip=switchable_clip, clip_init=clip_init,
+                       mean_aligned=mean_aligned)
+    return ResNet(a.block, a.stage_blocks, num_classes, width=a.width, dropout=dropout, layers=layers,
+                  stem_kernel=a.stem_kernel, stem_stride=a.stem_stride)
 
 
-for _name in _ARCHS:
-    _register_fp(_name)
-    _register_ap(_name)
+# Full-precision builders, then their any-precision twins (``ap_<name>``: quantized residual stages, one master
+# weight for all widths; the quantization keywords are :func:`_ap`'s: bit_widths, switchable_bn,
+# switchable_clip, clip_init, mean_aligned).
+
+
+@register_model("recognition")
+def resnet18(num_classes: int = 1000, dropout: float = 0.5) -> ResNet:
+    """Full-precision TSN ResNet-18."""
+    return _fp("resnet18", num_classes, dropout)
+
+
+@register_model("recognition")
+def resnet34(num_classes: int = 1000, dropout: float = 0.5) -> ResNet:
+    """Full-precision TSN ResNet-34."""
+    return _fp("resnet34", num_classes, dropout)
+
+
+@register_model("recognition")
+def resnet50(num_classes: int = 1000, dropout: float = 0.5) -> ResNet:
+    """Full-precision TSN ResNet-50."""
+    return _fp("resnet50", num_classes, dropout)
+
+
+@register_model("recognition")
+def resnet101(num_classes: int = 1000, dropout: float = 0.5) -> ResNet:
+    """Full-precision TSN ResNet-101."""
+    return _fp("resnet101", num_classes, dropout)
+
+
+@register_model("recognition")
+def resnet_tiny(num_classes: int = 1000, dropout: float = 0.5) -> ResNet:
+    """Full-precision TSN a tiny Bottleneck ResNet (width 8, one block per stage) for tests and CPU smoke runs."""
+    return _fp("resnet_tiny", num_classes, dropout)
+
+
+@register_model("recognition")
+def resnet_demo(num_classes: int = 1000, dropout: float = 0.5) -> ResNet:
+    """Full-precision TSN the demo's ResNet: ResNet-18's shape at width 8 with a 3x3 stride-1 stem, for 32-48 px."""
+    return _fp("resnet_demo", num_classes, dropout)
+
+
+@register_model("recognition")
+def ap_resnet18(num_classes: int = 1000, dropout: float = 0.5, **quant: Any) -> ResNet:
+    """Any-precision TSN ResNet-18."""
+    return _ap("resnet18", num_classes, dropout, **quant)
+
+
+@register_model("recognition")
+def ap_resnet34(num_classes: int = 1000, dropout: float = 0.5, **quant: Any) -> ResNet:
+    """Any-precision TSN ResNet-34."""
+    return _ap("resnet34", num_classes, dropout, **quant)
+
+
+@register_model("recognition")
+def ap_resnet50(num_classes: int = 1000, dropout: float = 0.5, **quant: Any) -> ResNet:
+    """Any-precision TSN ResNet-50."""
+    return _ap("resnet50", num_classes, dropout, **quant)
+
+
+@register_model("recognition")
+def ap_resnet101(num_classes: int = 1000, dropout: float = 0.5, **quant: Any) -> ResNet:
+    """Any-precision TSN ResNet-101."""
+    return _ap("resnet101", num_classes, dropout, **quant)
+
+
+@register_model("recognition")
+def ap_resnet_tiny(num_classes: int = 1000, dropout: float = 0.5, **quant: Any) -> ResNet:
+    """Any-precision TSN tiny ResNet."""
+    return _ap("resnet_tiny", num_classes, dropout, **quant)
+
+
+@register_model("recognition")
+def ap_resnet_demo(num_classes: int = 1000, dropout: float = 0.5, **quant: Any) -> ResNet:
+    """Any-precision TSN demo ResNet."""
+    return _ap("resnet_demo", num_classes, dropout, **quant)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
+from ..config import plain
 from ..models import create_model
 
 FORMAT = "videoiq-ckpt/1"
@@ -46,15 +47,7 @@ class StorageError(RuntimeError):
 def model_entry(name: str, kwargs: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """The checkpoint entry of one model: how to rebuild it and its weights (unwrapped, on the CPU)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"name": name, "kwargs": _plain(kwargs), "state_dict": state}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+    return {"name": name, "kwargs": plain(kwargs), "state_dict": state}
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:

@@ -26,8 +26,8 @@ from ..models import VideoIQ
 from ..quant import bit_width
 from ..tracking import resolve_mode
 from .checkpoint import CheckpointError, load_checkpoint, load_role, resolve
-from .loop import Predictions, class_ap_table, predict, score
-from .stage import SampledKinds, decide, decisions_picture, policy_metrics, start_tracker
+from .logbook import start_tracker
+from .scoring import Predictions, SampledKinds, class_ap_table, decide, decisions_picture, policy_metrics, predict, score
 
 STAGES_SCORED = ("fp", "policy_pretrain", "ap", "policy")
 

@@ -1,4 +1,4 @@
-"""The one training loop and the evaluation pass, shared by every stage; no Ray, no argparse.
+"""The one training loop, shared by every stage (scoring is :mod:`videoiq.train.scoring`); no Ray, no argparse.
 
 Batches are dicts ``{"video": uint8, "label", "index", "valid"}`` from either reader (the PyTorch
 ``DataLoader`` or a Ray Data shard). Videos are normalised on the device; samples flagged invalid
@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sized
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Sized
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..data.transforms import normalize
-from ..distributed import all_gather_objects, all_reduce_sum
-from ..metrics import APResult, average_precision, multi_hot, softmax, topk_accuracy
+from ..distributed import all_reduce_sum
 from .tasks import Task
 
 
@@ -26,7 +22,8 @@ class NonFiniteLoss(RuntimeError):
     """A NaN or infinite loss: training stops before the step can touch the weights."""
 
 
-def _valid(batch: dict[str, Tensor], device: torch.device) -> tuple[Tensor, Tensor, Tensor, int]:
+def valid_batch(batch: dict[str, Tensor], device: torch.device) -> tuple[Tensor, Tensor, Tensor, int]:
+    """A batch on ``device``, normalised, without its invalid samples: ``(video, label, index, dropped)``."""
     valid = batch["valid"].bool()
     skipped = int((~valid).sum())
     video, label, index = batch["video"], batch["label"], batch["index"]
@@ -71,7 +68,7 @@ def train_one_epoch(task: Task, module: nn.Module, batches: Iterable[dict[str, T
     total = len(batches) if isinstance(batches, Sized) else None  # for the progress line's time left
     start = time.perf_counter()
     for batch in batches:
-        video, label, _, bad = _valid(batch, device)
+        video, label, _, bad = valid_batch(batch, device)
         skipped += bad
         if len(label) == 0:
             continue
@@ -120,7 +117,7 @@ def recalibrate_batch_norm(task: Task, batches: Iterable[dict[str, Tensor]], num
         for batch in batches:
             if used >= num_batches:
                 break
-            video, label, _, _ = _valid(batch, device)
+            video, label, _, _ = valid_batch(batch, device)
             if len(label) == 0:
                 continue
             with autocast(video.device, amp):
@@ -130,76 +127,3 @@ def recalibrate_batch_norm(task: Task, batches: Iterable[dict[str, Tensor]], num
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
     return used
-
-
-@dataclass
-class Predictions:
-    """Scores of every evaluated video, gathered from all ranks and de-duplicated by index."""
-
-    index: np.ndarray  # (N,) positions in the database index
-    logits: np.ndarray  # (N, C) view-averaged logits
-    extra: dict[str, np.ndarray]  # per-video arrays a predictor returned (e.g. decisions)
-    skipped: int
-
-
-@torch.no_grad()
-def predict(predictor: Callable[[Tensor], dict[str, Tensor]], batches: Iterable[dict[str, Tensor]],
-            device: torch.device, amp: str = "off") -> Predictions:
-    """Run ``predictor(video (B, T, 3, S, S)) -> {"logits": (B, C), ...}`` over evaluation batches whose
-    videos carry a views axis; every output is averaged over a video's views (logits, as the original
-    does, and e.g. one-hot decisions into per-frame action shares)."""
-    idx, logits, extra, skipped = [], [], {}, 0
-    for batch in batches:
-        video, _, index, bad = _valid(batch, device)
-        skipped += bad
-        if len(index) == 0:
-            continue
-        b, v = video.shape[:2]
-        with autocast(video.device, amp):
-            out = predictor(video.flatten(0, 1))
-        logits.append(out["logits"].float().view(b, v, -1).mean(dim=1).cpu())
-        for k, t in out.items():
-            if k != "logits":
-                extra.setdefault(k, []).append(t.float().view(b, v, *t.shape[1:]).mean(dim=1).cpu())
-        idx.append(index.cpu())
-    local = (torch.cat(idx).numpy() if idx else np.zeros(0, np.int64),
-             torch.cat(logits).numpy() if logits else None,
-             {k: torch.cat(v).numpy() for k, v in extra.items()}, skipped)
-    parts = all_gather_objects(local)
-    index = np.concatenate([p[0] for p in parts])
-    if len(index) == 0:
-        raise ValueError("evaluation produced no predictions (every record was skipped, or the set is empty)")
-    order = np.unique(index, return_index=True)[1]  # shards can repeat videos to even out; keep one each
-    cat = lambda arrays: np.concatenate([a for a in arrays if a is not None])[order]  # noqa: E731
-    return Predictions(index[order], cat([p[1] for p in parts]),
-                       {k: cat([p[2][k] for p in parts]) for k in parts[0][2]}, sum(p[3] for p in parts))
-
-
-def class_ap(pred: Predictions, labels: tuple[tuple[int, ...], ...], num_classes: int) -> APResult:
-    """Average precision of each class on the softmax scores, and their mean."""
-    return average_precision(softmax(pred.logits), multi_hot([labels[i] for i in pred.index], num_classes))
-
-
-def class_ap_table(predictions: Mapping[str, Predictions], labels: tuple[tuple[int, ...], ...],
-                   classes: list[str]) -> tuple[list[str], list[list[Any]]]:
-    """Per-class AP of one or more scorings of the same videos (e.g. each bit width): the columns
-    ``class, <name> (AP %)..., videos`` and one row per class (AP ``None`` where no video has it)."""
-    first = next(iter(predictions.values()))
-    positives = multi_hot([labels[i] for i in first.index], len(classes)).sum(axis=0)
-    per = [class_ap(p, labels, len(classes)).per_class for p in predictions.values()]
-    rows = [[name, *[None if np.isnan(ap[c]) else round(float(ap[c]), 4) for ap in per], int(positives[c])]
-            for c, name in enumerate(classes)]
-    return ["class", *predictions, "videos"], rows
-
-
-def score(pred: Predictions, labels: tuple[tuple[int, ...], ...], num_classes: int, prefix: str = "val") -> dict[str, float]:
-    """top-1, top-5 and mAP of predictions against every video's labels (the database index)."""
-    primary = np.array([labels[i][0] if labels[i] else -1 for i in pred.index])
-    ap = class_ap(pred, labels, num_classes)
-    out = {f"{prefix}/top1": topk_accuracy(pred.logits, primary, 1), f"{prefix}/mAP": ap.mean,
-           f"{prefix}/videos": float(len(pred.index)), f"{prefix}/skipped_records": float(pred.skipped)}
-    if num_classes >= 5:
-        out[f"{prefix}/top5"] = topk_accuracy(pred.logits, primary, 5)
-    if ap.classes_without_positives:
-        out[f"{prefix}/classes_without_positives"] = float(ap.classes_without_positives)
-    return out

@@ -1,38 +1,38 @@
 """Ray Tune sweeps of the policy stage (the Ray layer): trials, searchers, schedulers, restore and the report.
 
-:func:`run_sweep` runs a validated :class:`~videoiq.sweep.Sweep`. Each trial is a Tune function trial
+:func:`run_sweep` runs a validated :class:`~videoiq.sweeps.spec.Sweep`. Each trial is a Tune function trial
 (the Train V2 pattern; a ``Tuner`` over a ``TorchTrainer`` fails under Train V2) that trains the policy
 stage on the base config's frozen ap backbone and policy_pretrain checkpoints, read once per trial and
 never retrained: in the trial's own process when ``ray.num_workers`` is 0, else on Ray Train workers
-whose reports are forwarded to Tune (both through :func:`videoiq.runner.run_config`, as a stage
-runs anywhere else). A trial that fails keeps its traceback in ``<trial>/errors/`` and its cause in the
+whose reports are forwarded to Tune (both through the dispatcher the caller passes, :func:`videoiq.runner.run_config`,
+as a stage runs anywhere else). A trial that fails keeps its traceback in ``<trial>/errors/`` and its cause in the
 trial's state, which the report shows. Every validated epoch (``optim.val_every``) reports accuracy, mAP,
 GFLOPs per video and the share of frames at each action. A trial's run lives in ``<experiment>/trials/<trial id>`` and resumes from
 its own checkpoint whenever Tune restarts it (a retry after a crash, or a restored sweep).
 
 Re-running an interrupted sweep (same file, same storage) restores it with ``Tuner.restore``:
 finished trials are kept, unfinished and errored ones continue. At the end the Pareto report is
-written (``videoiq.experiment``) and logged to wandb with the plot, next to one wandb run per trial
+written (:mod:`videoiq.sweeps.report`) and logged to wandb with the plot, next to one wandb run per trial
 (all in the group named after the sweep).
 """
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 from ray import tune
 
-from .atomic import write_text_atomic
-from .config import ConfigError, config_to_dict
-from .errors import RemoteError, keep_traceback, user_errors
-from .experiment import SWEEP_FILE, Report, build_report, read_state, trial_dir, update_state
-from .logs import configure_logging
-from .runner import run_config
-from .sweep import COST, Sweep, load_sweep
-from .tracking import Tracker, resolve_mode
-from .train.worker import connect
+from ..atomic import write_text_atomic
+from ..config import ConfigError, config_to_dict
+from ..errors import RemoteError, keep_traceback, user_errors
+from ..logs import configure_logging
+from ..sweeps.report import SWEEP_FILE, Report, build_report, read_state, trial_dir, update_state
+from ..sweeps.spec import COST, Sweep
+from ..tracking import Tracker, resolve_mode
+from .train import connect
+
+RunStage = Callable[..., dict[str, Any]]  # (cfg, on_epoch=..., callbacks=...) -> {"checkpoint", "metrics"}
 
 
 def param_space(sweep: Sweep) -> dict[str, Any]:
@@ -70,7 +70,8 @@ def trial_scheduler(sweep: Sweep, epochs: int) -> Any:
                          reduction_factor=options.get("reduction_factor", 2))
 
 
-def _trial(params: dict[str, Any], *, sweep: Sweep, base: dict[str, Any], experiment: str, wandb_mode: str) -> None:
+def _trial(params: dict[str, Any], *, sweep: Sweep, base: dict[str, Any], experiment: str, wandb_mode: str,
+           run_stage: RunStage) -> None:
     """One Tune trial: the policy stage with the trial's values, reporting every epoch.
 
     The last epoch is reported only once the stage is over (checkpoint written, wandb run closed), as
@@ -91,7 +92,7 @@ def _trial(params: dict[str, Any], *, sweep: Sweep, base: dict[str, Any], experi
             tune.report(metrics)
 
     try:
-        final = run_config(cfg, on_epoch=report, callbacks=[_train_reports_to_tune(epochs)])["metrics"]
+        final = run_stage(cfg, on_epoch=report, callbacks=[_train_reports_to_tune(epochs)])["metrics"]
     except Exception as e:
         log = keep_traceback(folder, "trial", e)
         cause = e.message if isinstance(e, RemoteError) else str(e) if isinstance(e, user_errors()) else f"{type(e).__name__}: {e}"
@@ -131,8 +132,9 @@ def _check_resumable(sweep: Sweep, spec: dict[str, Any]) -> None:
                           f"(differs in {', '.join(differ)}); give this sweep another name or storage_path")
 
 
-def run_sweep(sweep: Sweep, printer: Callable[[str], None] = print) -> Report:
-    """Run (or continue) a sweep to the end; write, log and return its Pareto report."""
+def run_sweep(sweep: Sweep, run_stage: RunStage, printer: Callable[[str], None] = print) -> Report:
+    """Run (or continue) a sweep to the end; write, log and return its Pareto report. ``run_stage`` runs each
+    trial's stage (:func:`videoiq.runner.run_config`, passed in so that this package stays below the entry points)."""
     base = sweep.base_config()
     base_cfg = sweep.trial_config({}, base)
     base_cfg.check_inputs(f"{sweep.source} (the base config)")
@@ -144,7 +146,8 @@ def run_sweep(sweep: Sweep, printer: Callable[[str], None] = print) -> Report:
     connect()
     mode = resolve_mode(base_cfg.logging.wandb)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, sweep=sweep, base=base, experiment=str(exp), wandb_mode=mode), {"CPU": sweep.cpus})
+        tune.with_parameters(_trial, sweep=sweep, base=base, experiment=str(exp), wandb_mode=mode, run_stage=run_stage),
+        {"CPU": sweep.cpus})
     if tune.Tuner.can_restore(str(exp)):
         printer(f"tune: continuing the interrupted sweep in {exp}")
         tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=True)
@@ -170,15 +173,3 @@ def run_sweep(sweep: Sweep, printer: Callable[[str], None] = print) -> Report:
         tracker.summary({"trials": len(report.trials), "front": sum(t.front == 0 for t in report.trials)})
     return report
 
-
-def tune_main(argv: Sequence[str] | None = None) -> int:
-    """``launch/tune.py --sweep FILE [--storage-path DIR] [--set KEY=VALUE ...]``: run or continue a sweep."""
-    from .runner import guard
-
-    parser = argparse.ArgumentParser(prog="launch/tune.py", description="Run (or continue) a Ray Tune sweep of the policy stage.")
-    parser.add_argument("--sweep", required=True, help="sweep YAML (tune_configs/...)")
-    parser.add_argument("--storage-path", help="where experiments live (default: the sweep file's storage_path)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="values fixed for every trial (added to the sweep's fixed:), e.g. data.root=/data/anet")
-    args = parser.parse_args(argv)
-    return guard(lambda: (run_sweep(load_sweep(args.sweep, args.storage_path, args.set)), 0)[1])

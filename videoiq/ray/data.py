@@ -34,8 +34,8 @@ import torch
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
-from .data.clips import ClipSpec, clip_indices, decode_clip, invalid_sample, primary_label
-from .data.records import RecordError, VideoDB
+from ..data.clips import ClipSpec, clip_indices, decode_clip, invalid_sample, primary_label
+from ..data.records import RecordError, VideoDB
 
 _DBS: dict[tuple[int, str], VideoDB] = {}
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, PolicyStageConfig, absolute_paths, config_from_dict, parse_override, read_yaml, set_value
+from ..config import ConfigError, PolicyConfig, absolute_paths, config_from_dict, parse_override, read_yaml, set_value
 
 DOMAINS = ("uniform", "loguniform", "randint", "choice", "grid")
 SEARCHERS = ("random", "grid", "optuna")
@@ -97,13 +97,13 @@ class Sweep:
             set_value(data, key, value, f"{self.source}: fixed.{key}")
         return absolute_paths(data)
 
-    def trial_config(self, params: dict[str, Any], base: dict[str, Any] | None = None) -> PolicyStageConfig:
+    def trial_config(self, params: dict[str, Any], base: dict[str, Any] | None = None) -> PolicyConfig:
         """The policy config of one trial: :meth:`base_config` with the trial's sampled values."""
         data = copy.deepcopy(base if base is not None else self.base_config())
         for key, value in params.items():
             set_value(data, key, value, f"{self.source}: search_space.{key}")
         cfg = config_from_dict(data, f"{self.source} (base {self.base})")
-        assert isinstance(cfg, PolicyStageConfig)
+        assert isinstance(cfg, PolicyConfig)
         return cfg
 
     def as_dict(self) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """A stage on Ray Train: the per-worker function and the driver that builds the ``TorchTrainer``.
 
-Part of the thin Ray layer. Each worker builds the same :class:`~videoiq.train.stage.Stage` as the
+Each worker builds the same :class:`~videoiq.train.stages.Stage` as the
 in-process path, wraps its task module in DDP (gloo on CPU, nccl on GPU) and runs
-:func:`~videoiq.train.stage.run_epochs`. Training clips come from this worker's Ray Data shard;
+:func:`~videoiq.train.run.run_epochs`. Training clips come from this worker's Ray Data shard;
 validation reads the LMDB directly, each rank a disjoint slice with nothing dropped, and predictions
 are gathered so every rank reports the same numbers. Rank 0 writes the checkpoint (the same
 ``checkpoint.pt`` format) and reports it; the run directory ``<ray.storage_path>/<name>`` also gets a
@@ -18,9 +18,8 @@ import math
 import os
 import sys
 import tempfile
-import threading
-from pathlib import Path
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import ray
@@ -28,8 +27,6 @@ import ray.train
 import ray.train.torch
 import torch
 from ray.exceptions import RayActorError
-from ray.util.placement_group import (PlacementGroup, PlacementGroupID, placement_group_table,
-                                      remove_placement_group)
 from ray.train import (Checkpoint, CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig,
                        TrainingFailedError)
 from ray.train.torch import TorchTrainer
@@ -40,10 +37,14 @@ from ..data.records import VideoDB
 from ..distributed import is_main, rank, world_size
 from ..errors import RemoteError, find_remote, keep_traceback, user_cause
 from ..logs import configure_logging, quiet_ray_train_reports
-from ..ray_data import clip_dataset, iter_clip_batches, train_data_config
 from ..tracking import resolve_mode, wandb_env
-from .checkpoint import FILENAME, check_storage, latest_checkpoint, load_checkpoint, save_checkpoint
-from .stage import Evaluation, StageLog, build_stage, run_epochs, start_tracker
+from ..train.checkpoint import FILENAME, check_storage, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..train.logbook import StageLog, start_tracker
+from ..train.run import run_epochs
+from ..train.scoring import Evaluation
+from ..train.stages import build_stage
+from ._placement_groups import GroupJanitor, existing_groups, remove_abandoned_groups
+from .data import clip_dataset, iter_clip_batches, train_data_config
 
 
 def _say(line: str) -> None:
@@ -173,71 +174,6 @@ def check_resources(cfg: StageConfig) -> None:
         raise ConfigError(f"ray.use_gpu with ray.num_workers={cfg.ray.num_workers}, but the Ray cluster has {gpus:g} GPUs")
 
 
-def _idle_groups(before: set[str], cfg: StageConfig) -> tuple[list[str], bool]:
-    """This run's worker placement groups with nothing running in them, and whether one is in use.
-
-    Only groups this job created since ``before`` (when the run started), shaped like this run's
-    worker group, count.
-    """
-    job = ray.get_runtime_context().get_job_id()
-    shape = [{"CPU": float(cfg.ray.cpus_per_worker), **({"GPU": 1.0} if cfg.ray.use_gpu else {})}] * cfg.ray.num_workers
-    total, free = ray.cluster_resources(), ray.available_resources()
-    idle, busy = [], False
-    for pg_id, info in placement_group_table().items():
-        if pg_id in before or not pg_id.endswith(job) or info.get("state") != "CREATED":
-            continue
-        if list(info.get("bundles", {}).values()) == shape:
-            cpus = f"CPU_group_{pg_id}"
-            if free.get(cpus, 0.0) == total.get(cpus, -1.0):
-                idle.append(pg_id)
-            else:
-                busy = True
-    return idle, busy
-
-
-def _remove_group(pg_id: str) -> None:
-    remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
-
-
-def _remove_abandoned_groups(before: set[str], cfg: StageConfig) -> int:
-    """After a failed run: remove the worker placement groups it left reserved; returns how many."""
-    idle, _ = _idle_groups(before, cfg)
-    for pg_id in idle:
-        _remove_group(pg_id)
-    return len(idle)
-
-
-class _GroupJanitor(threading.Thread):
-    """While a run trains, frees the worker placement groups Ray Train abandons when it restarts a group.
-
-    Ray Train 2.60 can leave a dead group's placement group reserved (its clean-up relies on the state
-    API); its CPUs then never come back, and once the new group holds the rest, the Ray Data readers
-    feeding the workers never run and training waits forever. A group of this run that has stayed
-    empty for ``patience`` checks while another one of this run is busy is such a leftover: workers
-    fill a new group within seconds of its creation.
-    """
-
-    def __init__(self, before: set[str], cfg: StageConfig, printer: Callable[[str], None],
-                 interval: float = 10.0, patience: int = 3):
-        super().__init__(name="videoiq-group-janitor", daemon=True)
-        self.before, self.cfg, self.printer, self.interval, self.patience = before, cfg, printer, interval, patience
-        self.stop = threading.Event()
-        self.idle_checks: dict[str, int] = {}
-
-    def run(self) -> None:
-        while not self.stop.wait(self.interval):
-            try:
-                idle, busy = _idle_groups(self.before, self.cfg)
-            except Exception:  # the run's own errors are reported by fit(); never fail it from here
-                continue
-            self.idle_checks = {g: self.idle_checks.get(g, 0) + 1 for g in idle} if busy else {}
-            for pg_id, checks in list(self.idle_checks.items()):
-                if checks >= self.patience:
-                    _remove_group(pg_id)
-                    del self.idle_checks[pg_id]
-                    self.printer(f"{self.cfg.STAGE}: freed the CPUs of a worker group Ray Train left behind after a restart")
-
-
 def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None] = print,
                  callbacks: list[Any] | None = None) -> tuple[str, dict[str, float]]:
     """Train a stage with ``cfg.ray.num_workers`` Ray Train workers into ``run_dir`` (Ray's run folder:
@@ -248,7 +184,7 @@ def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None]
     ``callbacks`` go to the run (a Tune trial passes the one that forwards reports to Tune).
     """
     if cfg.ray.num_workers < 1:
-        raise ConfigError("ray.num_workers: 0 means in-process; use videoiq.train.stage.train_in_process")
+        raise ConfigError("ray.num_workers: 0 means in-process; use videoiq.train.run.train_in_process")
     cfg = config_from_dict(absolute_paths(config_to_dict(cfg)))  # the workers' working directory is not ours
     connect(cfg.ray.num_workers * cfg.ray.cpus_per_worker + 1, printer)
     check_resources(cfg)
@@ -277,9 +213,9 @@ def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None]
 
     printer(f"{cfg.STAGE}: {cfg.ray.num_workers} Ray Train workers, run {run_dir}")
     retries = 0
-    before = set(placement_group_table())  # groups from before this run: never this run's to free
+    before = existing_groups()  # groups from before this run: never this run's to free
     while True:
-        janitor = _GroupJanitor(before, cfg, printer)
+        janitor = GroupJanitor(before, cfg, printer)
         janitor.start()
         try:
             result = trainer().fit()
@@ -296,7 +232,7 @@ def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None]
             if not isinstance(e.controller_failure, RayActorError) or retries >= cfg.ray.max_failures:
                 raise
             retries += 1
-            freed = _remove_abandoned_groups(before, cfg)
+            freed = remove_abandoned_groups(before, cfg)
             printer(f"{cfg.STAGE}: a Train worker died while Ray Train was managing the group; restarting from the "
                     f"last checkpoint (retry {retries} of ray.max_failures={cfg.ray.max_failures})"
                     + (f"; freed {freed} abandoned worker placement group(s)" if freed else ""))

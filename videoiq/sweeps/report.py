@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from .atomic import write_text_atomic
-from .sweep import COST
-from .train.checkpoint import resolve
+from ..atomic import write_text_atomic
+from ..train.checkpoint import resolve
+from .spec import COST
 
 TRIALS = "trials"
 STATE = "trial.json"
@@ -125,8 +125,8 @@ def reference_points(base: dict[str, Any]) -> list[Reference]:
     """fp and ap-at-each-width points from the base config's ap checkpoint (and the fp checkpoint that
     initialised it): their last validation metrics, and GMACs per video counted at the sweep's frames and
     resolution. Empty when the checkpoints are gone."""
-    from .flops import video_cost
-    from .train.checkpoint import CheckpointError, build_from_entry, load_checkpoint
+    from ..flops import video_cost
+    from ..train.checkpoint import CheckpointError, build_from_entry, load_checkpoint
 
     init, data = base.get("init", {}), base.get("data", {})
     try:
