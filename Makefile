@@ -1,4 +1,5 @@
 # videoiq: `make test` and `make demo` are the two commands; both create .venv on first use.
+# `make lint` runs ruff (configured in pyproject.toml); CI runs it before the tests.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 export WANDB_MODE ?= $(if $(WANDB_API_KEY),online,offline)
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install test soak demo clean
+.PHONY: install lint test soak demo clean
 
 $(VENV)/.installed: setup.py
 	@echo "==> creating $(VENV) and installing videoiq with its dev extras (about 3 minutes the first time)"
@@ -16,6 +17,9 @@ $(VENV)/.installed: setup.py
 	@touch $@
 
 install: $(VENV)/.installed
+
+lint: install
+	$(PY) -m ruff check videoiq tests launch
 
 test: install
 	$(PY) -m pytest

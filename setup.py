@@ -1,8 +1,10 @@
 """Install videoiq: the plain-PyTorch core plus its Ray Train/Tune layer.
 
-`pip install -e .` gives the core (models, quantizers, FLOPs, data, configs) and Ray;
-`pip install -e '.[dev]'` adds the test tools. torch is capped at 2.14.1 (the release this
-project is tested with) and torchvision is the release that matches it.
+`pip install -e .` gives the core only (models, quantizers, FLOPs, data, configs, in-process training
+with `ray.num_workers: 0`); `pip install -e '.[ray]'` adds Ray Train/Tune/Data, Optuna and matplotlib,
+which training on Ray (`ray.num_workers` >= 1, the default) and sweeps need; `pip install -e '.[dev]'`
+is the `ray` extra plus the test and lint tools (pytest, ruff). torch is capped at 2.14.1 (the release
+this project is tested with) and torchvision is the release that matches it.
 """
 from pathlib import Path
 
@@ -39,7 +41,7 @@ setup(
     ],
     extras_require={
         "ray": RAY,
-        "dev": RAY + ["pytest>=7.4"],
+        "dev": RAY + ["pytest>=7.4", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["videoiq=videoiq.cli:main"]},
 )

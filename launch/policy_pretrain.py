@@ -1,4 +1,5 @@
-"""Run the `policy_pretrain` stage: `python launch/policy_pretrain.py --config launch/configs/<file>.yaml [--set KEY=VALUE ...]`."""
+"""Run the `policy_pretrain` stage:
+`python launch/policy_pretrain.py --config launch/configs/<file>.yaml [--set KEY=VALUE ...]`."""
 from videoiq.runner import stage_main
 
 if __name__ == "__main__":

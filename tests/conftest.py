@@ -9,9 +9,9 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # reports in 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import QUIET, TINY_POLICY, stage_config  # noqa: E402
-
 from videoiq.data.synthetic import SynthConfig, write_synthetic  # noqa: E402
+
+from helpers import QUIET, TINY_POLICY, stage_config  # noqa: E402
 
 TINY = SynthConfig(num_classes=4, train_per_class=4, val_per_class=2, min_frames=8, max_frames=12, size=32)
 
@@ -53,8 +53,9 @@ def trained_stages(tiny_videos, tmp_path_factory):
                            runs / "fp", printer=QUIET)}
     out["ap"] = train_in_process(stage_config("ap", tiny_videos, model={"name": "ap_resnet_tiny"},
                                        init={"backbone_checkpoint": str(runs / "fp")}), runs / "ap", printer=QUIET)
-    out["policy_pretrain"] = train_in_process(stage_config("policy_pretrain", tiny_videos, model={"name": "mobilenet_v2_tiny"}),
-                                       runs / "pp", printer=QUIET)
+    out["policy_pretrain"] = train_in_process(stage_config("policy_pretrain", tiny_videos,
+                                                           model={"name": "mobilenet_v2_tiny"}),
+                                              runs / "pp", printer=QUIET)
     init = {"backbone_checkpoint": str(runs / "ap" / "checkpoint.pt"), "policy_backbone_checkpoint": str(runs / "pp")}
     out["policy"] = train_in_process(stage_config("policy", tiny_videos, policy=TINY_POLICY, init=init,
                                            optim={"policy_lr": 0.01, "policy_backbone_lr": 0.001}),

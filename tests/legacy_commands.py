@@ -36,7 +36,7 @@ python train_dist_ada.py --dataset activitynet --q_init 4 --backbone_net resnet_
 --balanced_w 1 --resnet_imagenet_path <fp_recognition_network_path> \
 --mobilenet_imagenet_path <mb_net_path> --p_epochs 50 --prefix e1b1_new --use_fp_as_bb \
 --is_32fp --auto_resume --is_policy_pred --datadir <dataset_path> \
-"""),
+"""),  # noqa: E501 (the README's lines, verbatim)
     "eval": ("eval_mini-sports1m.yaml", r"""
 python test_ada.py --dataset mini-sports1m --q_init 2 --backbone_net resnet_adaptive_quant2 -d 50 -b 72 -j 36 \
  --logdir <log_dir_path>  --lr 0.0001 --epochs 50 --bit_width_family 32 4 2 --switch_bn --switch_clipval \

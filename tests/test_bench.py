@@ -1,40 +1,78 @@
-"""`videoiq bench quant|train|infer` print every figure with its setting (tiny sizes here; figures in the README)."""
-import subprocess
-import sys
-from pathlib import Path
+"""`videoiq bench quant|train|infer`: the figures each returns (tiny sizes here; figures in the README), and the
+command line passing its arguments through."""
+import pytest
+import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench(*args):
-    done = subprocess.run([sys.executable, "-m", "videoiq", "bench", *args], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return done.stdout
+from videoiq.cli import main
+from videoiq.flops import action_usage, video_cost
 
 
+@pytest.mark.slow
 def test_bench_quant_compares_each_width_with_a_plain_conv():
-    out = _bench("quant", "--channels", "8", "--size", "8", "--batch", "2", "--repeat", "2", "--threads", "1")
-    assert "device cpu" in out and "1 torch threads" in out and "8->8 channels" in out
-    rows = {line.split("  ")[1].strip(): line for line in out.splitlines() if line.startswith("  ") and "x  " in line}
-    assert {"plain nn.Conv2d", "PACT + QuantConv2d 2-bit", "QuantConv2d 4-bit weights"} <= set(rows)
-    assert "1.00x" in rows["plain nn.Conv2d"] and "slowest quantized layer / plain conv:" in out
+    from videoiq.bench.quant import bench_quant
+
+    table = bench_quant(channels=8, size=8, batch=2, repeat=2, threads=1)
+    assert set(table) == {"plain nn.Conv2d", *[f"QuantConv2d {b}-bit weights" for b in (32, 4, 2)],
+                          *[f"PACT + QuantConv2d {b}-bit" for b in (32, 4, 2)]}
+    plain = table["plain nn.Conv2d"]["ms"]
+    for row in table.values():
+        assert row["ms"] > 0 and row["peak_mib"] > 0
+        assert row["vs_plain"] == pytest.approx(row["ms"] / plain)
 
 
-def test_bench_infer_prices_every_mix(capsys):
-    out = _bench("infer", "--backbone", "ap_resnet_tiny", "--policy", "policy_mobilenet_v2_tiny", "--frames", "4",
-                 "--size", "32", "--policy-size", "16", "--batch", "2", "--classes", "5", "--repeat", "1",
-                 "--mixes", "32", "skip50")
-    for case in ("dense fp", "dense all-precision", "policy only", "all 32-bit", "50% skipped, rest 32-bit"):
-        assert f"  {case}  " in out
-    assert "skipping 50% of frames cuts time by" in out and "peak MiB" in out
+@pytest.mark.slow
+def test_bench_infer_prices_every_mix():
+    from videoiq.bench.infer import MIXES, _actions, _model, bench_infer
+
+    setting = {"backbone": "ap_resnet_tiny", "policy": "policy_mobilenet_v2_tiny", "frames": 4, "size": 32,
+               "policy_size": 16, "batch": 2, "classes": 5}
+    table = bench_infer(**setting, repeat=1, threads=1, mixes=("32", "skip50"))
+    assert list(table) == ["dense fp", "dense all-precision", "policy only", "32", "skip50"]
+    model = _model(setting)
+    cost = video_cost(model.backbone, model.policy, num_frames=4, input_size=32)
+    half = {"32bit": 0.5, "skip1": 0.5}
+    forced = _actions(half, model.actions, batch=2, frames=4)  # what the skip50 case runs
+    assert action_usage(F.one_hot(forced, len(model.actions)), model.actions) == {
+        a: half.get(a, 0.0) for a in model.actions}
+    fp = cost.gmacs({"32bit": 1.0}, with_policy=False).total
+    assert table["dense fp"]["gflops_run"] == pytest.approx(fp) and table["dense fp"]["time_vs_fp"] == 1.0
+    assert table["skip50"]["gflops_paper"] == pytest.approx(cost.gmacs(half).total)
+    assert table["skip50"]["gflops_run"] == pytest.approx(cost.gmacs(half, charge_skipped=False).total)
+    assert table["skip50"]["gflops_vs_fp"] == pytest.approx(table["skip50"]["gflops_run"] / fp)
+    assert table["32"]["gflops_paper"] == pytest.approx(cost.gmacs({"32bit": 1.0}).total)
+    assert table["policy only"]["gflops_paper"] is None and table["policy only"]["saving_realized"] is None
+    assert MIXES["skip50"][1] == half
+    for row in table.values():
+        assert row["ms_per_video"] > 0 and row["peak_mib"] > 0
 
 
-def test_bench_train_runs_every_stage_bare_and_on_ray(ray_local, tmp_path, capsys):
+@pytest.mark.ray
+def test_bench_train_runs_every_stage_bare_and_on_ray(ray_local, tmp_path):
     from videoiq.bench.train import STAGES, bench_train
 
-    result = bench_train("resnet_tiny", "policy_mobilenet_v2_tiny", frames=2, size=32, batch=2, steps=1, classes=5,
-                         threads=1, ray_workers=(1,), storage=str(tmp_path))
-    out = capsys.readouterr().out
-    assert set(result["bare"]) == set(result["ray_1"]) == set(STAGES)
-    assert all(v > 0 for v in result["bare"].values())
-    assert "ap step / fp step (bare):" in out and "Ray Train (1 worker, 1 CPUs) / bare loop" in out
+    table = bench_train("resnet_tiny", "policy_mobilenet_v2_tiny", frames=2, size=32, batch=2, steps=1, classes=5,
+                        threads=1, ray_workers=(1,), storage=str(tmp_path))
+    assert list(table) == list(STAGES)
+    for row in table.values():
+        assert row["bare_samples_per_s"] > 0 and row["ray_1w_samples_per_s"] > 0 and row["peak_mib"] > 0
+        assert row["ray_1w_vs_bare"] == pytest.approx(row["ray_1w_samples_per_s"] / row["bare_samples_per_s"])
+
+
+@pytest.mark.parametrize("args, module, expected", [
+    (["quant", "--channels", "8", "--size", "8", "--batch", "2", "--kernel", "1", "--repeat", "2", "--threads", "1"],
+     "quant", ((8, 8, 2, 1, 2, 1, "cpu"), {})),
+    (["infer", "--backbone", "ap_resnet_tiny", "--policy", "p", "--frames", "4", "--size", "32", "--policy-size", "16",
+      "--batch", "2", "--classes", "5", "--repeat", "1", "--mixes", "32", "skip50"],
+     "infer", (("ap_resnet_tiny", "p", 4, 32, 16, 2, 5, 1, 0, "cpu", ("32", "skip50")), {})),
+    (["train", "--backbone", "resnet_tiny", "--policy", "p", "--frames", "2", "--size", "32", "--batch", "2",
+      "--steps", "1", "--classes", "5", "--ray-workers", "--amp", "bf16", "--channels-last", "--storage", "s"],
+     "train", (("resnet_tiny", "p", 2, 32, 2, 1, 5, 0, "cpu", (), "bf16", True, "s"), {})),
+])
+def test_bench_commands_pass_their_arguments(monkeypatch, args, module, expected):
+    import importlib
+
+    calls = []
+    monkeypatch.setattr(importlib.import_module(f"videoiq.bench.{module}"), f"bench_{module}",
+                        lambda *a, **kw: calls.append((a, kw)))
+    assert main(["bench", *args]) == 0
+    assert calls == [expected]

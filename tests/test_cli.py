@@ -3,10 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from legacy_commands import command
 from videoiq.cli import main
+
+from legacy_commands import command
 
 ROOT = Path(__file__).resolve().parents[1]
 AP_YAML = str(ROOT / "launch" / "configs" / "ap_r50-b32-4-2_activitynet.yaml")
@@ -54,6 +56,7 @@ def test_models_and_flops(capsys):
     assert all(f"\n{a}" in out for a in ("32bit", "4bit", "2bit", "skip1"))
 
 
+@pytest.mark.slow
 def test_paper_column_for_the_paper_setting(capsys):
     assert main(["flops"]) == 0
     out = capsys.readouterr().out
@@ -70,6 +73,7 @@ def _modules_outside_the_ray_layer():
             yield path, ".".join(("videoiq", *rel.with_suffix("").parts)).removesuffix(".__init__")
 
 
+@pytest.mark.slow
 def test_only_the_ray_package_imports_ray():
     """Nothing outside ``videoiq/ray/`` (and the ``bench/`` commands that measure Ray Data) names Ray in an
     import, not even inside a function; and importing every such module, and building a model, loads no Ray."""
@@ -85,11 +89,13 @@ def test_only_the_ray_package_imports_ray():
     code = ("import sys, importlib, videoiq; "
             f"[importlib.import_module(m) for m in {[m for _, m in modules if not m.endswith('__main__')]!r}]; "
             "videoiq.create_model('resnet_tiny'); "
-            "bad = [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]; print(bad); sys.exit(1 if bad else 0)")
+            "bad = [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "videoiq", "models", "resnet_tiny"], capture_output=True, text=True)
     assert done.returncode == 0 and "resnet_tiny" in done.stdout

@@ -62,7 +62,8 @@ def test_a_partial_section_keeps_the_stage_defaults():
 
 def test_overrides_are_typed_yaml_values():
     data = apply_overrides({"stage": "ap"}, ["optim.lr=1e-3", "quant.bit_widths=[8, 4]",
-                                              "optim.clip_lr={8: 0.1, 4: 0.01}", "optim.clip_weight_decay={8: 0, 4: 0}"])
+                                              "optim.clip_lr={8: 0.1, 4: 0.01}",
+                                              "optim.clip_weight_decay={8: 0, 4: 0}"])
     cfg = config_from_dict(data)
     assert cfg.optim.lr == 0.001 and cfg.quant.bit_widths == (8, 4) and cfg.optim.clip_lr == {8: 0.1, 4: 0.01}
     policy = config_from_dict(apply_overrides({"stage": "policy"}, ["quant.bit_widths=[32,4,2]"]))
@@ -167,7 +168,8 @@ def test_clip_spec_follows_the_data_section():
     from videoiq.data.clips import ClipSpec
 
     cfg = config_from_dict({"stage": "fp", "data": {"dataset": "mini_kinetics400", "num_frames": 8, "scale_up": True,
-                                                     "segment_offsets": "shared", "decoder": "pil", "on_error": "skip"}})
+                                                     "segment_offsets": "shared", "decoder": "pil",
+                                                     "on_error": "skip"}})
     train = ClipSpec.from_config(cfg.data, train=True, num_clips=3)
     assert (train.frames, train.size, train.offsets, train.decoder, train.on_error) == (8, 224, "shared", "pil", "skip")
     assert train.min_frames == 30 and train.views == 1 and train.sample_shape == (8, 3, 224, 224)
@@ -184,5 +186,6 @@ def test_path_fields_are_made_absolute_against_the_working_directory(tmp_path, m
             "ray": {"storage_path": "runs/x"}}
     assert absolute_paths(data) is data
     assert data == {"stage": "policy", "data": {"root": str(tmp_path / "data"), "batch_size": 8},
-                    "init": {"backbone_checkpoint": "/abs/ap", "policy_backbone_checkpoint": None, "imagenet_weights": ""},
+                    "init": {"backbone_checkpoint": "/abs/ap", "policy_backbone_checkpoint": None,
+                             "imagenet_weights": ""},
                     "ray": {"storage_path": str(tmp_path / "runs/x")}}

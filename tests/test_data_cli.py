@@ -1,4 +1,6 @@
 """``videoiq data ...`` and ``videoiq bench data`` as a user runs them."""
+import pytest
+
 from videoiq.cli import main
 from videoiq.data.records import VideoDB
 
@@ -39,6 +41,7 @@ def test_build_errors_are_one_line(tmp_path, capsys):
     assert "no such database directory" in capsys.readouterr().err
 
 
+@pytest.mark.ray
 def test_bench_data_prints_every_pipeline(ray_local, tiny_videos, capsys):
     assert main(["bench", "data", str(tiny_videos / "train.lmdb"), "--frames", "4", "--size", "24",
                  "--batch-size", "4", "--epochs", "1", "--workers", "1"]) == 0

@@ -17,8 +17,7 @@ from PIL import Image
 from videoiq.data import build, lists
 from videoiq.data.clips import ClipSpec, VideoClipDataset
 from videoiq.data.codec import encode_jpeg, read_video, write_video
-from videoiq.data.records import (DatabaseError, RecordError, VideoDB, decode_header, encode_record, forget,
-                                  split_frames)
+from videoiq.data.records import DatabaseError, RecordError, VideoDB, decode_header, encode_record, forget, split_frames
 
 QUIET = open(os.devnull, "w")
 
@@ -195,7 +194,7 @@ def test_generated_set_records_each_frames_kind(tiny_videos):
     kinds = find_frame_kinds(str(tiny_videos), "train", db)
     assert kinds.names == KINDS and kinds.groups[0] is None  # blank frames show nothing
     assert kinds.groups[1] == (0, 0, 1, 1) and kinds.groups[2] == kinds.groups[3] == (0, 1, 0, 1)  # colour, mark
-    for key, n in zip(db.index.keys, db.index.num_frames):
+    for key, n in zip(db.index.keys, db.index.num_frames, strict=True):
         digits = kinds.videos[key]
         assert len(digits) == n  # one kind per decoded frame
         assert "1" in digits and ("2" in digits) != ("3" in digits)  # a colour shot, and clear or faint close-ups
@@ -233,6 +232,7 @@ def _committed_videos(path):
     return n
 
 
+@pytest.mark.slow
 def test_killed_conversion_resumes_without_duplicates(tmp_path):
     src = tmp_path / "src"
     for c in range(2):

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from videoiq.data.sampling import eval_indices, train_indices
-from videoiq.data.transforms import (EvalTransform, TrainTransform, fixed_offsets, multiscale_crop_box, normalize,
-                                     IMAGENET_MEAN, IMAGENET_STD)
+from videoiq.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    TrainTransform,
+    fixed_offsets,
+    multiscale_crop_box,
+    normalize,
+)
 
 
 @pytest.mark.parametrize("offsets", ["independent", "shared"])
@@ -105,7 +112,7 @@ def test_eval_transform_views():
 def test_normalize_matches_imagenet_statistics():
     video = torch.full((2, 3, 3, 4, 4), 255, dtype=torch.uint8)
     out = normalize(video)
-    expected = [(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+    expected = [(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
     assert torch.allclose(out[0, 0, :, 0, 0], torch.tensor(expected))
 
 

@@ -8,6 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.ray
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -42,7 +46,8 @@ def test_ray_job_submit_runs_a_stage(tiny_videos, tmp_path):
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         out = job.stdout + job.stderr
         assert "succeeded" in out and "fp: epoch=1 " in out
-        assert re.search(r"fp: epoch 1 step 1/\d+ loss=\S+ lr=\S+ [\d.]+ videos/s, epoch ends in \d+ s", out), out[-3000:]
+        assert re.search(r"fp: epoch 1 step 1/\d+ loss=\S+ lr=\S+ [\d.]+ videos/s, epoch ends in \d+ s",
+                         out), out[-3000:]
         # a log a person reads: no Ray Data progress bars or execution banners, no wandb banners
         assert "Running Dataset" not in out and "row/s" not in out and "wandb:" not in out, out[-3000:]
         assert "Reporting training result" not in out and "Checkpoint successfully created" not in out, out[-3000:]

@@ -16,6 +16,7 @@ DEMO = ROOT / "launch" / "configs" / "demo"
 CONFIGS = {s: str(DEMO / f"{s}.yaml") for s in ("fp", "ap", "policy_pretrain", "policy", "eval")}
 
 
+@pytest.mark.slow
 def test_pipeline_hands_checkpoints_on_and_prints_the_table(tiny_videos, tmp_path, capsys):
     overrides = [f"data.root={tiny_videos}", "data.num_frames=4", "optim.epochs=1", "ray.num_workers=0",
                  f"ray.storage_path={tmp_path}"]
@@ -40,15 +41,19 @@ def _printed_result(out):
     return json.loads("\n".join(lines[len(lines) - 1 - lines[::-1].index("{"):]))
 
 
+@pytest.mark.slow
 def test_videoiq_run_trains_a_stage_and_resumes_it(tiny_videos, tmp_path, capsys):
     common = ["--config", CONFIGS["policy_pretrain"], "--set", f"data.root={tiny_videos}", "data.num_frames=4",
-              "ray.num_workers=0", f"ray.storage_path={tmp_path}", "model.name=mobilenet_v2_tiny", "logging.log_every=1"]
+              "ray.num_workers=0", f"ray.storage_path={tmp_path}", "model.name=mobilenet_v2_tiny",
+              "logging.log_every=1"]
     assert main(["run", *common, "optim.epochs=1"]) == 0
     out = capsys.readouterr().out
     result = _printed_result(out)
     # the progress line: step of the epoch's steps, loss, rate and time left
-    assert re.search(r"^policy_pretrain: epoch 1 step 1/1 loss=\S+ lr=\S+ [\d.]+ videos/s, epoch ends in \d+ s$", out, re.M), out
-    assert result["checkpoint"] == str(tmp_path / "policy_pretrain" / "checkpoint.pt") and result["metrics"]["epoch"] == 1
+    assert re.search(r"^policy_pretrain: epoch 1 step 1/1 loss=\S+ lr=\S+ [\d.]+ videos/s, epoch ends in \d+ s$",
+                     out, re.M), out
+    assert result["checkpoint"] == str(tmp_path / "policy_pretrain" / "checkpoint.pt")
+    assert result["metrics"]["epoch"] == 1
     assert main(["run", *common, "optim.epochs=2"]) == 0
     assert _printed_result(capsys.readouterr().out)["metrics"]["epoch"] == 2
     assert main(["run", *common, "data.root=" + str(tmp_path / "nowhere")]) == 2
@@ -62,6 +67,7 @@ def test_shared_overrides_go_where_they_apply():
         shared_overrides("fp", ["optm.epochs=1"])
 
 
+@pytest.mark.slow
 def test_a_launcher_refuses_another_stages_config():
     done = subprocess.run([sys.executable, str(ROOT / "launch" / "fp.py"), "--config", CONFIGS["ap"]],
                           capture_output=True, text=True, cwd=ROOT)

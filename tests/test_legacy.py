@@ -3,9 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from legacy_commands import README_COMMANDS, command
 from videoiq.config import config_to_dict, load_config
 from videoiq.legacy import LegacyFlagError, translate_legacy
+
+from legacy_commands import README_COMMANDS, command
 
 CONFIGS = Path(__file__).resolve().parents[1] / "launch" / "configs"
 # Values that are paths or run names in a command and are set with --set on a shipped YAML.
@@ -34,7 +35,8 @@ def test_readme_command_translates_to_the_shipped_yaml(name):
 
 
 def test_test_command_training_flags_give_the_mini_sports1m_policy_yaml():
-    text = command("eval").replace("test_ada.py", "train_dist_ada.py").replace(" -e --pretrained runs/policy/checkpoint.pt", "")
+    text = command("eval").replace("test_ada.py", "train_dist_ada.py").replace(
+        " -e --pretrained runs/policy/checkpoint.pt", "")
     translated = translate_legacy(text).config
     shipped = _with_run_specific(CONFIGS / "policy_r50-b32-4-2-skip1_mini-sports1m.yaml", translated)
     assert config_to_dict(shipped) == config_to_dict(translated)

@@ -7,9 +7,12 @@ from videoiq.models import PolicyNet, VideoIQ, create_model, list_models
 from videoiq.quant import bit_width
 
 VIDEO = (2, 3, 3, 32, 32)  # (B, T, C, H, W)
+# the 50- and 101-layer ResNets take a second or more each on a CPU core; the smaller ones test the same code
+RECOGNITION = [pytest.param(name, marks=pytest.mark.slow) if name.endswith(("50", "101")) else name
+               for name in list_models(kind="recognition")]
 
 
-@pytest.mark.parametrize("name", list_models(kind="recognition"))
+@pytest.mark.parametrize("name", RECOGNITION)
 def test_recognition_model_shape_and_gradients(name):
     model = create_model(name, num_classes=7).train()
     out = model(torch.randn(VIDEO))

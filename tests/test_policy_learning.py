@@ -9,6 +9,8 @@ from videoiq.models import VideoIQ, create_model
 from videoiq.train.loop import train_step
 from videoiq.train.tasks import AnyPrecisionTask, PolicyTask
 
+pytestmark = pytest.mark.slow  # trains a policy for a few hundred steps per test
+
 FRAMES, SIZE = 4, 32
 COLOURS = torch.tensor([[1.8, -1.0, -1.0], [-1.0, -1.0, 1.8]])  # normalised red and blue discs
 

@@ -11,6 +11,8 @@ from videoiq.predict import predict_videos
 from videoiq.train.checkpoint import CheckpointError, load_checkpoint
 from videoiq.train.evaluate import videoiq_from_checkpoint
 
+pytestmark = pytest.mark.slow  # every test reads the session's trained_stages
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,14 +26,15 @@ def test_predict_prints_class_timeline_and_gflops(trained_stages, tiny_videos):
     ckpt = load_checkpoint(runs / "policy")
     model = videoiq_from_checkpoint(ckpt, "policy")
     cost = video_cost(model.backbone, model.policy, num_frames=4, input_size=32)
-    for r, path in zip(results, videos):
+    for r, path in zip(results, videos, strict=True):
         assert r["video"] == path and len(r["actions"]) == len(r["sampled_frames"]) == 4
         assert set(r["actions"]) <= set(model.actions) and r["top"][0]["class"] in ckpt["extra"]["classes"]
         usage = {a: r["actions"].count(a) / 4 for a in model.actions}
         assert r["gflops"] == pytest.approx(cost.gmacs(usage).total)
     text = subprocess.run([sys.executable, "-m", "videoiq", "predict", str(runs / "policy"), videos[0]],
                           capture_output=True, text=True, cwd=ROOT).stdout
-    assert text.startswith(f"{videos[0]}: {results[0]['top'][0]['class']} (") and "  action " in text and "GFLOPs per video" in text
+    assert text.startswith(f"{videos[0]}: {results[0]['top'][0]['class']} (")
+    assert "  action " in text and "GFLOPs per video" in text
 
 
 def test_predict_refuses_other_checkpoints_and_unreadable_videos(trained_stages, tiny_videos, tmp_path):
@@ -44,8 +47,8 @@ def test_predict_refuses_other_checkpoints_and_unreadable_videos(trained_stages,
     with pytest.raises(ValueError, match="cannot open"):
         predict_videos(str(runs / "policy"), [broken], printer=None)
     # every readable video is scored, each bad one is a line of its own, and the exit status says so
-    done = subprocess.run([sys.executable, "-m", "videoiq", "predict", str(runs / "policy"), broken, str(video), missing,
-                           "--json"], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", "videoiq", "predict", str(runs / "policy"), broken, str(video),
+                           missing, "--json"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert [r["video"] for r in json.loads(done.stdout)] == [str(video)]
     errors = [line for line in done.stderr.splitlines() if line.startswith("videoiq: error: ")]
@@ -58,8 +61,8 @@ def test_predict_refuses_other_checkpoints_and_unreadable_videos(trained_stages,
 def test_predict_refuses_a_device_it_cannot_use_in_one_line(trained_stages, tiny_videos, device, message):
     runs, _ = trained_stages
     video = next((tiny_videos / "videos").rglob("*.mp4"))
-    done = subprocess.run([sys.executable, "-m", "videoiq", "predict", str(runs / "policy"), str(video), "--device", device],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", "videoiq", "predict", str(runs / "policy"), str(video),
+                           "--device", device], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2 and done.stderr.startswith(f"videoiq: error: --device '{device}'"), done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
 

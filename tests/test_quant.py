@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from videoiq.models import create_model
-
 from videoiq.quant import (
     PACT,
     QuantConv2d,
@@ -180,7 +179,8 @@ def test_bit_width_context_restores_and_rejects_foreign_widths():
 
 @pytest.mark.parametrize(
     "family, message",
-    [((4, 32), "descending"), ((8, 8), "distinct"), ((32, 0), r"\[1, 32\]"), ((33,), r"\[1, 32\]"), ((), "at least one")],
+    [((4, 32), "descending"), ((8, 8), "distinct"), ((32, 0), r"\[1, 32\]"), ((33,), r"\[1, 32\]"),
+     ((), "at least one")],
 )
 def test_bit_width_family_validation(family, message):
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,5 @@
-"""Ray Data over the LMDB: same samples as the PyTorch Dataset, reshuffled and seeded epochs, and shards per Train worker."""
+"""Ray Data over the LMDB: same samples as the PyTorch Dataset, reshuffled and seeded epochs, and shards per Train
+worker."""
 import json
 import shutil
 
@@ -7,6 +8,8 @@ import torch
 
 from videoiq.data.clips import ClipSpec, VideoClipDataset
 from videoiq.data.records import VideoDB, encode_record, forget
+
+pytestmark = pytest.mark.ray
 
 EVAL = ClipSpec(train=False, segments=4, size=24, scale_size=28, num_clips=2)
 TRAIN = ClipSpec(train=True, segments=4, size=24)
@@ -18,7 +21,7 @@ def test_eval_samples_equal_the_pytorch_dataset(ray_local, tiny_videos):
     path = str(tiny_videos / "val.lmdb")
     batches = list(iter_clip_batches(clip_dataset(path, EVAL), batch_size=3))
     reference = VideoClipDataset(path, EVAL)
-    rows = {int(i): (v, l) for b in batches for i, v, l in zip(b["index"], b["video"], b["label"])}
+    rows = {int(i): (v, label) for b in batches for i, v, label in zip(b["index"], b["video"], b["label"], strict=True)}
     assert sorted(rows) == list(range(len(reference)))
     for i, (video, label) in rows.items():
         sample = reference[i]
@@ -44,7 +47,7 @@ def test_a_seed_fixes_every_execution_and_still_reshuffles_between_them(ray_loca
 
     path = str(tiny_videos / "train.lmdb")
     first, again = (executions(clip_dataset(path, TRAIN, videos_per_block=2, seed=7)) for _ in range(2))
-    for (order, videos), (order_again, videos_again) in zip(first, again):
+    for (order, videos), (order_again, videos_again) in zip(first, again, strict=True):
         assert torch.equal(order, order_again) and torch.equal(videos, videos_again)
     assert not torch.equal(first[0][0], first[1][0])  # each epoch still has its own order
     other = executions(clip_dataset(path, TRAIN, videos_per_block=2, seed=8), n=1)[0]
@@ -69,7 +72,8 @@ def test_bad_records_fail_or_are_flagged(ray_local, tiny_videos, tmp_path):
     with pytest.raises(Exception, match=f"record '{key}': sampled frame 0: undecodable"):
         list(iter_clip_batches(clip_dataset(path, EVAL), batch_size=8))
     skip = ClipSpec(**{**EVAL.__dict__, "on_error": "skip"})
-    rows = {int(i): bool(v) for b in iter_clip_batches(clip_dataset(path, skip), 8) for i, v in zip(b["index"], b["valid"])}
+    rows = {int(i): bool(v) for b in iter_clip_batches(clip_dataset(path, skip), 8)
+            for i, v in zip(b["index"], b["valid"], strict=True)}
     assert rows == {i: i != 3 for i in range(8)}
 
 

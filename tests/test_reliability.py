@@ -10,7 +10,6 @@ from pathlib import Path
 import lmdb
 import msgpack
 import pytest
-from helpers import QUIET, TINY_POLICY, copy_data, stage_config
 
 from videoiq.config import ConfigError
 from videoiq.data.records import DatabaseError, VideoDB, forget
@@ -19,22 +18,24 @@ from videoiq.train.checkpoint import CheckpointError, StorageError, load_checkpo
 from videoiq.train.loop import NonFiniteLoss
 from videoiq.train.run import train_in_process
 
+from helpers import QUIET, TINY_POLICY, copy_data, stage_config
 
-def _fp(root, tmp_path, **sections):
+
+def _fp(root, **sections):
     return stage_config("fp", root, model={"name": "resnet_tiny"}, **sections)
 
 
 def test_an_unwritable_storage_path_is_refused_before_training(tiny_videos, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     with pytest.raises(StorageError, match="cannot write to .*a_file/runs"):
-        train_in_process(_fp(tiny_videos, tmp_path), tmp_path / "a_file" / "runs", printer=QUIET)
+        train_in_process(_fp(tiny_videos), tmp_path / "a_file" / "runs", printer=QUIET)
 
 
 def test_too_little_space_is_refused_before_training(tiny_videos, tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(ckpt_module.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**10, 2**10))
     with pytest.raises(StorageError, match=r"has 0 MiB free; this stage's checkpoints need about [0-9.]+ MiB"):
-        train_in_process(_fp(tiny_videos, tmp_path), tmp_path / "fp", printer=QUIET)
+        train_in_process(_fp(tiny_videos), tmp_path / "fp", printer=QUIET)
     assert not (tmp_path / "fp" / "checkpoint.pt").exists() and not (tmp_path / "fp" / "metrics.jsonl").exists()
 
 
@@ -53,6 +54,7 @@ def test_a_checkpoint_write_cut_short_keeps_the_previous_one(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no half-written file left
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(trained_stages, tiny_videos, tmp_path):
     runs, _ = trained_stages
     init = {"backbone_checkpoint": str(runs / "ap"), "policy_backbone_checkpoint": str(runs / "pp")}
@@ -62,7 +64,8 @@ def test_a_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(trained_s
         train_in_process(cfg, tmp_path / "policy", printer=QUIET)
     message = str(info.value)
     assert "policy: epoch 2 step 1: the loss is nan" in message
-    assert f"the last good checkpoint is {tmp_path / 'policy' / 'checkpoint.pt'} (after epoch 1), left as it was" in message
+    last = tmp_path / "policy" / "checkpoint.pt"
+    assert f"the last good checkpoint is {last} (after epoch 1), left as it was" in message
     assert load_checkpoint(tmp_path / "policy")["epoch"] == 1  # not overwritten with NaN weights
 
 
@@ -86,7 +89,8 @@ def test_labels_outside_the_classes_and_empty_sets_are_refused(tiny_videos, tmp_
 
     _rewrite_index(tiny_videos / "val.lmdb", tmp_path / "bad.lmdb", bad_label)
     key = VideoDB(tiny_videos / "val.lmdb").index.keys[2]
-    with pytest.raises(DatabaseError, match=f"record '{key}' has label\\(s\\) \\[4\\] outside its 4 classes \\(0..3\\)"):
+    with pytest.raises(DatabaseError,
+                       match=f"record '{key}' has label\\(s\\) \\[4\\] outside its 4 classes \\(0..3\\)"):
         VideoDB(tmp_path / "bad.lmdb")
 
     def empty(meta, index):
@@ -97,22 +101,23 @@ def test_labels_outside_the_classes_and_empty_sets_are_refused(tiny_videos, tmp_
     _rewrite_index(tiny_videos / "train.lmdb", tmp_path / "data" / "train.lmdb", empty)
     _rewrite_index(tiny_videos / "val.lmdb", tmp_path / "data" / "val.lmdb", lambda meta, index: None)
     with pytest.raises(ConfigError, match="train.lmdb has no training video"):
-        train_in_process(_fp(tmp_path / "data", tmp_path), tmp_path / "fp", printer=QUIET)
+        train_in_process(_fp(tmp_path / "data"), tmp_path / "fp", printer=QUIET)
 
 
+@pytest.mark.ray
 def test_worker_groups_the_cluster_cannot_schedule_are_refused(ray_local, tiny_videos, tmp_path):
     from videoiq.runner import run_config
 
     ray = {"storage_path": str(tmp_path)}
     with pytest.raises(ConfigError, match="= 5 CPUs, but the Ray cluster has 4"):
-        run_config(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 5}), printer=QUIET)
+        run_config(_fp(tiny_videos, ray={**ray, "num_workers": 5}), printer=QUIET)
     with pytest.raises(ConfigError, match="= 4 CPUs of the cluster's 4 leaves none for the Ray Data readers"):
-        run_config(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 2, "cpus_per_worker": 2}), printer=QUIET)
+        run_config(_fp(tiny_videos, ray={**ray, "num_workers": 2, "cpus_per_worker": 2}), printer=QUIET)
     with pytest.raises(ConfigError, match="has 0 GPUs"):
-        run_config(_fp(tiny_videos, tmp_path, ray={**ray, "num_workers": 1, "use_gpu": True}), printer=QUIET)
+        run_config(_fp(tiny_videos, ray={**ray, "num_workers": 1, "use_gpu": True}), printer=QUIET)
     (tmp_path / "a_file").write_text("")
     with pytest.raises(StorageError, match="ray.storage_path: cannot write to"):
-        run_config(_fp(tiny_videos, tmp_path, ray={"storage_path": str(tmp_path / "a_file"), "num_workers": 1}),
+        run_config(_fp(tiny_videos, ray={"storage_path": str(tmp_path / "a_file"), "num_workers": 1}),
                          printer=QUIET)
 
 
@@ -148,11 +153,12 @@ def kill_a_worker_after(metrics: Path, epochs: int, kills: list, timeout: float 
     return thread
 
 
+@pytest.mark.ray
 def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, tiny_videos, tmp_path):
     from videoiq.runner import run_config
 
     ray = {"storage_path": str(tmp_path), "name": "fp", "num_workers": 2, "max_failures": 1}
-    cfg = _fp(tiny_videos, tmp_path, ray=ray, optim={"epochs": 3})
+    cfg = _fp(tiny_videos, ray=ray, optim={"epochs": 3})
     kills = []
     kill_a_worker_after(tmp_path / "fp" / "metrics.jsonl", epochs=1, kills=kills)
     path, metrics = run_config(cfg, printer=QUIET).values()
@@ -163,17 +169,19 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, 
     assert all(x["train/videos"] == 16.0 for x in lines)  # every epoch saw the whole training set
 
 
-def test_only_abandoned_worker_groups_of_the_failed_attempt_are_freed(ray_local, tiny_videos, tmp_path):
+@pytest.mark.ray
+def test_only_abandoned_worker_groups_of_the_failed_attempt_are_freed(ray_local, tiny_videos):
     from ray.util.placement_group import placement_group, placement_group_table
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from videoiq.ray._placement_groups import GroupJanitor, remove_abandoned_groups
 
-    cfg = _fp(tiny_videos, tmp_path, ray={"num_workers": 2, "cpus_per_worker": 0.5})
+    cfg = _fp(tiny_videos, ray={"num_workers": 2, "cpus_per_worker": 0.5})
     older = placement_group([{"CPU": 0.5}] * 2)  # not from the failed attempt
     ray_local.get(older.ready())
     before = set(placement_group_table())
-    abandoned, other_shape, busy = (placement_group(b) for b in ([{"CPU": 0.5}] * 2, [{"CPU": 0.5}], [{"CPU": 0.5}] * 2))
+    abandoned, other_shape, busy = (placement_group(b)
+                                    for b in ([{"CPU": 0.5}] * 2, [{"CPU": 0.5}], [{"CPU": 0.5}] * 2))
     ray_local.get([g.ready() for g in (abandoned, other_shape, busy)])
 
     @ray_local.remote(num_cpus=0.5)
@@ -206,6 +214,7 @@ def test_only_abandoned_worker_groups_of_the_failed_attempt_are_freed(ray_local,
         ray_local.util.remove_placement_group(g)
 
 
+@pytest.mark.slow
 def test_resuming_on_data_of_other_classes_is_refused_naming_them(tiny_videos, tmp_path):
     train_in_process(stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}), tmp_path / "fp", printer=QUIET)
     renamed = copy_data(tiny_videos, tmp_path / "renamed",
@@ -221,6 +230,7 @@ def test_resuming_on_data_of_other_classes_is_refused_naming_them(tiny_videos, t
     assert load_checkpoint(tmp_path / "fp")["epoch"] == 1  # left as it was
 
 
+@pytest.mark.slow
 def test_a_local_ray_gets_the_cpus_the_config_asks_for(monkeypatch):
     """Without RAY_ADDRESS videoiq starts a local Ray with at least the workers' CPUs plus one for the Ray Data
     readers, so a config written for a bigger machine is not refused on a 2-core one; with it, it joins."""

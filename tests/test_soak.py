@@ -8,12 +8,13 @@ import threading
 import time
 
 import pytest
-from helpers import QUIET, stage_config
-from test_reliability import train_worker_pids
 
 from videoiq.train.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.soak
+from helpers import QUIET, stage_config
+from test_reliability import train_worker_pids
+
+pytestmark = [pytest.mark.soak, pytest.mark.ray]
 
 EPOCHS, KILLS = 12, 4
 

@@ -1,8 +1,9 @@
 """wandb tracking: the mode a setting means, offline runs written and resumed, and no network ever."""
 import pytest
-from wandb_offline import read_runs
 
 from videoiq.tracking import Tracker, TrackingError, resolve_mode
+
+from wandb_offline import read_runs
 
 
 @pytest.mark.parametrize("setting, env, expected", [
@@ -33,6 +34,7 @@ def test_disabled_tracker_writes_nothing(tmp_path):
     assert not tracker.active and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_offline_run_is_written_and_a_restart_resumes_its_id(tmp_path):
     def run(epochs):
         with Tracker.start(mode="offline", directory=tmp_path, project="p", name="fp", job_type="fp", group="g",

@@ -1,11 +1,10 @@
 """The stages in-process on tiny models and the generated data: hand-off, resume, tasks and checkpoints."""
 import json
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-from helpers import QUIET, TINY_POLICY, stage_config as _cfg
 
 from videoiq.config import ConfigError, config_from_dict
 from videoiq.losses import soft_cross_entropy
@@ -14,12 +13,20 @@ from videoiq.train.checkpoint import CheckpointError, load_checkpoint, save_chec
 from videoiq.train.run import train_in_process
 from videoiq.train.tasks import AnyPrecisionTask
 
+from helpers import QUIET, TINY_POLICY, stage_config as _cfg
+
+TOP1_OF_8 = {100 * k / 8 for k in range(9)}  # the top-1 values a score over the 8 generated val videos can take
+
+
+@pytest.mark.slow
 def test_the_four_stages_chain_by_checkpoint(trained_stages):
     runs, metrics = trained_stages
-    assert metrics["fp"]["epoch"] == 2.0 and 0.0 <= metrics["fp"]["val/top1"] <= 100.0
+    fp = metrics["fp"]
+    assert fp["epoch"] == 2.0 and fp["val/videos"] == 8.0 and fp["val/top1"] in TOP1_OF_8
     assert {"val/b32/top1", "val/b4/top1", "val/b2/top1", "train/b32", "train/b2"} <= set(metrics["ap"])
     ap = load_checkpoint(runs / "ap", stages=("ap",))
-    assert ap["models"]["model"]["kwargs"]["bit_widths"] == [32, 4, 2] and ap["models"]["teacher"]["name"] == "resnet_tiny"
+    assert ap["models"]["model"]["kwargs"]["bit_widths"] == [32, 4, 2]
+    assert ap["models"]["teacher"]["name"] == "resnet_tiny"
     p = metrics["policy"]
     usage = sum(v for k, v in p.items() if k.startswith("val/usage/") and k.count("/") == 2)  # not per kind
     assert usage == pytest.approx(100.0) and {"val/usage/32bit", "val/usage/skip1", "val/gflops", "val/mAP"} <= set(p)
@@ -33,6 +40,7 @@ def test_the_four_stages_chain_by_checkpoint(trained_stages):
         assert torch.equal(policy["models"]["model"]["state_dict"][key], value), key
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_next_epoch(trained_stages, tiny_videos, tmp_path):
     runs, _ = trained_stages
     lines = []
@@ -47,6 +55,7 @@ def test_resume_continues_at_the_next_epoch(trained_stages, tiny_videos, tmp_pat
     assert "already has all 2 epochs" in again[0]
 
 
+@pytest.mark.slow
 def test_validation_runs_every_n_th_epoch_and_after_the_last_and_never_changes_training(trained_stages, tiny_videos,
                                                                                         tmp_path):
     runs, _ = trained_stages
@@ -63,6 +72,7 @@ def test_validation_runs_every_n_th_epoch_and_after_the_last_and_never_changes_t
     assert all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
 
 
+@pytest.mark.slow
 def test_hand_off_traps_are_errors(trained_stages, tiny_videos, tmp_path):
     runs, _ = trained_stages
     policy = {"model": "policy_mobilenet_v2_tiny", "hidden_size": 32, "input_size": 32}
@@ -77,8 +87,8 @@ def test_hand_off_traps_are_errors(trained_stages, tiny_videos, tmp_path):
                                                                    "policy_backbone_checkpoint": str(runs / "fp")}),
                   tmp_path / "z", printer=QUIET)
     with pytest.raises(CheckpointError, match="needs its full-precision twin 'resnet18'"):
-        train_in_process(_cfg("ap", tiny_videos, model={"name": "ap_resnet18"}, init={"backbone_checkpoint": str(runs / "fp")}),
-                  tmp_path / "w", printer=QUIET)
+        train_in_process(_cfg("ap", tiny_videos, model={"name": "ap_resnet18"},
+                              init={"backbone_checkpoint": str(runs / "fp")}), tmp_path / "w", printer=QUIET)
     with pytest.raises(ConfigError, match="inputs not ready"):
         train_in_process(_cfg("policy", tiny_videos, policy=policy), tmp_path / "v", printer=QUIET)
 
@@ -96,7 +106,8 @@ def test_any_precision_loss_is_the_sum_over_widths():
     assert torch.allclose(losses["loss"], expected) and set(losses) == {"loss", "loss/b32", "loss/b4", "loss/b2"}
     losses["loss"].backward()
     assert all(p.grad is None for p in teacher.parameters())
-    assert all(p.grad is not None for n, p in model.named_parameters() if "alpha" not in n or n.endswith((".32", ".4", ".2")))
+    assert all(p.grad is not None for n, p in model.named_parameters()
+               if "alpha" not in n or n.endswith((".32", ".4", ".2")))
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -120,14 +131,16 @@ def test_checkpoints_refuse_foreign_and_pickled_files(tmp_path):
         load_checkpoint(tmp_path / "none.pt", what="init.backbone_checkpoint")
 
 
+@pytest.mark.slow
 def test_eval_scores_every_kind_of_checkpoint(trained_stages, tiny_videos):
     from videoiq.train.evaluate import evaluate_checkpoint
 
     runs, metrics = trained_stages
 
     def ev(path, **eval_section):
-        cfg = config_from_dict({"stage": "eval", "data": {"dataset": "custom", "root": str(tiny_videos), "num_frames": 4,
-                                                          "input_size": 32, "batch_size": 8, "num_workers": 0},
+        cfg = config_from_dict({"stage": "eval", "data": {"dataset": "custom", "root": str(tiny_videos),
+                                                          "num_frames": 4, "input_size": 32, "batch_size": 8,
+                                                          "num_workers": 0},
                                 "eval": {"checkpoint": str(path), **eval_section}})
         return evaluate_checkpoint(cfg, printer=QUIET)
 
@@ -140,12 +153,16 @@ def test_eval_scores_every_kind_of_checkpoint(trained_stages, tiny_videos):
     kinds = {k.split("/")[-1] for k in ap if k.startswith("val/b2/frames/")}
     assert kinds <= {"colour", "mark", "faint"} and "colour" in kinds  # per frame kind, from val.frame_kinds.json
     argmax = ev(runs / "policy")
-    assert argmax["decisions"] == "argmax" and argmax["metrics"]["val/gflops"] == pytest.approx(metrics["policy"]["val/gflops"])
+    assert argmax["decisions"] == "argmax"
+    assert argmax["metrics"]["val/gflops"] == pytest.approx(metrics["policy"]["val/gflops"])
     per_kind = {k for k in argmax["metrics"] if k.count("/") == 3 and k.startswith("val/usage/")}
     assert {k.split("/")[2] for k in per_kind} >= {"colour"}
-    assert (runs / "policy" / "decisions_val.png").is_file() and argmax["decisions_picture"].endswith("decisions_val.png")
+    assert (runs / "policy" / "decisions_val.png").is_file()
+    assert argmax["decisions_picture"].endswith("decisions_val.png")
     sampled = ev(runs / "policy", decisions="sampled", num_samples=3)
-    assert set(sampled["spread"]) == set(sampled["metrics"]) and sampled["spread"]["val/top1"] >= 0.0
+    assert set(sampled["spread"]) == set(sampled["metrics"])
+    # every sampled run scores the same 8 videos: a figure the decisions cannot move has no spread
+    assert sampled["metrics"]["val/videos"] == 8.0 and sampled["spread"]["val/videos"] == 0.0
     with pytest.raises(ConfigError, match="eval.checkpoint: .*nothing.pt' does not exist"):
         ev(runs / "nothing.pt")
     with pytest.raises(CheckpointError, match="eval.checkpoint: .* has format"):
@@ -159,8 +176,9 @@ def test_batch_norm_recalibration_averages_the_statistics_of_the_final_weights()
 
     model = create_model("resnet_tiny", num_classes=3)
     task = FPTask(model)
-    batches = [{"video": torch.randint(0, 255, (2, 2, 3, 32, 32), dtype=torch.uint8), "label": torch.zeros(2, dtype=torch.long),
-                "index": torch.arange(2), "valid": torch.ones(2, dtype=torch.bool)} for _ in range(3)]
+    batches = [{"video": torch.randint(0, 255, (2, 2, 3, 32, 32), dtype=torch.uint8),
+                "label": torch.zeros(2, dtype=torch.long), "index": torch.arange(2),
+                "valid": torch.ones(2, dtype=torch.bool)} for _ in range(3)]
     from videoiq.data.transforms import normalize
 
     with torch.no_grad():  # the stem BN's input of each batch, from the weights as they are
@@ -173,12 +191,14 @@ def test_batch_norm_recalibration_averages_the_statistics_of_the_final_weights()
         config_from_dict({"stage": "policy", "optim": {"bn_recalibration": 4}})
 
 
+@pytest.mark.slow
 def test_bf16_autocast_and_channels_last_train_and_hand_off(trained_stages, tiny_videos, tmp_path):
     runs, _ = trained_stages
     speed = {"amp": "bf16", "channels_last": True}
     metrics = train_in_process(_cfg("ap", tiny_videos, model={"name": "ap_resnet_tiny"}, speed=speed,
                              init={"backbone_checkpoint": str(runs / "fp")}), tmp_path / "ap", printer=QUIET)
-    assert metrics["train/loss"] == metrics["train/loss"] and 0.0 <= metrics["val/b2/top1"] <= 100.0  # finite
+    assert math.isfinite(metrics["train/loss"]) and metrics["val/videos"] == 8.0
+    assert metrics["val/b2/top1"] in TOP1_OF_8
     ckpt = load_checkpoint(tmp_path / "ap")
     conv = ckpt["models"]["model"]["state_dict"]["layer1.0.conv2.weight"]
     assert conv.dtype == torch.float32 and conv.is_contiguous(memory_format=torch.channels_last)

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import QUIET, copy_data, garble_record, stage_config
-from wandb_offline import read_runs
 
 from videoiq.errors import RemoteError, error_line, run_guarded
 from videoiq.runner import run_config
 from videoiq.train.checkpoint import CheckpointError, load_checkpoint
+
+from helpers import QUIET, copy_data, garble_record, stage_config
+from wandb_offline import read_runs
+
+pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "launch" / "configs" / "demo"

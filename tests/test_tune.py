@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import QUIET
-from wandb_offline import read_runs
 
 from videoiq.config import ConfigError
-from videoiq.sweeps.report import Report, TrialRecord, pareto_fronts, read_state
 from videoiq.runner import run_config
+from videoiq.sweeps.report import Report, TrialRecord, pareto_fronts, read_state
 from videoiq.sweeps.spec import load_sweep
+
+from helpers import QUIET
+from wandb_offline import read_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,7 @@ def _tune_results(experiment):
     return {r.metrics["trial_id"]: r.metrics for r in grid if r.metrics}
 
 
+@pytest.mark.ray
 def test_a_killed_sweep_resumes_and_reports_its_pareto_front(ray_local, trained_stages, tiny_videos, tmp_path):
     grid = [[32, 4, 2], [32], [4], [2]]  # distinct costs: a front to find
     path = _write_sweep(tmp_path, trained_stages, tiny_videos, "widths",
@@ -64,7 +66,8 @@ def test_a_killed_sweep_resumes_and_reports_its_pareto_front(ray_local, trained_
     deadline = time.time() + 240
 
     def finished():
-        return [p.parent for p in experiment.glob("trials/*/trial.json") if read_state(p.parent)["status"] == "finished"]
+        return [p.parent for p in experiment.glob("trials/*/trial.json")
+                if read_state(p.parent)["status"] == "finished"]
 
     while not finished():
         assert driver.poll() is None and time.time() < deadline, "no trial finished"
@@ -113,6 +116,7 @@ def test_a_killed_sweep_resumes_and_reports_its_pareto_front(ray_local, trained_
     assert summary and summary[-1].summary["pareto/nrows"] == len(grid) and summary[-1].summary["front"] == len(front)
 
 
+@pytest.mark.ray
 def test_a_crashing_trial_is_retried_and_reported(ray_local, trained_stages, tiny_videos, tmp_path):
     from videoiq.ray.tune import run_sweep
 
@@ -150,20 +154,24 @@ def test_pareto_fronts():
 def test_the_table_shows_overall_usage_and_leaves_per_kind_usage_to_the_csv():
     metrics = {"val/top1": 98.75, "val/gflops": 0.0094, "val/usage/32bit": 26.0, "val/usage/skip1": 18.0,
                "val/usage/faint/32bit": 88.0, "val/usage/blank/skip1": 63.0}
-    report = Report("x", "val/top1", [TrialRecord("t0", "finished", 1, {"loss.efficiency_weight": 0.05}, 30, metrics, "")],
-                    [], {})
+    trial = TrialRecord("t0", "finished", 1, {"loss.efficiency_weight": 0.05}, 30, metrics, "")
+    report = Report("x", "val/top1", [trial], [], {})
     head, row = report.table().splitlines()[0].split(), report.table().splitlines()[2].split()
     assert head[-3:] == ["32bit", "skip1", "loss.efficiency_weight"] and row[-3:] == ["26%", "18%", "0.05"]
     assert "val/usage/faint/32bit" in report.columns()[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
-    ({"search_space": {"loss.efficiency_weight": {"unifrom": [0, 1]}}}, "unknown domain 'unifrom' (did you mean 'uniform'?)"),
+    ({"search_space": {"loss.efficiency_weight": {"unifrom": [0, 1]}}},
+     "unknown domain 'unifrom' (did you mean 'uniform'?)"),
     ({"search_space": {"loss.efficiency_weigth": {"uniform": [0, 1]}}}, "unknown key 'loss.efficiency_weigth'"),
     ({"search_space": {"loss.efficiency_weight": {"uniform": [-1, 1]}}}, "value -1 is not valid for the base config"),
     ({"search_space": {"loss.efficiency_weight": {"loguniform": [0, 1]}}}, "low must be > 0"),
-    ({"searcher": "optuna", "search_space": {"optim.policy_lr": {"grid": [0.1, 0.01]}}}, "grid domains need searcher random or grid"),
-    ({"searcher": "optuna", "search_space": {"policy.precisions": {"choice": [[32, 4], [4]]}}}, "optuna chooses among numbers or strings"),
+    ({"searcher": "optuna", "search_space": {"optim.policy_lr": {"grid": [0.1, 0.01]}}},
+     "grid domains need searcher random or grid"),
+    ({"searcher": "optuna", "search_space": {"policy.precisions": {"choice": [[32, 4], [4]]}}},
+     "optuna chooses among numbers or strings"),
     ({"scheduler": {"asha": {"grace_period": 9}}}, "grace_period: expected an integer in [1, optim.epochs=2]"),
     ({"metric": "accuracy"}, "metric: expected one of val/mAP, val/top1"),
     ({"num_sample": 3}, "unknown key 'num_sample' (did you mean 'num_samples'?)"),
@@ -187,6 +195,7 @@ def test_every_shipped_sweep_loads(monkeypatch):
         assert sweep.space and sweep.metric in ("val/mAP", "val/top1")
 
 
+@pytest.mark.ray
 def test_resuming_with_another_sweep_is_refused(ray_local, trained_stages, tiny_videos, tmp_path):
     from videoiq.ray.tune import run_sweep
 

@@ -84,7 +84,8 @@ def _flops(args: argparse.Namespace) -> int:
     print("\n" + header + (f" {'paper formula':>14s}" if paper else ""))
     for action in actions:
         usage = {action: 1.0}
-        row = f"{action:16s} {_gmacs(cost.gmacs(usage).total):>12s} {_gmacs(cost.gmacs(usage, charge_skipped=False).total):>13s}"
+        frames_run = cost.gmacs(usage, charge_skipped=False).total
+        row = f"{action:16s} {_gmacs(cost.gmacs(usage).total):>12s} {_gmacs(frames_run):>13s}"
         if paper:
             row += f" {_gmacs(paper.gmacs(usage).total):>14s}"
         print(row)
@@ -195,7 +196,8 @@ def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
     run = tsub.add_parser("run", help="run (or continue) a sweep: the same as launch/tune.py")
     add_sweep_arguments(run)
     run.set_defaults(run=run_sweep_command)
-    report = tsub.add_parser("report", help="rebuild pareto.csv/json/png of a finished or interrupted sweep, print the table")
+    report = tsub.add_parser("report",
+                             help="rebuild pareto.csv/json/png of a finished or interrupted sweep, print the table")
     report.add_argument("experiment", help="the experiment folder, <storage_path>/<name>")
     report.set_defaults(run=_tune_report)
 
@@ -212,7 +214,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         b.add_argument("--root", required=True, help="folder the list's paths are relative to"
                        + (" (or with class sub-folders, when no --list)" if source == "videos" else ""))
         b.add_argument("--list", required=source == "frames", help="list file, one video per line")
-        b.add_argument("--dataset", default="custom", help="a dataset name: sets separator/template defaults and checks the class count")
+        b.add_argument("--dataset", default="custom",
+                       help="a dataset name: sets separator/template defaults and checks the class count")
         b.add_argument("--split", default="", help="recorded in the metadata (train, val, ...)")
         b.add_argument("--classes", help="class names, one per line in label order (categories.txt)")
         b.add_argument("--sep", help="list-file field separator (default: the dataset's, else a space)")
@@ -221,10 +224,13 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         b.add_argument("--overwrite", action="store_true", help="delete an existing database at --out first")
         b.add_argument("--map-size-gib", type=float, default=1024, help="LMDB address space (sparse; default 1024)")
         if source == "frames":
-            b.add_argument("--template", help="frame file name, formatted with the frame number (default: the dataset's, e.g. '{:05d}.jpg')")
+            b.add_argument("--template", help="frame file name, formatted with the frame number "
+                           "(default: the dataset's, e.g. '{:05d}.jpg')")
             b.add_argument("--layout", choices=["start_end", "count"], default="start_end",
-                           help="start_end: 'folder start end label...' (the original's); count: 'folder num_frames label...'")
-            b.add_argument("--no-verify", action="store_true", help="check JPEG headers only instead of decoding every frame")
+                           help="start_end: 'folder start end label...' (the original's); "
+                           "count: 'folder num_frames label...'")
+            b.add_argument("--no-verify", action="store_true",
+                           help="check JPEG headers only instead of decoding every frame")
         else:
             b.add_argument("--fps", type=float, default=0, help="frames per second to keep (0: every frame)")
             b.add_argument("--short-side", type=int, default=256, help="resize so the short side is this (0: keep)")
@@ -263,7 +269,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--faint-below", type=float, default=d.faint_below,
                        help="marks lit under this share of --mark-level are the 'faint' kind")
     synth.add_argument("--seed", type=int, default=d.seed)
-    synth.add_argument("--source", choices=["videos", "frames"], default="videos", help="write mp4 files or JPEG folders")
+    synth.add_argument("--source", choices=["videos", "frames"], default="videos",
+                       help="write mp4 files or JPEG folders")
     synth.add_argument("--workers", type=int, default=2)
     synth.set_defaults(run=_data_synth)
 
@@ -292,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("config", help="stage YAML, e.g. launch/configs/ap_r50-b32-4-2_activitynet.yaml")
     show.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, values in YAML")
     show.add_argument("--changes", action="store_true", help="print only values that differ from the stage defaults")
-    show.add_argument("--check-inputs", action="store_true", help="also fail if data/checkpoint paths are unset or missing")
+    show.add_argument("--check-inputs", action="store_true",
+                      help="also fail if data/checkpoint paths are unset or missing")
     show.set_defaults(run=_config_show)
     defaults = csub.add_parser("defaults", help="print a stage's default config (the paper's values)")
     defaults.add_argument("stage", choices=list(STAGES))
@@ -303,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     legacy.add_argument("--file", help="read the command from this file (multi-line, with backslashes, is fine)")
     legacy.add_argument("--out", help="also write the full config to this YAML file")
-    legacy.add_argument("--full", action="store_true", help="print every value, not only those that differ from the defaults")
+    legacy.add_argument("--full", action="store_true",
+                        help="print every value, not only those that differ from the defaults")
     legacy.add_argument("flags", nargs=argparse.REMAINDER, help="the original command, after --")
     legacy.set_defaults(run=_config_legacy)
 

@@ -76,7 +76,7 @@ def action_usage(decisions: torch.Tensor, actions: Sequence[str]) -> dict[str, f
     total = counts.sum()
     if total <= 0:
         raise ValueError("no decisions to count")
-    return dict(zip(actions, (counts / total).tolist()))
+    return dict(zip(actions, (counts / total).tolist(), strict=True))
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,10 @@ class VideoCost:
 
 
 PAPER_COSTS: dict[str, VideoCost] = {
-    "resnet50": VideoCost(16, fp_macs=1.92e9, quantized_macs=(65.76 - 1.92) * 1e9, policy_cnn_macs=0.779e9, policy_rnn_macs=0.119e9),
-    "resnet18": VideoCost(16, fp_macs=1.92e9, quantized_macs=(29.1 - 1.92) * 1e9, policy_cnn_macs=0.779e9, policy_rnn_macs=0.119e9),
+    "resnet50": VideoCost(16, fp_macs=1.92e9, quantized_macs=(65.76 - 1.92) * 1e9, policy_cnn_macs=0.779e9,
+                          policy_rnn_macs=0.119e9),
+    "resnet18": VideoCost(16, fp_macs=1.92e9, quantized_macs=(29.1 - 1.92) * 1e9, policy_cnn_macs=0.779e9,
+                          policy_rnn_macs=0.119e9),
 }
 """The original's hard-coded per-video constants (16 frames, 224x224), for paper-comparable numbers."""
 

@@ -73,8 +73,10 @@ _BACKBONES = {
 
 # Notes for flags whose effect videoiq provides in another way; shown when the flag is present.
 _NOTES = {
-    "--multiprocessing-distributed": "--multiprocessing-distributed: DDP comes from Ray Train; set ray.num_workers and ray.use_gpu",
-    "--workers": "-j: the original's loader count was global; videoiq's data.num_workers is per training worker (kept at its default)",
+    "--multiprocessing-distributed":
+        "--multiprocessing-distributed: DDP comes from Ray Train; set ray.num_workers and ray.use_gpu",
+    "--workers": "-j: the original's loader count was global; videoiq's data.num_workers is per training worker "
+                 "(kept at its default)",
     "--without_t_stride": "--without_t_stride: always so; videoiq's TSN ResNet has no temporal pooling",
     "--auto_resume": "--auto_resume: always on; re-running the same command resumes from the last checkpoint",
     "--use_lmdb": "--use_lmdb: videoiq always reads its LMDB format (convert frame folders with `videoiq data build`)",
@@ -158,7 +160,8 @@ def _stage_of(script: str | None, opts: dict[str, Any]) -> str:
     if backbone not in _BACKBONES:
         raise LegacyFlagError(f"--backbone_net {backbone!r}: expected one of {', '.join(_BACKBONES)}")
     stage = _BACKBONES[backbone]
-    if script is not None and _SCRIPTS[script] not in (None, stage) and not (stage == "policy" and script == "test_ada.py"):
+    if (script is not None and _SCRIPTS[script] not in (None, stage)
+            and not (stage == "policy" and script == "test_ada.py")):
         raise LegacyFlagError(f"{script} does not train --backbone_net {backbone}")
     if opts.get("--evaluate") or script == "test_ada.py":
         if stage != "policy":
@@ -186,7 +189,7 @@ def _per_bit(values: Sequence[str], bits: Sequence[int], flag: str) -> dict[int,
         values = list(values) * len(bits)
     if len(values) != len(bits):
         raise LegacyFlagError(f"{flag}: needs one value per bit width {list(bits)}, got {list(values)}")
-    return {b: _num(v, flag) for b, v in zip(bits, values)}
+    return {b: _num(v, flag) for b, v in zip(bits, values, strict=True)}
 
 
 def translate_legacy(argv: Sequence[str] | str) -> Translation:
@@ -200,7 +203,8 @@ def translate_legacy(argv: Sequence[str] | str) -> Translation:
     if not given.get("--use_lmdb"):
         notes.append("frame folders: videoiq trains from LMDB; convert them first with `videoiq data build`")
     if opt["--lr_scheduler"] != "cosine":
-        raise LegacyFlagError(f"--lr_scheduler {opt['--lr_scheduler']!r}: videoiq implements the seeds' cosine schedule only")
+        raise LegacyFlagError(f"--lr_scheduler {opt['--lr_scheduler']!r}: "
+                              "videoiq implements the seeds' cosine schedule only")
     data = {
         "dataset": opt["--dataset"],
         "num_frames": int(opt["--groups"]),
@@ -293,7 +297,7 @@ def _ap(cfg, optim, opt, given, depth, notes) -> None:
 _FROM_CHECKPOINT = ("--q_init", "--q_lr", "--q_weight-decay", "--switch_bn", "--switch_clipval", "--depth", "--dropout")
 
 
-def _policy_fields(cfg, opt, given, notes) -> None:
+def _policy_fields(cfg, opt, given) -> None:
     if int(opt["--p_bit"]) != 32:
         raise LegacyFlagError("--p_bit: only a full-precision policy (32) works in the original, and in videoiq")
     cfg["policy"] = {
@@ -306,11 +310,12 @@ def _policy_fields(cfg, opt, given, notes) -> None:
 
 
 def _policy(cfg, optim, opt, given, depth, notes) -> None:
-    _policy_fields(cfg, opt, given, notes)
+    _policy_fields(cfg, opt, given)
     optim.pop("lr")
     optim.update(policy_lr=_num(opt["--p_lr"], "--p_lr"), policy_backbone_lr=_num(opt["--p_b_lr"], "--p_b_lr"))
     cfg["optim"] = optim
-    weight = {flag: _num(opt[f"{flag}_w"], f"{flag}_w") if given.get(flag) else 0.0 for flag in ("--efficient", "--balanced", "--entropy")}
+    weight = {flag: _num(opt[f"{flag}_w"], f"{flag}_w") if given.get(flag) else 0.0
+              for flag in ("--efficient", "--balanced", "--entropy")}
     cfg["loss"] = {
         "kind": _loss_kind(opt),
         "teacher": bool(given.get("--is_32fp") or given.get("--use_fp_as_bb")),
@@ -364,4 +369,5 @@ def _eval(cfg, optim, opt, given, depth, notes) -> None:
                      "--deterministic", "--backbone_net", "--logdir", "--prefix") and f not in _NOTES
     )
     if training_flags:
-        notes.append(f"ignored at evaluation (the model and its settings come from the checkpoint): {', '.join(training_flags)}")
+        notes.append("ignored at evaluation (the model and its settings come from the checkpoint): "
+                     + ", ".join(training_flags))

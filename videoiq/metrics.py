@@ -67,7 +67,7 @@ def uniform_line(points: list[tuple[float, float]], cost: float) -> float | None
     ordered = sorted(points)
     if not ordered or cost < ordered[0][0]:
         return None
-    for (c0, a0), (c1, a1) in zip(ordered, ordered[1:]):
+    for (c0, a0), (c1, a1) in zip(ordered, ordered[1:], strict=False):
         if c0 <= cost <= c1:
             return a0 if c1 == c0 else a0 + (a1 - a0) * (cost - c0) / (c1 - c0)
     return ordered[-1][1]

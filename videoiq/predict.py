@@ -81,7 +81,8 @@ def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu
         actions = [model.actions[a] for a in decisions[0].argmax(dim=-1).tolist()]
         usage = action_usage(decisions, model.actions)
         result = {"video": path, "frames": n, "sampled_frames": indices,
-                  "top": [{"class": classes[i], "probability": float(p)} for p, i in zip(best.values, best.indices)],
+                  "top": [{"class": classes[i], "probability": float(p)}
+                          for p, i in zip(best.values, best.indices, strict=True)],
                   "actions": actions, "gflops": cost.gmacs(usage).total,
                   "gflops_frames_run": cost.gmacs(usage, charge_skipped=False).total, "gflops_fp": fp_cost}
         results.append(result)
@@ -101,7 +102,8 @@ def format_result(r: dict[str, Any]) -> str:
     first = r["top"][0]
     others = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"][1:])
     width = max(len(a) for a in r["actions"])
-    lines = [f"{r['video']}: {first['class']} ({100 * first['probability']:.1f}%)" + (f"; then {others}" if others else ""),
+    lines = [f"{r['video']}: {first['class']} ({100 * first['probability']:.1f}%)"
+             + (f"; then {others}" if others else ""),
              "  frame  " + " ".join(f"{i:>{width}d}" for i in r["sampled_frames"]),
              "  action " + " ".join(f"{a:>{width}s}" for a in r["actions"]),
              f"  GFLOPs per video: {r['gflops']:.4g} (paper convention), {r['gflops_frames_run']:.4g} for the frames "

@@ -29,9 +29,6 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-FULL_PRECISION = 32
-"""The widest bit width; a network quantized at 32 bits is the paper's "full precision" option."""
-
 MIN_BITS, MAX_BITS = 1, 32
 
 MIN_CLIP = 1e-3
@@ -342,7 +339,6 @@ def clip_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 __all__ = [
-    "FULL_PRECISION",
     "BitSwitchable",
     "PACT",
     "QuantConv2d",

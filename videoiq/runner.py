@@ -105,7 +105,8 @@ def guard(body: Callable[[], int]) -> int:
     return run_guarded(body)
 
 
-def run_pipeline(configs: dict[str, str], overrides: Sequence[str], printer: Callable[[str], None] = print) -> dict[str, Any]:
+def run_pipeline(configs: dict[str, str], overrides: Sequence[str],
+                 printer: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the five stages from their config files, handing checkpoints on; returns every result."""
     missing = [s for s in PIPELINE if s not in configs]
     if missing:
@@ -242,7 +243,8 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
 
 def pipeline_main(argv: Sequence[str] | None = None) -> int:
     """``launch/pipeline.py ...``: the ``ray job submit`` entry point of the whole pipeline."""
-    parser = argparse.ArgumentParser(prog="launch/pipeline.py", description="Run fp -> ap, policy_pretrain, policy, eval.")
+    parser = argparse.ArgumentParser(prog="launch/pipeline.py",
+                                     description="Run fp -> ap, policy_pretrain, policy, eval.")
     add_pipeline_arguments(parser)
     args = parser.parse_args(argv)
     return guard(lambda: run_pipeline_command(args))
@@ -268,7 +270,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 def tune_main(argv: Sequence[str] | None = None) -> int:
     """``launch/tune.py --sweep FILE ...``: the ``ray job submit`` entry point of a Tune sweep."""
-    parser = argparse.ArgumentParser(prog="launch/tune.py", description="Run (or continue) a Ray Tune sweep of the policy stage.")
+    parser = argparse.ArgumentParser(prog="launch/tune.py",
+                                     description="Run (or continue) a Ray Tune sweep of the policy stage.")
     add_sweep_arguments(parser)
     args = parser.parse_args(argv)
     return guard(lambda: run_sweep_command(args))

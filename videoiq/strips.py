@@ -36,12 +36,13 @@ def action_colour(action: str) -> tuple[int, int, int]:
     return (int(200 - 170 * depth), int(225 - 160 * depth), 255)
 
 
-def decision_strip(videos: Sequence[np.ndarray], actions: Sequence[Sequence[str]], titles: Sequence[str]) -> Image.Image:
+def decision_strip(videos: Sequence[np.ndarray], actions: Sequence[Sequence[str]],
+                   titles: Sequence[str]) -> Image.Image:
     """One row per video: ``videos[i]`` is ``(T, H, W, 3)`` uint8, ``actions[i]`` its T action names."""
     if not (len(videos) == len(actions) == len(titles)) or not videos:
         raise ValueError(f"need as many videos, action lists and titles (got {len(videos)}, {len(actions)}, "
                          f"{len(titles)}), and at least one")
-    for i, (v, a) in enumerate(zip(videos, actions)):
+    for i, (v, a) in enumerate(zip(videos, actions, strict=True)):
         if v.ndim != 4 or v.shape[-1] != 3 or len(a) != len(v):
             raise ValueError(f"video {i}: expected (T, H, W, 3) frames and one action per frame, got "
                              f"{tuple(v.shape)} and {len(a)} actions")
@@ -50,10 +51,10 @@ def decision_strip(videos: Sequence[np.ndarray], actions: Sequence[Sequence[str]
     image = Image.new("RGB", (columns * (CELL + GAP) + GAP, len(videos) * row_h + GAP), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
-    for r, (frames, acts, title) in enumerate(zip(videos, actions, titles)):
+    for r, (frames, acts, title) in enumerate(zip(videos, actions, titles, strict=True)):
         top = GAP + r * row_h
         draw.text((GAP, top), title, fill=(0, 0, 0), font=font)
-        for c, (frame, action) in enumerate(zip(frames, acts)):
+        for c, (frame, action) in enumerate(zip(frames, acts, strict=True)):
             x = GAP + c * (CELL + GAP)
             image.paste(Image.fromarray(frame).resize((CELL, CELL), Image.NEAREST), (x, top + TITLE_H))
             box = (x, top + TITLE_H + CELL, x + CELL - 1, top + TITLE_H + CELL + LABEL_H - 1)

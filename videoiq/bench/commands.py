@@ -58,8 +58,10 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     bd.add_argument("--batch-size", type=int, default=16)
     bd.add_argument("--workers", type=int, default=2, help="DataLoader workers and Ray CPUs")
     bd.add_argument("--decoder", choices=["simplejpeg", "pil"], default="simplejpeg")
-    bd.add_argument("--eval", action="store_true", help="evaluation clips (centre crop) instead of training augmentation")
-    bd.add_argument("--epochs", type=int, default=2, help="passes per pipeline; the best pass after the first is reported")
+    bd.add_argument("--eval", action="store_true",
+                    help="evaluation clips (centre crop) instead of training augmentation")
+    bd.add_argument("--epochs", type=int, default=2,
+                    help="passes per pipeline; the best pass after the first is reported")
     bd.set_defaults(run=_bench_data)
     bq = besub.add_parser("quant", help="a quantized conv layer (PACT + DoReFa) vs a plain conv, forward + backward")
     bq.add_argument("--channels", type=int, default=64)
@@ -75,7 +77,8 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     _bench_setting(bt, frames=8, size=112, classes=10)
     bt.add_argument("--batch", type=int, default=4, help="global batch (videos), split across Ray workers")
     bt.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
-    bt.add_argument("--ray-workers", type=int, nargs="*", default=[1, 2], help="worker counts to measure (none: skip Ray)")
+    bt.add_argument("--ray-workers", type=int, nargs="*", default=[1, 2],
+                    help="worker counts to measure (none: skip Ray)")
     bt.add_argument("--amp", choices=["off", "bf16"], default="off")
     bt.add_argument("--channels-last", action="store_true")
     bt.add_argument("--storage", default="", help="Ray run folder (default: ./runs/bench)")
@@ -86,6 +89,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     bi.add_argument("--policy-size", type=int, default=84, help="side the policy resizes frames to")
     bi.add_argument("--batch", type=int, default=4, help="videos per call")
     bi.add_argument("--repeat", type=int, default=3)
-    bi.add_argument("--mixes", nargs="+", help="policy mixes to time (default: all): 32 4 2 (every frame at that width), "
-                    "skip25/50/75 (that share skipped, the rest at 32 bits), even (a quarter each of 32, 4, 2, skip)")
+    bi.add_argument("--mixes", nargs="+",
+                    help="policy mixes to time (default: all): 32 4 2 (every frame at that width), skip25/50/75 "
+                    "(that share skipped, the rest at 32 bits), even (a quarter each of 32, 4, 2, skip)")
     bi.set_defaults(run=_bench_infer)

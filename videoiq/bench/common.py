@@ -75,6 +75,7 @@ def isolated(fn: Callable[..., Any], *args: Any, threads: int) -> Any:
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
     """Right-aligned columns, the first left-aligned."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     for line in [header, ["-" * w for w in widths], *rows]:
-        print("  " + "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        print("  " + "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                               for i, (c, w) in enumerate(zip(line, widths, strict=True))))

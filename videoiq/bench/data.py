@@ -103,7 +103,8 @@ def _ray_rates(db_path: str, spec: ClipSpec, positions: list[int], batch_size: i
         rates = {}
         for name, seed in ((f"Ray Data ({workers} CPUs)", None), (f"Ray Data, seeded ({workers} CPUs)", 0)):
             ds = clip_dataset(db_path, spec, positions=positions, seed=seed)
-            rates[name] = _best_rate(lambda ds=ds: sum(len(b["index"]) for b in iter_clip_batches(ds, batch_size)), epochs)
+            rates[name] = _best_rate(lambda ds=ds: sum(len(b["index"]) for b in iter_clip_batches(ds, batch_size)),
+                                     epochs)
         return rates
     finally:
         if started:

@@ -79,8 +79,12 @@ def _case(name: str, cfg: dict[str, Any]) -> tuple[float, float]:
 
 def bench_infer(backbone: str = "ap_resnet50", policy: str = "policy_mobilenet_v2", frames: int = 16,
                 size: int = 112, policy_size: int = 84, batch: int = 4, classes: int = 200, repeat: int = 3,
-                threads: int = 0, device: str = "cpu", mixes: tuple[str, ...] = tuple(MIXES)) -> dict[str, float]:
-    """Print and return ms per video of the dense paths and of conditional execution at each mix."""
+                threads: int = 0, device: str = "cpu",
+                mixes: tuple[str, ...] = tuple(MIXES)) -> dict[str, dict[str, float | None]]:
+    """Print and return the table of the dense paths and of conditional execution at each mix, one row per case
+    (``"dense fp"``, ``"dense all-precision"``, ``"policy only"`` and the ``mixes`` names) with the printed
+    columns: ``ms_per_video``, ``time_vs_fp``, ``gflops_paper``, ``gflops_run``, ``gflops_vs_fp``,
+    ``saving_realized`` and ``peak_mib`` (``None`` where the table has no figure)."""
     threads = threads or torch.get_num_threads()
     unknown = [m for m in mixes if m not in MIXES]
     if unknown:
@@ -90,8 +94,9 @@ def bench_infer(backbone: str = "ap_resnet50", policy: str = "policy_mobilenet_v
     model = _model(cfg)
     cost = video_cost(model.backbone, model.policy, num_frames=frames, input_size=size)
     print("videoiq bench infer: conditional execution vs the dense paths, no gradients, eval mode")
-    print(f"  backbone {backbone} (dense fp: {backbone.removeprefix('ap_')}), policy {policy} at {policy_size}x{policy_size}, "
-          f"{classes} classes; batch {batch} videos x {frames} frames at {size}x{size}; median of {repeat} after 1 warm-up")
+    print(f"  backbone {backbone} (dense fp: {backbone.removeprefix('ap_')}), policy {policy} at "
+          f"{policy_size}x{policy_size}, {classes} classes; batch {batch} videos x {frames} frames at {size}x{size}; "
+          f"median of {repeat} after 1 warm-up")
     print(f"  {setting_line(device, threads)}")
     names = ["dense fp", "dense all-precision", "policy only", *mixes]
     results = {name: isolated(_case, name, cfg, threads=threads) for name in names}
@@ -100,28 +105,39 @@ def bench_infer(backbone: str = "ap_resnet50", policy: str = "policy_mobilenet_v
     policy_gmacs = (cost.policy_cnn_macs + cost.policy_rnn_macs) / 1e9
     # what the dense path runs: the policy, the teacher, and the student's stem once and stages per width
     all_prec = policy_gmacs + (2 * cost.fp_macs + (1 + len(model.precisions)) * cost.quantized_macs) / 1e9
-    rows = []
+    table: dict[str, dict[str, float | None]] = {}
     for name in names:
         sec, mem = results[name]
-        label = MIXES[name][0] if name in MIXES else name
+        paper, realized = None, None
         if name in MIXES:
             mix = MIXES[name][1]
             paper, run = cost.gmacs(mix).total, cost.gmacs(mix, charge_skipped=False).total
             realized = (1 - sec / fp_sec) / (1 - run / fp_gmacs) if run < fp_gmacs else float("nan")
-            extra = [f"{paper:.3f}", f"{run:.3f}", f"{run / fp_gmacs:.2f}", f"{realized:.2f}"]
         elif name == "dense fp":
-            extra = [f"{fp_gmacs:.3f}", f"{fp_gmacs:.3f}", "1.00", ""]
+            paper = run = fp_gmacs
         elif name == "dense all-precision":
-            extra = ["", f"{all_prec:.3f}", f"{all_prec / fp_gmacs:.2f}", ""]
+            run = all_prec
         else:
-            extra = ["", f"{policy_gmacs:.3f}", f"{policy_gmacs / fp_gmacs:.2f}", ""]
-        rows.append([label, f"{1000 * sec / batch:.1f}", f"{sec / fp_sec:.2f}", *extra, f"{mem:.0f}"])
+            run = policy_gmacs
+        table[name] = {"ms_per_video": 1000 * sec / batch, "time_vs_fp": sec / fp_sec, "gflops_paper": paper,
+                       "gflops_run": run, "gflops_vs_fp": run / fp_gmacs, "saving_realized": realized,
+                       "peak_mib": mem}
     print()
     print_table(["case", "ms/video", "time vs fp", "GFLOPs (paper)", "GFLOPs (run)", "GFLOPs vs fp",
-                 "saving realized", "peak MiB"], rows)
+                 "saving realized", "peak MiB"], [_row(name, r) for name, r in table.items()])
     print()
     for share in (25, 50, 75):
         if "32" in results and f"skip{share}" in results:
             cut = 1 - results[f"skip{share}"][0] / results["32"][0]
             print(f"  skipping {share}% of frames cuts time by {100 * cut:.0f}% vs all 32-bit")
-    return {name: sec / batch for name, (sec, _) in results.items()}
+    return table
+
+
+def _row(name: str, r: dict[str, float | None]) -> list[str]:
+    """One printed row: a blank where the table has no figure."""
+    def cell(key: str, fmt: str) -> str:
+        return "" if r[key] is None else format(r[key], fmt)
+
+    return [MIXES[name][0] if name in MIXES else name, cell("ms_per_video", ".1f"), cell("time_vs_fp", ".2f"),
+            cell("gflops_paper", ".3f"), cell("gflops_run", ".3f"), cell("gflops_vs_fp", ".2f"),
+            cell("saving_realized", ".2f"), cell("peak_mib", ".0f")]

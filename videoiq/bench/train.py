@@ -122,7 +122,8 @@ def bench_train(backbone: str = "resnet18", policy: str = "policy_mobilenet_v2",
                 batch: int = 4, steps: int = 3, classes: int = 10, threads: int = 0, device: str = "cpu",
                 ray_workers: tuple[int, ...] = (1, 2), amp: str = "off", channels_last: bool = False,
                 storage: str = "") -> dict[str, dict[str, float]]:
-    """Print and return seconds per step of every stage: bare, and through Ray Train per worker count."""
+    """Print and return the table of every stage's step, bare and through Ray Train per worker count:
+    ``{stage: {"bare_samples_per_s", "peak_mib", "ray_<w>w_samples_per_s", "ray_<w>w_vs_bare" per w}}``."""
     threads = threads or torch.get_num_threads()
     if any(batch % w for w in ray_workers):
         raise ValueError(f"--batch {batch} must split evenly over {list(ray_workers)} workers")
@@ -152,19 +153,20 @@ def bench_train(backbone: str = "resnet18", policy: str = "policy_mobilenet_v2",
     header = ["stage", "bare samples/s", "peak MiB"]
     for w in ray_workers:
         header += [f"Ray {w}w samples/s", f"Ray {w}w / bare"]
-    rows = []
+    table = {}
     for stage in STAGES:
         sec, mem = bare[stage]
-        row = [stage, f"{batch / sec:.2f}", f"{mem:.0f}"]
+        table[stage] = {"bare_samples_per_s": batch / sec, "peak_mib": mem}
         for w in ray_workers:
             ray_sec = ray_runs[w][stage][0]  # rank 0's step on its share; every rank steps together (DDP)
-            row += [f"{batch / ray_sec:.2f}", f"{sec / ray_sec:.2f}"]
-        rows.append(row)
+            table[stage].update({f"ray_{w}w_samples_per_s": batch / ray_sec, f"ray_{w}w_vs_bare": sec / ray_sec})
     print()
+    rows = [[stage, f"{r['bare_samples_per_s']:.2f}", f"{r['peak_mib']:.0f}",
+             *[f"{r[f'ray_{w}w_{k}']:.2f}" for w in ray_workers for k in ("samples_per_s", "vs_bare")]]
+            for stage, r in table.items()]
     print_table(header, rows)
     print(f"\n  ap step / fp step (bare): {bare['ap'][0] / bare['fp'][0]:.2f}x (3 widths + the teacher)")
     if 1 in ray_runs:
         worst = min(bare[s][0] / ray_runs[1][s][0] for s in STAGES)
         print(f"  Ray Train (1 worker, {threads} CPUs) / bare loop, slowest stage: {worst:.2f}")
-    return {"bare": {s: v[0] for s, v in bare.items()},
-            **{f"ray_{w}": {s: v[0] for s, v in r.items()} for w, r in ray_runs.items()}}
+    return table

@@ -18,12 +18,43 @@ Files: ``sections`` (the sections), ``stages`` (the stage classes and dict conve
 overrides), ``_typed`` (the dict -> dataclass engine with its type checks).
 """
 from ._typed import ConfigError, plain
-from .io import (apply_overrides, config_changes, dump_yaml, load_config, parse_override, read_yaml, save_config,
-                 set_value)
-from .sections import (DataSection, EvalSection, InitSection, LoggingSection, LossSection, ModelSection, OptimSection,
-                       PolicySection, QuantSection, RaySection, SpeedSection)
-from .stages import (PATH_FIELDS, STAGES, APConfig, EvalConfig, FPConfig, PolicyConfig, PolicyPretrainConfig,
-                     StageConfig, absolute_paths, config_from_dict, config_to_dict, default_config)
+from .io import (
+    apply_overrides,
+    config_changes,
+    dump_yaml,
+    load_config,
+    parse_override,
+    read_yaml,
+    save_config,
+    set_value,
+)
+from .sections import (
+    DataSection,
+    EvalSection,
+    InitSection,
+    LoggingSection,
+    LossSection,
+    ModelSection,
+    OptimSection,
+    PolicySection,
+    QuantSection,
+    RaySection,
+    SpeedSection,
+)
+from .stages import (
+    PATH_FIELDS,
+    STAGES,
+    APConfig,
+    EvalConfig,
+    FPConfig,
+    PolicyConfig,
+    PolicyPretrainConfig,
+    StageConfig,
+    absolute_paths,
+    config_from_dict,
+    config_to_dict,
+    default_config,
+)
 
 __all__ = [
     "ConfigError", "plain", "apply_overrides", "config_changes", "dump_yaml", "load_config", "parse_override",

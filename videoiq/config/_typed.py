@@ -49,16 +49,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
-            try:
-                return coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0]
+        return _coerce_union(value, args, where)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
@@ -72,15 +63,36 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        key_tp, val_tp = args
-        out = {}
-        for k, v in value.items():
-            if key_tp is int and isinstance(k, str) and k.strip().lstrip("-").isdigit():
-                k = int(k)
-            out[coerce(k, key_tp, f"{where} key {k!r}")] = coerce(v, val_tp, f"{where}[{k!r}]")
-        return out
+        return _coerce_dict(value, args, where)
+    return _coerce_scalar(value, tp, where)
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], where: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    inner = [a for a in args if a is not type(None)]
+    errors = []
+    for a in inner:
+        try:
+            return coerce(value, a, where)
+        except ConfigError as e:
+            errors.append(e)
+    raise errors[0]
+
+
+def _coerce_dict(value: Any, args: tuple[Any, ...], where: str) -> dict[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    key_tp, val_tp = args
+    out = {}
+    for k, v in value.items():
+        if key_tp is int and isinstance(k, str) and k.strip().lstrip("-").isdigit():
+            k = int(k)
+        out[coerce(k, key_tp, f"{where} key {k!r}")] = coerce(v, val_tp, f"{where}[{k!r}]")
+    return out
+
+
+def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")

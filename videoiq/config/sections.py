@@ -24,7 +24,8 @@ def _below(section: Any, minimum: float, *names: str, strict: bool = False) -> l
 
 def _fraction(section: Any, *names: str) -> list[str]:
     """``"<field>: must lie in [0, 1)"`` for each named field outside it (dropout, momentum)."""
-    return [f"{n}: must lie in [0, 1), got {getattr(section, n)}" for n in names if not 0.0 <= getattr(section, n) < 1.0]
+    return [f"{n}: must lie in [0, 1), got {getattr(section, n)}" for n in names
+            if not 0.0 <= getattr(section, n) < 1.0]
 
 
 @dataclass

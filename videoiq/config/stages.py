@@ -14,8 +14,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ._typed import ConfigError, build, plain, suggest
-from .sections import (DataSection, EvalSection, InitSection, LoggingSection, LossSection, ModelSection, OptimSection,
-                       PolicySection, QuantSection, RaySection, SpeedSection)
+from .sections import (
+    DataSection,
+    EvalSection,
+    InitSection,
+    LoggingSection,
+    LossSection,
+    ModelSection,
+    OptimSection,
+    PolicySection,
+    QuantSection,
+    RaySection,
+    SpeedSection,
+)
 
 
 @dataclass
@@ -207,13 +218,15 @@ class PolicyConfig(StageConfig):
 
         out = []
         if self.policy.model not in list_models(kind="policy"):
-            out.append(f"policy.model: unknown policy model {self.policy.model!r}; known: {', '.join(list_models(kind='policy'))}")
+            out.append(f"policy.model: unknown policy model {self.policy.model!r}; "
+                       f"known: {', '.join(list_models(kind='policy'))}")
         if self.quant is not None and self.policy.precisions is not None:
             outside = [b for b in self.policy.precisions if b not in self.quant.bit_widths]
             if outside:
                 out.append(f"policy.precisions: {outside} are not in quant.bit_widths {list(self.quant.bit_widths)}")
         if self.policy.fp_action and not self.loss.teacher:
-            out.append("policy.fp_action: offers the frozen full-precision teacher as an action, so loss.teacher must be true")
+            out.append("policy.fp_action: offers the frozen full-precision teacher as an action, "
+                       "so loss.teacher must be true")
         if self.optim.bn_recalibration:
             out.append("optim.bn_recalibration: the policy stage's backbone is frozen; recalibrate it in the ap stage")
         if self.loss.policy_ce_weight > 0 and not self.policy.aux_classifier:

@@ -25,8 +25,7 @@ from .._version import __version__
 from ..progress import Progress
 from .codec import FrameError, VideoDecodeError, encode_jpeg, normalize_jpeg, read_video
 from .lists import SourceVideo
-from .records import (BUILD_KEY, FORMAT, INDEX_KEY, META_KEY, VERSION, decode_header, encode_record,
-                      forget, iter_keys)
+from .records import BUILD_KEY, FORMAT, INDEX_KEY, META_KEY, VERSION, decode_header, encode_record, forget, iter_keys
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file only grows as records are written
 
@@ -105,7 +104,8 @@ def convert_video_file(item: SourceVideo, fps: float | None, short_side: int, qu
     return encode_record(frames, list(item.labels), shape[0], shape[1], item.key), 0
 
 
-def _run_one(fn: Callable[..., tuple[bytes, int]], item: SourceVideo, args: tuple) -> tuple[str, bytes | None, str, int]:
+def _run_one(fn: Callable[..., tuple[bytes, int]], item: SourceVideo,
+             args: tuple) -> tuple[str, bytes | None, str, int]:
     try:
         record, reencoded = fn(item, *args)
         return item.key, record, "", reencoded
@@ -175,7 +175,8 @@ def _open_for_writing(out: str, overwrite: bool, map_size: int) -> lmdb.Environm
     try:
         return lmdb.open(out, map_size=map_size, readahead=False, meminit=False, max_dbs=0)
     except lmdb.Error as e:
-        raise BuildError(f"{out}: cannot open for writing ({e}); a smaller --map-size may help on this filesystem") from None
+        raise BuildError(f"{out}: cannot open for writing ({e}); "
+                         "a smaller --map-size may help on this filesystem") from None
 
 
 def _claim(env: lmdb.Environment, out: str, settings: dict[str, Any], keys: list[str]) -> set[str]:

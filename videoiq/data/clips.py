@@ -85,9 +85,8 @@ def clip_indices(spec: ClipSpec, num_frames: int, rng: np.random.Generator) -> l
     """The frame indices of every view's clip, concatenated clip by clip."""
     if spec.train:
         return train_indices(num_frames, spec.segments, spec.frames_per_segment, rng, spec.offsets).tolist()
-    return np.concatenate(
-        [eval_indices(num_frames, spec.segments, spec.frames_per_segment, c, spec.num_clips) for c in range(spec.num_clips)]
-    ).tolist()
+    return np.concatenate([eval_indices(num_frames, spec.segments, spec.frames_per_segment, c, spec.num_clips)
+                           for c in range(spec.num_clips)]).tolist()
 
 
 def read_clip(db: VideoDB, position: int, spec: ClipSpec, rng: np.random.Generator) -> list[bytes]:
@@ -96,7 +95,8 @@ def read_clip(db: VideoDB, position: int, spec: ClipSpec, rng: np.random.Generat
     return jpegs
 
 
-def decode_clip(spec: ClipSpec, jpegs: list[bytes], rng: np.random.Generator, db: str = "", key: str = "") -> torch.Tensor:
+def decode_clip(spec: ClipSpec, jpegs: list[bytes], rng: np.random.Generator, db: str = "",
+                key: str = "") -> torch.Tensor:
     """uint8 pixels of a clip from its JPEG bytes, transformed per ``spec`` (shape ``spec.sample_shape``)."""
     frames = []
     for j, data in enumerate(jpegs):
@@ -137,7 +137,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.db = VideoDB(path)
         self.spec, self.seed, self.epoch = spec, seed, 0
         counts = self.db.index.num_frames
-        self.positions = [i for i, n in enumerate(counts) if n >= spec.min_frames] if spec.train else list(range(len(counts)))
+        self.positions = ([i for i, n in enumerate(counts) if n >= spec.min_frames] if spec.train
+                          else list(range(len(counts))))
         if not self.positions:
             raise ValueError(f"{path}: no videos to read (of {len(counts)}, none has >= {spec.min_frames} frames)")
 

@@ -42,14 +42,14 @@ class FrameKinds:
     videos: dict[str, str]
 
     def to_json(self) -> str:
-        return json.dumps({"kinds": {n: (list(g) if g is not None else None) for n, g in zip(self.names, self.groups)},
-                           "videos": self.videos}, indent=0) + "\n"
+        kinds = {n: (list(g) if g is not None else None) for n, g in zip(self.names, self.groups, strict=True)}
+        return json.dumps({"kinds": kinds, "videos": self.videos}, indent=0) + "\n"
 
     def sampled(self, db: VideoDB, segments: int, frames_per_segment: int = 1) -> np.ndarray:
         """``(videos, frames)`` kind ids of the frames evaluation samples (one clip: the segment centres) from
         every video of ``db``, in database order."""
         out = np.empty((len(db), segments * frames_per_segment), np.int64)
-        for i, (key, n) in enumerate(zip(db.index.keys, db.index.num_frames)):
+        for i, (key, n) in enumerate(zip(db.index.keys, db.index.num_frames, strict=True)):
             digits = self.videos.get(key)
             if digits is None:
                 raise FrameKindsError(f"{db.path}: video {key!r} has no frame kinds in its frame kinds file")

@@ -56,7 +56,8 @@ def _key_of(rel: str) -> str:
     return key
 
 
-def _finish_list(path: str, items: list[SourceVideo], problems: list[str], num_classes: int | None) -> list[SourceVideo]:
+def _finish_list(path: str, items: list[SourceVideo], problems: list[str],
+                 num_classes: int | None) -> list[SourceVideo]:
     seen: dict[str, int] = {}
     for it in items:
         if it.key.startswith(RESERVED_PREFIX) or not it.key:
@@ -87,7 +88,8 @@ def parse_frame_list(
     for n, line in _read_lines(path):
         parts = [p for p in line.split(separator) if p != ""]
         if len(parts) < min_fields:
-            problems.append(f"line {n}: expected {min_fields}+ fields separated by {separator!r} ({layout}), got {line!r}")
+            problems.append(f"line {n}: expected {min_fields}+ fields separated by {separator!r} ({layout}), "
+                            f"got {line!r}")
             continue
         try:
             if layout == "start_end":
@@ -105,7 +107,8 @@ def parse_frame_list(
     return _finish_list(path, items, problems, num_classes)
 
 
-def parse_video_list(path: str, videos_root: str, separator: str = " ", num_classes: int | None = None) -> list[SourceVideo]:
+def parse_video_list(path: str, videos_root: str, separator: str = " ",
+                     num_classes: int | None = None) -> list[SourceVideo]:
     """Videos of a list file ``relative/video.mp4 label [label ...]`` under ``videos_root``."""
     items, problems = [], []
     for n, line in _read_lines(path):

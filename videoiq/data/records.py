@@ -197,7 +197,8 @@ class VideoDB:
                 )
             raise DatabaseError(f"{self.path}: not a videoiq database (no __meta__ record)")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise DatabaseError(f"{self.path}: __meta__ says format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT!r}")
+            found = meta.get("format") if isinstance(meta, dict) else meta
+            raise DatabaseError(f"{self.path}: __meta__ says format {found!r}, expected {FORMAT!r}")
         if meta.get("version") != VERSION:
             raise DatabaseError(
                 f"{self.path}: format version {meta.get('version')!r}; this videoiq reads version {VERSION}. "
@@ -214,7 +215,7 @@ class VideoDB:
         if not len(self.index.keys) == len(self.index.num_frames) == len(self.index.labels) == meta["num_videos"]:
             raise DatabaseError(f"{self.path}: __index__ and __meta__ disagree on the number of videos")
         n = int(meta.get("num_classes", 0))
-        for key, labels in zip(self.index.keys, self.index.labels):
+        for key, labels in zip(self.index.keys, self.index.labels, strict=True):
             if any(not 0 <= x < n for x in labels):
                 raise DatabaseError(f"{self.path}: record {key!r} has label(s) {list(labels)} outside its "
                                     f"{n} classes (0..{n - 1})")
@@ -240,7 +241,8 @@ class VideoDB:
                 raise RecordError(self.path, key, "listed in __index__ but missing from the database")
             header, start = decode_header(value, self.path, key)
             if header.num_frames != self.index.num_frames[i]:
-                raise RecordError(self.path, key, f"has {header.num_frames} frames, __index__ says {self.index.num_frames[i]}")
+                raise RecordError(self.path, key,
+                                  f"has {header.num_frames} frames, __index__ says {self.index.num_frames[i]}")
             wanted = list(range(header.num_frames)) if frame_indices is None else list(frame_indices)
             bad = [j for j in wanted if not 0 <= j < header.num_frames]
             if bad:

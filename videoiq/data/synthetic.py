@@ -31,9 +31,9 @@ import numpy as np
 
 from ..progress import Progress
 from .build import BuildReport, build_frames, build_videos
-from .lists import parse_frame_list, parse_video_list, read_class_names
 from .codec import encode_jpeg, write_video
 from .frame_kinds import FrameKinds, frame_kinds_path
+from .lists import parse_frame_list, parse_video_list, read_class_names
 
 COLOURS = {"red": (215, 45, 40), "blue": (40, 85, 220), "green": (45, 175, 60), "yellow": (225, 200, 40)}
 MARKS = {"cyan": (0.0, 1.0, 1.0), "magenta": (1.0, 0.0, 1.0)}

@@ -160,7 +160,8 @@ def policy_mobilenet_v2(num_precisions: int, skip_choices: Sequence[int] = (), h
                         input_size: int = 84, dropout: float = 0.8, num_classes: int | None = None,
                         temperature: float = 5.0) -> PolicyNet:
     """The paper's policy: MobileNetV2 (width 1.0) at 84x84, LSTMCell 1280 -> 512."""
-    return _policy(mobilenet_v2, num_precisions, skip_choices, hidden_size, input_size, dropout, num_classes, temperature)
+    return _policy(mobilenet_v2, num_precisions, skip_choices, hidden_size, input_size, dropout, num_classes,
+                   temperature)
 
 
 @register_model("policy")

@@ -21,9 +21,9 @@ Port of the structure of sunxm2357/VideoIQ ``resnet_pact_ap.py`` (read, not copi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -154,7 +154,8 @@ class ResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.num_classes = num_classes
-        self.conv1 = nn.Conv2d(3, width, kernel_size=stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=stem_kernel, stride=stem_stride, padding=stem_kernel // 2,
+                               bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)

@@ -36,7 +36,8 @@ FP_ACTION = "fp"
 
 def action_names(precisions: Sequence[int], skip_choices: Sequence[int], fp_action: bool) -> tuple[str, ...]:
     """Names of the policy's actions in head order, e.g. ``("fp", "4bit", "2bit", "skip1")``."""
-    return tuple(([FP_ACTION] if fp_action else []) + [f"{b}bit" for b in precisions] + [f"skip{s}" for s in skip_choices])
+    return tuple(([FP_ACTION] if fp_action else []) + [f"{b}bit" for b in precisions]
+                 + [f"skip{s}" for s in skip_choices])
 
 
 class VideoIQOutput(NamedTuple):
@@ -141,7 +142,8 @@ class VideoIQ(nn.Module):
         """One-hot decisions ``(B, T, A)`` from action indices ``(B, T)``, checked against the video."""
         num_actions = len(self.actions)
         if forced_actions.shape != video.shape[:2]:
-            raise ValueError(f"forced_actions must have shape (B, T)={tuple(video.shape[:2])}, got {tuple(forced_actions.shape)}")
+            raise ValueError(f"forced_actions must have shape (B, T)={tuple(video.shape[:2])}, "
+                             f"got {tuple(forced_actions.shape)}")
         if forced_actions.min() < 0 or forced_actions.max() >= num_actions:
             raise ValueError(f"forced_actions must index the {num_actions} actions {self.actions}")
         return F.one_hot(forced_actions.long(), num_actions).to(video.dtype)
@@ -188,7 +190,8 @@ class VideoIQ(nn.Module):
                              kept_target_logits)
 
     @torch.no_grad()
-    def infer(self, video: Tensor, *, deterministic: bool = True, forced_actions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def infer(self, video: Tensor, *, deterministic: bool = True,
+              forced_actions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Conditional execution for inference: ``(logits (B, C), decisions (B, T, A))``.
 
         Runs the policy (unless ``forced_actions``), then each precision action's network (the

@@ -84,4 +84,5 @@ class GroupJanitor(threading.Thread):
                 if checks >= self.patience:
                     remove_group(pg_id)
                     del self.idle_checks[pg_id]
-                    self.printer(f"{self.cfg.STAGE}: freed the CPUs of a worker group Ray Train left behind after a restart")
+                    self.printer(f"{self.cfg.STAGE}: freed the CPUs of a worker group Ray Train left behind "
+                                 "after a restart")

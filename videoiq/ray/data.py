@@ -123,7 +123,7 @@ def decode_batch(batch: dict[str, np.ndarray], spec: ClipSpec, path: str) -> dic
     db = _db(path)
     videos, valid = [], []
     for data, sizes, position, error, seed in zip(batch["jpeg"], batch["sizes"], batch["index"], batch["error"],
-                                                  batch["seed"]):
+                                                  batch["seed"], strict=True):
         key, rng = db.index.keys[int(position)], np.random.default_rng(int(seed))
         try:
             if error:
@@ -168,22 +168,20 @@ def clip_dataset(path: str, spec: ClipSpec, videos_per_block: int = 8, read_task
     return ds
 
 
-def train_data_config(datasets: dict[str, ray.data.Dataset], split_val: bool = False) -> ray.train.DataConfig:
-    """Split the ``train`` dataset across workers; ``val`` too only when asked (each worker then scores a part).
+def train_data_config(datasets: dict[str, ray.data.Dataset]) -> ray.train.DataConfig:
+    """Split the ``train`` dataset across workers; every worker gets the whole of any other dataset.
 
     Ray Train replaces a dataset's own execution options with the ``DataConfig``'s (by default the global
     context's), which would drop the ordered blocks a seeded :func:`clip_dataset` asks for; so each of
     ``datasets`` (the ones given to the trainer) takes its own options along.
     """
     options = {name: copy.deepcopy(ds.context.execution_options) for name, ds in datasets.items()}
-    return ray.train.DataConfig(datasets_to_split=["train", "val"] if split_val else ["train"],
-                                execution_options=options)
+    return ray.train.DataConfig(datasets_to_split=["train"], execution_options=options)
 
 
-def iter_clip_batches(shard: Any, batch_size: int, device: torch.device | str = "cpu",
-                      local_shuffle_buffer_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Torch batches ``{"video", "label", "index", "valid"}`` from a dataset or a worker's shard."""
+def iter_clip_batches(shard: Any, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """CPU torch batches ``{"video", "label", "index", "valid"}`` from a dataset or a worker's shard."""
     yield from shard.iter_torch_batches(
-        batch_size=batch_size, device=device, local_shuffle_buffer_size=local_shuffle_buffer_size,
+        batch_size=batch_size, device="cpu",
         dtypes={"video": torch.uint8, "label": torch.int64, "index": torch.int64, "valid": torch.bool},
     )

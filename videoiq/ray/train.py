@@ -27,8 +27,15 @@ import ray.train
 import ray.train.torch
 import torch
 from ray.exceptions import RayActorError
-from ray.train import (Checkpoint, CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig,
-                       TrainingFailedError)
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    ControllerError,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+    TrainingFailedError,
+)
 from ray.train.torch import TorchTrainer
 
 from ..config import ConfigError, StageConfig, absolute_paths, config_from_dict, config_to_dict
@@ -109,9 +116,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, float]:
             _say(f"{cfg.STAGE}: resuming from the checkpoint after epoch {start}")
     batch = max(1, cfg.data.batch_size // world_size())
     shard = ray.train.get_dataset_shard("train")
-    ev = getattr(cfg, "eval", None)
-    val = VideoClipDataset(cfg.data.lmdb_path(cfg.data.val_split), ClipSpec.from_config(
-        cfg.data, train=False, num_clips=ev.num_clips if ev else 1, num_crops=ev.num_crops if ev else 1))
+    val = VideoClipDataset(cfg.data.lmdb_path(cfg.data.val_split), ClipSpec.from_config(cfg.data, train=False))
     val.positions = val.positions[rank()::world_size()]
 
     steps = math.ceil(len(VideoDB(cfg.data.lmdb_path(cfg.data.train_split)).index.keys) / world_size() / batch)
@@ -171,7 +176,8 @@ def check_resources(cfg: StageConfig) -> None:
                           "workers, so training would wait forever; leave at least one CPU free (fewer workers or "
                           "CPUs per worker, or more logical CPUs: `ray start --num-cpus N`)")
     if cfg.ray.use_gpu and cfg.ray.num_workers > gpus:
-        raise ConfigError(f"ray.use_gpu with ray.num_workers={cfg.ray.num_workers}, but the Ray cluster has {gpus:g} GPUs")
+        raise ConfigError(f"ray.use_gpu with ray.num_workers={cfg.ray.num_workers}, "
+                          f"but the Ray cluster has {gpus:g} GPUs")
 
 
 def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None] = print,

@@ -4,11 +4,12 @@
 (the Train V2 pattern; a ``Tuner`` over a ``TorchTrainer`` fails under Train V2) that trains the policy
 stage on the base config's frozen ap backbone and policy_pretrain checkpoints, read once per trial and
 never retrained: in the trial's own process when ``ray.num_workers`` is 0, else on Ray Train workers
-whose reports are forwarded to Tune (both through the dispatcher the caller passes, :func:`videoiq.runner.run_config`,
-as a stage runs anywhere else). A trial that fails keeps its traceback in ``<trial>/errors/`` and its cause in the
-trial's state, which the report shows. Every validated epoch (``optim.val_every``) reports accuracy, mAP,
-GFLOPs per video and the share of frames at each action. A trial's run lives in ``<experiment>/trials/<trial id>`` and resumes from
-its own checkpoint whenever Tune restarts it (a retry after a crash, or a restored sweep).
+whose reports are forwarded to Tune (both through the dispatcher the caller passes,
+:func:`videoiq.runner.run_config`, as a stage runs anywhere else). A trial that fails keeps its traceback in
+``<trial>/errors/`` and its cause in the trial's state, which the report shows. Every validated epoch
+(``optim.val_every``) reports accuracy, mAP, GFLOPs per video and the share of frames at each action. A
+trial's run lives in ``<experiment>/trials/<trial id>`` and resumes from its own checkpoint whenever Tune
+restarts it (a retry after a crash, or a restored sweep).
 
 Re-running an interrupted sweep (same file, same storage) restores it with ``Tuner.restore``:
 finished trials are kept, unfinished and errored ones continue. At the end the Pareto report is
@@ -95,7 +96,8 @@ def _trial(params: dict[str, Any], *, sweep: Sweep, base: dict[str, Any], experi
         final = run_stage(cfg, on_epoch=report, callbacks=[_train_reports_to_tune(epochs)])["metrics"]
     except Exception as e:
         log = keep_traceback(folder, "trial", e)
-        cause = e.message if isinstance(e, RemoteError) else str(e) if isinstance(e, user_errors()) else f"{type(e).__name__}: {e}"
+        cause = (e.message if isinstance(e, RemoteError) else str(e) if isinstance(e, user_errors())
+                 else f"{type(e).__name__}: {e}")
         update_state(folder, status="error", error=f"{cause} (full traceback: {log})")
         raise
     update_state(folder, status="finished")

@@ -108,7 +108,7 @@ def pareto_fronts(points: Sequence[tuple[float, float]]) -> list[int]:
 def rank_trials(trials: list[TrialRecord], metric: str) -> list[TrialRecord]:
     """Set each scored trial's front and sort: front 0 first, then by accuracy; unscored trials last."""
     scored = [t for t in trials if metric in t.metrics and COST in t.metrics]
-    for t, f in zip(scored, pareto_fronts([(t.metrics[metric], t.metrics[COST]) for t in scored])):
+    for t, f in zip(scored, pareto_fronts([(t.metrics[metric], t.metrics[COST]) for t in scored]), strict=True):
         t.front = f
     return sorted(trials, key=lambda t: (t.front is None, t.front or 0, -t.metrics.get(metric, 0.0), t.trial_id))
 
@@ -186,11 +186,12 @@ class Report:
                  *[_short(t.params.get(k)) for k in keys]] for t in self.trials]
         rows += [["ref", r.name, "", "", number(r.metrics, self.metric, ".2f"), number(r.metrics, COST, ".4f"),
                   *[""] * (len(usage) + len(keys))] for r in self.references]
-        widths = [max(len(str(x)) for x in column) for column in zip(head, *rows)]
+        widths = [max(len(str(x)) for x in column) for column in zip(head, *rows, strict=True)]
         left = {1, 2}  # trial and status read better left-aligned
 
         def line(cells: list[str]) -> str:
-            return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
         out = [line(head), "-" * len(line(head))] + [line(r) for r in rows]
         out += [f"error in {t.trial_id} (after {t.attempts} attempts): {t.error.splitlines()[0][:160]}"
@@ -278,7 +279,8 @@ def plot_report(report: Report, path: Path) -> Path:
     uniform = sorted((r.metrics[COST], r.metrics[report.metric]) for r in report.references
                      if r.name.startswith("ap ") and report.metric in r.metrics)
     if len(uniform) > 1:  # mixing two adjacent widths over videos reaches any point of the segment between them
-        ax.plot(*zip(*uniform), c="#1f4e9e", lw=1, ls="--", zorder=1, label="uniform precision (ap widths)")
+        ax.plot(*zip(*uniform, strict=True), c="#1f4e9e", lw=1, ls="--", zorder=1,
+                label="uniform precision (ap widths)")
     for r in report.references:
         if report.metric in r.metrics:
             marker = "*" if r.name == "fp" else "s"

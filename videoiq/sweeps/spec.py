@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import ConfigError, PolicyConfig, absolute_paths, config_from_dict, parse_override, read_yaml, set_value
 
 DOMAINS = ("uniform", "loguniform", "randint", "choice", "grid")
@@ -108,8 +106,8 @@ class Sweep:
 
     def as_dict(self) -> dict[str, Any]:
         """The sweep as plain data (saved with the experiment, compared when it is resumed)."""
-        return {"base": os.path.abspath(self.base), "name": self.name, "storage_path": self.storage_path, "fixed": self.fixed,
-                "search_space": {k: {d.kind: list(d.values)} for k, d in self.space.items()},
+        return {"base": os.path.abspath(self.base), "name": self.name, "storage_path": self.storage_path,
+                "fixed": self.fixed, "search_space": {k: {d.kind: list(d.values)} for k, d in self.space.items()},
                 "metric": self.metric, "searcher": {self.searcher: self.searcher_options},
                 "scheduler": {self.scheduler: self.scheduler_options}, "num_samples": self.num_samples,
                 "max_concurrent_trials": self.max_concurrent_trials, "max_failures": self.max_failures,
@@ -124,7 +122,8 @@ def _named(value: Any, choices: tuple[str, ...], where: str, problems: list[str]
         name, options = next(iter(value.items()))
         options = options or {}
     else:
-        problems.append(f"{where}: expected one of {', '.join(choices)} (optionally {{name: {{options}}}}), got {value!r}")
+        problems.append(f"{where}: expected one of {', '.join(choices)} (optionally {{name: {{options}}}}), "
+                        f"got {value!r}")
         return choices[0], {}
     if name not in choices:
         problems.append(f"{where}: unknown {where} {name!r}; expected one of {', '.join(choices)}")
@@ -172,15 +171,11 @@ def load_sweep(path: str | Path, storage_path: str | None = None, overrides: Seq
     if overrides:
         raw["fixed"] = {**(raw.get("fixed") or {}), **dict(parse_override(o) for o in overrides)}
     source = str(path)
-    problems: list[str] = []
-    for key in raw:
-        if key not in _KEYS:
-            close = difflib.get_close_matches(str(key), _KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"unknown key {key!r}{hint}; valid keys: {', '.join(_KEYS)}")
+    problems = _unknown_keys(raw)
     base = raw.get("base")
     if not isinstance(base, str) or not base:
-        problems.append("base: the policy-stage config every trial starts from is required (e.g. launch/configs/demo/policy.yaml)")
+        problems.append("base: the policy-stage config every trial starts from is required "
+                        "(e.g. launch/configs/demo/policy.yaml)")
     elif not Path(base).is_file():
         problems.append(f"base: {base!r} does not exist (relative paths are from the current directory)")
     fixed = raw.get("fixed") or {}
@@ -197,29 +192,13 @@ def load_sweep(path: str | Path, storage_path: str | None = None, overrides: Seq
         problems.append(f"fixed and search_space both set {', '.join(both)}")
     metric = raw.get("metric", "val/mAP")
     if metric not in METRICS:
-        problems.append(f"metric: expected one of {', '.join(METRICS)} (maximised; {COST} is always minimised), got {metric!r}")
+        problems.append(f"metric: expected one of {', '.join(METRICS)} (maximised; {COST} is always minimised), "
+                        f"got {metric!r}")
     searcher, searcher_options = _named(raw.get("searcher", "random"), SEARCHERS, "searcher", problems)
     scheduler, scheduler_options = _named(raw.get("scheduler", "none"), SCHEDULERS, "scheduler", problems)
-    ints = {}
-    for key, default, low in (("num_samples", 1, 1), ("max_concurrent_trials", 1, 1), ("max_failures", 0, 0)):
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            problems.append(f"{key}: expected an integer >= {low}, got {value!r}")
-            value = default
-        ints[key] = value
-    resources = raw.get("trial_resources") or {}
-    cpus = resources.get("cpus", 1.0) if isinstance(resources, dict) else None
-    if not isinstance(resources, dict) or set(resources) - {"cpus"} or not _number(cpus) or cpus <= 0:
-        problems.append(f"trial_resources: expected {{cpus: <number > 0>}}, got {resources!r}")
-        cpus = 1.0
-    if searcher == "grid" and any(d.kind != "grid" for d in space.values()):
-        problems.append("searcher: grid needs every search_space domain to be a grid: [values]")
-    if searcher == "optuna":
-        for key, d in space.items():
-            if d.kind == "grid":
-                problems.append(f"search_space.{key}: grid domains need searcher random or grid, not optuna")
-            elif d.kind == "choice" and not all(v is None or isinstance(v, (bool, int, float, str)) for v in d.values):
-                problems.append(f"search_space.{key}: optuna chooses among numbers or strings only, got {list(d.values)}")
+    ints = _trial_counts(raw, problems)
+    cpus = _trial_cpus(raw, problems)
+    problems += _searcher_fits_space(searcher, space)
     name = raw.get("name") or Path(path).stem
     sweep = Sweep(source, base or "", str(name), storage_path or str(raw.get("storage_path", "runs/tune")), fixed,
                   space, str(metric), searcher, searcher_options, scheduler, scheduler_options, ints["num_samples"],
@@ -229,6 +208,51 @@ def load_sweep(path: str | Path, storage_path: str | None = None, overrides: Seq
     if problems:
         raise ConfigError(f"{source}: invalid sweep:\n  - " + "\n  - ".join(problems))
     return sweep
+
+
+def _unknown_keys(raw: dict[str, Any]) -> list[str]:
+    problems = []
+    for key in raw:
+        if key not in _KEYS:
+            close = difflib.get_close_matches(str(key), _KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown key {key!r}{hint}; valid keys: {', '.join(_KEYS)}")
+    return problems
+
+
+def _trial_counts(raw: dict[str, Any], problems: list[str]) -> dict[str, int]:
+    """``num_samples``, ``max_concurrent_trials`` and ``max_failures``, each its default when invalid."""
+    ints = {}
+    for key, default, low in (("num_samples", 1, 1), ("max_concurrent_trials", 1, 1), ("max_failures", 0, 0)):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            problems.append(f"{key}: expected an integer >= {low}, got {value!r}")
+            value = default
+        ints[key] = value
+    return ints
+
+
+def _trial_cpus(raw: dict[str, Any], problems: list[str]) -> float:
+    resources = raw.get("trial_resources") or {}
+    cpus = resources.get("cpus", 1.0) if isinstance(resources, dict) else None
+    if not isinstance(resources, dict) or set(resources) - {"cpus"} or not _number(cpus) or cpus <= 0:
+        problems.append(f"trial_resources: expected {{cpus: <number > 0>}}, got {resources!r}")
+        return 1.0
+    return float(cpus)
+
+
+def _searcher_fits_space(searcher: str, space: dict[str, Domain]) -> list[str]:
+    problems = []
+    if searcher == "grid" and any(d.kind != "grid" for d in space.values()):
+        problems.append("searcher: grid needs every search_space domain to be a grid: [values]")
+    if searcher == "optuna":
+        for key, d in space.items():
+            if d.kind == "grid":
+                problems.append(f"search_space.{key}: grid domains need searcher random or grid, not optuna")
+            elif d.kind == "choice" and not all(v is None or isinstance(v, (bool, int, float, str)) for v in d.values):
+                problems.append(f"search_space.{key}: optuna chooses among numbers or strings only, "
+                                f"got {list(d.values)}")
+    return problems
 
 
 def _check_against_base(sweep: Sweep) -> list[str]:
@@ -254,7 +278,8 @@ def _check_against_base(sweep: Sweep) -> list[str]:
         if unknown:
             problems.append(f"scheduler.asha: unknown options {sorted(unknown)}; known: grace_period, reduction_factor")
         if not isinstance(grace, int) or not 1 <= grace <= base.optim.epochs:
-            problems.append(f"scheduler.asha.grace_period: expected an integer in [1, optim.epochs={base.optim.epochs}], got {grace!r}")
+            problems.append("scheduler.asha.grace_period: expected an integer in "
+                            f"[1, optim.epochs={base.optim.epochs}], got {grace!r}")
         if not _number(factor) or factor <= 1:
             problems.append(f"scheduler.asha.reduction_factor: expected a number > 1, got {factor!r}")
     allowed = {"grid": set()}.get(sweep.searcher, {"seed"})
@@ -262,7 +287,3 @@ def _check_against_base(sweep: Sweep) -> list[str]:
         problems.append(f"searcher.{sweep.searcher}: unknown options {sorted(set(sweep.searcher_options) - allowed)}; "
                         f"known: {', '.join(sorted(allowed)) or 'none'}")
     return problems
-
-
-def dump_sweep(sweep: Sweep) -> str:
-    return yaml.safe_dump(sweep.as_dict(), sort_keys=False)

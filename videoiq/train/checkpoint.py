@@ -110,7 +110,8 @@ def resolve(path: str | os.PathLike) -> Path:
     return next((c for c in candidates if c.is_file() and zipfile.is_zipfile(c)), p / FILENAME)
 
 
-def load_checkpoint(path: str | os.PathLike, stages: Iterable[str] | None = None, what: str = "checkpoint") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, stages: Iterable[str] | None = None,
+                    what: str = "checkpoint") -> dict[str, Any]:
     """Read and check a checkpoint; ``stages`` are those accepted, and ``what`` names the config key for errors."""
     p = resolve(path)
     if not p.is_file():
@@ -122,13 +123,13 @@ def load_checkpoint(path: str | os.PathLike, stages: Iterable[str] | None = None
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        hint = " (a plain weight file? use init.imagenet_weights for torchvision weights)" if isinstance(ckpt, dict) and "format" not in ckpt else ""
+        weights_only = isinstance(ckpt, dict) and "format" not in ckpt
+        hint = " (a plain weight file? use init.imagenet_weights for torchvision weights)" if weights_only else ""
         raise CheckpointError(f"{what}: {str(p)!r} has format {found!r}, expected {FORMAT!r}{hint}")
     allowed = tuple(stages) if stages is not None else None
     if allowed is not None and ckpt.get("stage") not in allowed:
-        raise CheckpointError(
-            f"{what}: {str(p)!r} is a {ckpt.get('stage')!r}-stage checkpoint; expected {' or '.join(map(repr, allowed))}"
-        )
+        raise CheckpointError(f"{what}: {str(p)!r} is a {ckpt.get('stage')!r}-stage checkpoint; "
+                              f"expected {' or '.join(map(repr, allowed))}")
     return ckpt
 
 
@@ -141,7 +142,8 @@ def build_from_entry(entry: dict[str, Any], role: str, source: str) -> nn.Module
     try:
         model.load_state_dict(entry["state_dict"], strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{source}: its {role} weights do not fit {entry['name']}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{source}: its {role} weights do not fit {entry['name']}: "
+                              f"{str(e).splitlines()[0]}") from None
     return model
 
 

@@ -27,7 +27,16 @@ from ..quant import bit_width
 from ..tracking import resolve_mode
 from .checkpoint import CheckpointError, load_checkpoint, load_role, resolve
 from .logbook import start_tracker
-from .scoring import Predictions, SampledKinds, class_ap_table, decide, decisions_picture, policy_metrics, predict, score
+from .scoring import (
+    Predictions,
+    SampledKinds,
+    class_ap_table,
+    decide,
+    decisions_picture,
+    policy_metrics,
+    predict,
+    score,
+)
 
 STAGES_SCORED = ("fp", "policy_pretrain", "ap", "policy")
 
@@ -58,7 +67,8 @@ def kind_accuracy(pred: Predictions, kinds: SampledKinds, labels: tuple[tuple[in
     for k, name in enumerate(kinds.kinds.names):
         mask = ids == k
         if kinds.kinds.groups[k] is not None and mask.any():
-            out[f"val/frames/{name}"] = 100.0 * float(kinds.kinds.reads_correctly(k, predicted[mask], truth[mask]).mean())
+            correct = kinds.kinds.reads_correctly(k, predicted[mask], truth[mask])
+            out[f"val/frames/{name}"] = 100.0 * float(correct.mean())
     return out
 
 

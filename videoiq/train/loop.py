@@ -72,7 +72,8 @@ def train_one_epoch(task: Task, module: nn.Module, batches: Iterable[dict[str, T
         skipped += bad
         if len(label) == 0:
             continue
-        out, losses = train_step(task, module, video, label, optimizer, amp=amp, where=f"epoch {epoch + 1} step {steps + 1}")
+        out, losses = train_step(task, module, video, label, optimizer, amp=amp,
+                                 where=f"epoch {epoch + 1} step {steps + 1}")
         steps += 1
         seen += len(label)
         correct += (task.logits(out).argmax(dim=-1) == label).sum()
@@ -124,6 +125,6 @@ def recalibrate_batch_norm(task: Task, batches: Iterable[dict[str, Tensor]], num
                 task.calibration_forward(video)
             used += 1
     finally:
-        for m, momentum in zip(norms, momenta):
+        for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
     return used

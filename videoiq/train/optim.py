@@ -4,7 +4,8 @@
 * ``ap``: the weights shared by every width train at ``lr / number of widths`` (their gradient is a
   sum over widths); each width's own BN parameters at ``lr``; each width's PACT clips at
   ``optim.clip_lr[bits]`` with ``optim.clip_weight_decay[bits]`` (2-bit: 0.01 and 0.06). The original
-  grouped by name substring and so gave the stem BN full LR and the downsample BNs LR/3; here the split follows what each parameter is.
+  grouped by name substring and so gave the stem BN full LR and the downsample BNs LR/3; here the split
+  follows what each parameter is.
 * ``policy``: the policy's MobileNetV2 at ``policy_backbone_lr``, its LSTM and heads at ``policy_lr``;
   the backbone is frozen.
 """
@@ -52,7 +53,8 @@ def policy_groups(policy: nn.Module, optim: Any) -> list[dict[str, Any]]:
     ids = {id(p) for p in backbone}
     head = [p for p in _trainable(policy.parameters()) if id(p) not in ids]
     return [
-        {"name": "policy/backbone", "params": backbone, "lr": optim.policy_backbone_lr, "weight_decay": optim.weight_decay},
+        {"name": "policy/backbone", "params": backbone, "lr": optim.policy_backbone_lr,
+         "weight_decay": optim.weight_decay},
         {"name": "policy/head", "params": head, "lr": optim.policy_lr, "weight_decay": optim.weight_decay},
     ]
 

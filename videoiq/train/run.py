@@ -87,10 +87,9 @@ def train_in_process(cfg: StageConfig, out_dir: str | os.PathLike, device: str =
             return dict(ckpt["metrics"])
         printer(f"{cfg.STAGE}: resuming from {out / FILENAME} after epoch {start}")
         stage.last_saved = f"{out / FILENAME} (after epoch {start})"
-    ev = getattr(cfg, "eval", None)
-    train_ds = VideoClipDataset(cfg.data.lmdb_path(cfg.data.train_split), ClipSpec.from_config(cfg.data, train=True), cfg.seed)
-    val_ds = VideoClipDataset(cfg.data.lmdb_path(cfg.data.val_split), ClipSpec.from_config(
-        cfg.data, train=False, num_clips=ev.num_clips if ev else 1, num_crops=ev.num_crops if ev else 1))
+    train_ds = VideoClipDataset(cfg.data.lmdb_path(cfg.data.train_split), ClipSpec.from_config(cfg.data, train=True),
+                                cfg.seed)
+    val_ds = VideoClipDataset(cfg.data.lmdb_path(cfg.data.val_split), ClipSpec.from_config(cfg.data, train=False))
     workers = cfg.data.num_workers
 
     def train_batches(epoch: int):

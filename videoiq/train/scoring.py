@@ -92,7 +92,8 @@ def class_ap_table(predictions: Mapping[str, Predictions], labels: tuple[tuple[i
     return ["class", *predictions, "videos"], rows
 
 
-def score(pred: Predictions, labels: tuple[tuple[int, ...], ...], num_classes: int, prefix: str = "val") -> dict[str, float]:
+def score(pred: Predictions, labels: tuple[tuple[int, ...], ...], num_classes: int,
+          prefix: str = "val") -> dict[str, float]:
     """top-1, top-5 and mAP of predictions against every video's labels (the database index)."""
     primary = np.array([labels[i][0] if labels[i] else -1 for i in pred.index])
     ap = class_ap(pred, labels, num_classes)
@@ -180,7 +181,8 @@ def kind_usage(decisions: np.ndarray, kind_ids: np.ndarray, kinds: FrameKinds, a
     for k, name in enumerate(kinds.names):
         chosen = decisions[kind_ids == k]
         if len(chosen):
-            out.update({f"{prefix}/usage/{name}/{a}": 100.0 * float(u) for a, u in zip(actions, chosen.mean(axis=0))})
+            out.update({f"{prefix}/usage/{name}/{a}": 100.0 * float(u)
+                        for a, u in zip(actions, chosen.mean(axis=0), strict=True)})
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..config import APConfig, ConfigError, FPConfig, PolicyPretrainConfig, PolicyConfig, StageConfig, config_to_dict
+from ..config import APConfig, ConfigError, FPConfig, PolicyConfig, PolicyPretrainConfig, StageConfig, config_to_dict
 from ..data.records import VideoDB
 from ..flops import video_cost
 from ..models import VideoIQ, create_model, load_fp_weights, load_fp_weights_file
@@ -107,14 +107,16 @@ def dataset_classes(cfg: StageConfig) -> tuple[list[str], tuple[tuple[int, ...],
     val = VideoDB(cfg.data.lmdb_path(cfg.data.val_split))
     shortest = dataset_spec(cfg.data.dataset).min_train_frames
     if not any(n >= shortest for n in train.index.num_frames):
-        raise ConfigError(f"data.root: {train.path} has no training video" + (f" with >= {shortest} frames" if shortest else ""))
+        raise ConfigError(f"data.root: {train.path} has no training video"
+                          + (f" with >= {shortest} frames" if shortest else ""))
     if len(val) == 0:
         raise ConfigError(f"data.root: {val.path} has no videos to validate on")
     if train.classes != val.classes:
         raise ConfigError(f"{train.path} and {val.path} list different classes")
     expected = dataset_spec(cfg.data.dataset).num_classes
     if expected is not None and train.num_classes != expected:
-        raise ConfigError(f"data.dataset: {cfg.data.dataset} has {expected} classes, {train.path} has {train.num_classes}")
+        raise ConfigError(f"data.dataset: {cfg.data.dataset} has {expected} classes, "
+                          f"{train.path} has {train.num_classes}")
     return train.classes, val.index.labels
 
 
@@ -221,12 +223,14 @@ def _build_policy(cfg: PolicyConfig, num_classes: int) -> _Parts:
     cost = video_cost(model.backbone, model.policy, num_frames=cfg.data.num_frames * cfg.data.frames_per_segment,
                       input_size=cfg.data.input_size)
     kinds = SampledKinds.of(cfg, cfg.data.val_split, VideoDB(cfg.data.lmdb_path(cfg.data.val_split)))
-    return _Parts(entries, task, policy_groups(model.policy, cfg.optim), functools.partial(evaluate_policy, model, cost, kinds),
+    return _Parts(entries, task, policy_groups(model.policy, cfg.optim),
+                  functools.partial(evaluate_policy, model, cost, kinds),
                   {"actions": list(model.actions), "precisions": list(model.precisions)})
 
 
 BUILDERS: dict[str, Callable[[Any, int], _Parts]] = {
-    "fp": _build_recognition, "policy_pretrain": _build_recognition, "ap": _build_any_precision, "policy": _build_policy}
+    "fp": _build_recognition, "policy_pretrain": _build_recognition, "ap": _build_any_precision,
+    "policy": _build_policy}
 
 
 def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:

@@ -123,7 +123,7 @@ class AnyPrecisionTask(Task):
     def losses(self, out: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         parts: dict[str, Tensor] = {}
         total = out["logits_per_width"].new_zeros(())
-        for i, (bits, logits) in enumerate(zip(self.bit_widths, out["logits_per_width"])):
+        for i, (bits, logits) in enumerate(zip(self.bit_widths, out["logits_per_width"], strict=True)):
             target = out["teacher"] if self.teacher is not None else (out["logits_per_width"][0] if i else None)
             loss = logits.new_zeros(())
             if self.kind in ("ce", "kd_ce") or target is None:
@@ -186,7 +186,8 @@ class PolicyTask(Task):
         if w.balance_weight > 0:
             parts["loss/balance"] = w.balance_weight * balance_loss(out["decisions"])
         if w.efficiency_weight > 0:
-            parts["loss/efficiency"] = w.efficiency_weight * efficiency_loss(out["decisions"], self.costs.to(labels.device))
+            parts["loss/efficiency"] = w.efficiency_weight * efficiency_loss(out["decisions"],
+                                                                             self.costs.to(labels.device))
         if w.entropy_weight > 0:
             parts["loss/entropy"] = w.entropy_weight * entropy_loss(out["log_probs"])
         total = sum(parts.values())
