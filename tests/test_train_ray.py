@@ -36,7 +36,7 @@ def _configs(tmp_path, data_root):
         cfg["ray"].update(storage_path=str(tmp_path / "runs"))
         if stage in WORKERS:
             cfg["ray"].update(num_workers=WORKERS[stage], cpus_per_worker=1)
-            cfg["optim"]["epochs"] = EPOCHS[stage]
+            cfg["optim"].update(epochs=EPOCHS[stage], val_every=1)  # every epoch's line carries its validation
             cfg["logging"]["log_every"] = 1
         out[stage] = tmp_path / f"{stage}.yaml"
         out[stage].write_text(yaml.safe_dump(cfg))
