@@ -163,6 +163,10 @@ def test_eval_scores_every_kind_of_checkpoint(trained_stages, tiny_videos):
     assert set(sampled["spread"]) == set(sampled["metrics"])
     # every sampled run scores the same 8 videos: a figure the decisions cannot move has no spread
     assert sampled["metrics"]["val/videos"] == 8.0 and sampled["spread"]["val/videos"] == 0.0
+    # the sampled results sit beside the argmax ones and never replace them
+    assert json.loads((runs / "policy" / "eval_val_sampled.json").read_text())["spread"] == sampled["spread"]
+    assert json.loads((runs / "policy" / "eval_val.json").read_text())["metrics"] == argmax["metrics"]
+    assert sampled["decisions_picture"].endswith("decisions_val_sampled.png")
     with pytest.raises(ConfigError, match="eval.checkpoint: .*nothing.pt' does not exist"):
         ev(runs / "nothing.pt")
     with pytest.raises(CheckpointError, match="eval.checkpoint: .* has format"):

@@ -6,7 +6,8 @@
   sampled Gumbel decisions at the checkpoint's temperature, reported as mean and standard deviation;
   plus the share of frames at each action and GFLOPs per video in the paper's convention.
 
-Results are written as JSON next to the checkpoint (``eval_<split>.json``) and returned.
+Results are written as JSON next to the checkpoint (``eval_<split>.json``; ``eval_<split>_sampled.json`` for
+sampled decisions, so that they never replace the argmax results) and returned.
 """
 from __future__ import annotations
 
@@ -31,9 +32,8 @@ from .scoring import (
     Predictions,
     SampledKinds,
     class_ap_table,
-    decide,
     decisions_picture,
-    policy_metrics,
+    evaluate_policy,
     predict,
     score,
 )
@@ -106,8 +106,10 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
         cost = video_cost(model.backbone, model.policy, num_frames=frames, input_size=size)
 
         def run(deterministic: bool, column: str) -> dict[str, float]:
-            scorings[column] = predict(lambda v: decide(model, v, deterministic), batches(), dev, cfg.speed.amp)
-            return policy_metrics(scorings[column], model.actions, cost, labels, num_classes, kinds=kinds)
+            scored = evaluate_policy(model, cost, kinds, batches(), dev, labels, num_classes, cfg.speed.amp,
+                                     deterministic)
+            scorings[column] = scored.predictions
+            return scored.metrics
 
         results["decisions"] = cfg.eval.decisions
         if cfg.eval.decisions == "argmax":
@@ -132,10 +134,12 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
                 m.update(kind_accuracy(scorings[column], kinds, labels))
             results["metrics"].update({k.replace("val/", f"val/b{bits}/") if family else k: v for k, v in m.items()})
     folder = resolve(source).parent
+    # sampled decisions get files of their own, so that they never replace the argmax results
+    name = cfg.data.val_split + ("_sampled" if stage == "policy" and cfg.eval.decisions == "sampled" else "")
     if stage == "policy":  # a few videos' frames with the action taken on each
         results["decisions_picture"] = str(decisions_picture(cfg, next(iter(scorings.values())), model.actions,
-                                                             folder / f"decisions_{cfg.data.val_split}.png"))
-    out = folder / f"eval_{cfg.data.val_split}.json"
+                                                             folder / f"decisions_{name}.png"))
+    out = folder / f"eval_{name}.json"
     write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     tracker = start_tracker(cfg, folder, resolve_mode(cfg.logging.wandb), name=f"eval-{stage}", job_type="eval")
     with tracker:

@@ -143,9 +143,10 @@ def evaluate_widths(model: nn.Module, bit_widths: Sequence[int], batches: Iterab
 
 def evaluate_policy(model: VideoIQ, cost: Any, kinds: "SampledKinds | None", batches: Iterable[dict[str, Tensor]],
                     device: torch.device, labels: tuple[tuple[int, ...], ...], num_classes: int,
-                    amp: str = "off") -> Evaluation:
-    """The validation pass of VideoIQ with argmax decisions: :func:`policy_metrics`."""
-    pred = predict(lambda v: decide(model, v), batches, device, amp)
+                    amp: str = "off", deterministic: bool = True) -> Evaluation:
+    """A validation pass of VideoIQ, argmax decisions (or Gumbel samples with ``deterministic=False``):
+    :func:`policy_metrics`."""
+    pred = predict(lambda v: decide(model, v, deterministic), batches, device, amp)
     return Evaluation(policy_metrics(pred, model.actions, cost, labels, num_classes, kinds=kinds), pred)
 
 
