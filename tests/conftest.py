@@ -31,15 +31,27 @@ def tiny_videos(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance for the whole session (4 logical CPUs, so Train workers leave room for Ray Data)."""
+    """One local Ray instance for the whole session (4 logical CPUs, so Train workers leave room for Ray Data),
+    with its dashboard at an address every process of the cluster is told.
+
+    Ray Train's PlacementGroupCleaner asks the dashboard's state API whether the run's controller is alive,
+    and the end of every Train run waits up to 12 s for that query to return. Without a dashboard, or when
+    the lookup finds another cluster's address (the one a `ray start` left in /tmp/ray/ray_current_cluster),
+    the query hangs for 40 s, so each Train run took 12 s longer than it trains."""
     import ray
 
+    from helpers import free_port
+
     tests = os.path.dirname(os.path.abspath(__file__))  # workers import train functions from test modules
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": tests}})
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
+    dashboard = free_port()
+    with pytest.MonkeyPatch.context() as env:
+        # set before ray.init: the raylet passes its environment on to every worker, of this and other drivers
+        env.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{dashboard}")
+        ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=dashboard, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": tests}})
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

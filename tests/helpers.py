@@ -1,4 +1,4 @@
-"""Small helpers shared by the test modules (tiny stage configs)."""
+"""Small helpers shared by the test modules (tiny stage configs, data copies, a free port)."""
 from videoiq.config import config_from_dict
 
 QUIET = lambda line: None  # noqa: E731
@@ -13,6 +13,15 @@ def stage_config(stage, root, **sections):
     for k, v in sections.items():
         base[k] = {**base.get(k, {}), **v}
     return config_from_dict(base)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def copy_data(src, dst, edit_meta=None):

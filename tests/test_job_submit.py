@@ -2,7 +2,6 @@
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -10,31 +9,29 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port
+
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_job_submit_runs_a_stage(tiny_videos, tmp_path):
-    port, dash, agent = _free_port(), _free_port(), _free_port()
+    port, dash, agent = free_port(), free_port(), free_port()
     address = f"http://127.0.0.1:{dash}"
+    # the session's Ray (ray_local) points its processes at its own dashboard; this cluster has another
+    env = {k: v for k, v in os.environ.items() if k != "RAY_API_SERVER_ADDRESS"}
     head = subprocess.Popen(  # its own agent port: the test session's Ray already holds the default one
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--dashboard-agent-listen-port", str(agent),
          "--num-cpus", "4", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # its own process group
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # its own process group
     try:
         deadline = time.time() + 120
         # ready when a trivial job runs: the job server answers before the node's job agent takes jobs
         while subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "true"],
-                             capture_output=True).returncode:
+                             env=env, capture_output=True).returncode:
             assert time.time() < deadline and head.poll() is None, "the Ray head did not come up"
             time.sleep(1)
         job = subprocess.run(
@@ -42,7 +39,7 @@ def test_ray_job_submit_runs_a_stage(tiny_videos, tmp_path):
              sys.executable, "launch/fp.py", "--config", "launch/configs/demo/fp.yaml", "--set",
              f"data.root={tiny_videos}", "data.num_frames=4", "data.input_size=32", "optim.epochs=1",
              "ray.cpus_per_worker=1", f"ray.storage_path={tmp_path}", "logging.log_every=1"],
-            capture_output=True, text=True, timeout=400, cwd=ROOT)
+            env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         out = job.stdout + job.stderr
         assert "succeeded" in out and "fp: epoch=1 " in out
