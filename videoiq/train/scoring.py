@@ -3,8 +3,8 @@
 * :func:`predict` runs a predictor over evaluation batches (views averaged, gathered from every rank);
 * :func:`score` gives top-1/top-5/mAP, :func:`class_ap_table` the per-class AP;
 * :func:`evaluate_recognition`, :func:`evaluate_widths` and :func:`evaluate_policy` are the validation
-  passes of the fp, ap and policy stages (each an :class:`Evaluation`); the ``eval`` stage uses the same
-  :func:`decide`, :func:`policy_metrics` and :class:`SampledKinds`;
+  passes of the fp, ap and policy stages (each an :class:`Evaluation`); the ``eval`` stage scores a policy
+  checkpoint with the same :func:`evaluate_policy` (argmax or sampled decisions) and :class:`SampledKinds`;
 * :func:`decisions_picture` draws a few validation videos' frames with the action taken on each.
 """
 from __future__ import annotations
