@@ -244,10 +244,17 @@ def test_a_local_ray_gets_the_cpus_the_config_asks_for(monkeypatch):
     monkeypatch.setattr(on_ray.os, "cpu_count", lambda: 2)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     said = []
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:1")  # another cluster's, left in the shell
     on_ray.connect(2 * 2 + 1, said.append)  # 2 workers x 2 CPUs, plus one
-    assert calls == [{"address": "local", "num_cpus": 5}] and "5 logical CPUs on this machine's 2 cores" in said[0]
+    assert len(calls) == 1 and calls[0]["address"] == "local" and calls[0]["num_cpus"] == 5
+    assert "5 logical CPUs on this machine's 2 cores" in said[0]
+    # its own dashboard, on a free port every process of the cluster is told (Ray Train's end-of-run
+    # cleanup asks it; a wrong or missing address costs each run 12 s)
+    assert calls[0]["include_dashboard"] and calls[0]["dashboard_host"] == "127.0.0.1"
+    assert os.environ["RAY_API_SERVER_ADDRESS"] == f"http://127.0.0.1:{calls[0]['dashboard_port']}"
+    assert calls[0]["dashboard_port"] != 1
     on_ray.connect(1.5, said.append)
-    assert calls[-1] == {"address": "local", "num_cpus": 2} and len(said) == 1  # enough cores: nothing to say
+    assert calls[-1]["num_cpus"] == 2 and len(said) == 1  # enough cores: nothing to say
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     on_ray.connect(99, said.append)
     assert calls[-1] == {"address": "auto"}

@@ -57,8 +57,8 @@ class SynthConfig:
     mark_shots: int = 1  # close-up shots per video
     max_blank: float = 0.5  # at most this share of a video's shots is blank
     mark_level: float = 40.0  # the brightest a mark is lit, in grey levels over the black close-up
-    min_light: float = 0.08  # the dimmest a video's marks are lit, as a share of mark_level
-    faint_below: float = 0.35  # marks lit under this share of mark_level are "faint"
+    min_light: float = 0.15  # the dimmest a video's marks are lit, as a share of mark_level
+    faint_below: float = 0.4  # marks lit under this share of mark_level are "faint"
     seed: int = 0
 
     def __post_init__(self) -> None:
