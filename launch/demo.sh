@@ -21,8 +21,9 @@ echo "==> 1/4 generating the demo set and converting it into $OUT/data (about 15
 
 echo "==> 2/4 starting a local Ray head on 127.0.0.1:$PORT (dashboard and job server on :$DASH)"
 # Its own session (process group): stopping it stops exactly this cluster, never another Ray of this user
-# (which `ray stop` would).
-setsid "$BIN/ray" start --head --block --node-ip-address 127.0.0.1 --port "$PORT" --dashboard-host 127.0.0.1 \
+# (which `ray stop` would). Every process of it asks its own dashboard whether a Train run is alive, not the
+# cluster of the machine's latest `ray start` (docs/ray.md): a wrong answer there ends the run.
+RAY_API_SERVER_ADDRESS="http://127.0.0.1:$DASH" setsid "$BIN/ray" start --head --block --node-ip-address 127.0.0.1 --port "$PORT" --dashboard-host 127.0.0.1 \
     --dashboard-port "$DASH" --dashboard-agent-listen-port "$AGENT" --num-cpus 4 --disable-usage-stats \
     > "$OUT/ray_head.log" 2>&1 &
 HEAD=$!

@@ -20,8 +20,9 @@ BIN = Path(sys.executable).parent
 def test_ray_job_submit_runs_a_stage(tiny_videos, tmp_path):
     port, dash, agent = free_port(), free_port(), free_port()
     address = f"http://127.0.0.1:{dash}"
-    # the session's Ray (ray_local) points its processes at its own dashboard; this cluster has another
-    env = {k: v for k, v in os.environ.items() if k != "RAY_API_SERVER_ADDRESS"}
+    # every process of this cluster asks its own dashboard (as launch/demo.sh and docs/ray.md start a head),
+    # not the session's Ray (ray_local), whose processes are told theirs
+    env = {**os.environ, "RAY_API_SERVER_ADDRESS": address}
     head = subprocess.Popen(  # its own agent port: the test session's Ray already holds the default one
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--dashboard-agent-listen-port", str(agent),

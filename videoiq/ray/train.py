@@ -160,11 +160,12 @@ def connect(min_cpus: float = 0.0, printer: Callable[[str], None] = print) -> No
     if cpus > cores:
         printer(f"starting a local Ray with {cpus} logical CPUs on this machine's {cores} cores (the workers' CPUs "
                 "and one for the Ray Data readers)")
-    # At the end of every run, Ray Train's placement-group cleaner asks the dashboard whether the run's
-    # controller is alive. It finds the dashboard through RAY_API_SERVER_ADDRESS, else through whatever cluster
-    # /tmp/ray/ray_current_cluster names (a `ray start` of this or another user); when that misses, the run's
-    # shutdown waits 12 s for the query. So this cluster's dashboard gets a free port, and every process of it
-    # (the raylet passes its environment on) is told that port.
+    # While a run trains, Ray Train's placement-group cleaner asks the dashboard whether the run's controller
+    # is alive. It finds the dashboard through RAY_API_SERVER_ADDRESS, else through whatever cluster
+    # /tmp/ray/ray_current_cluster names (the latest `ray start` on the machine): asking another cluster, it
+    # hears "no such controller" and removes the live run's workers; finding none, each run's shutdown waits
+    # 12 s for the query. So this cluster's dashboard gets a free port, and every process of it (the raylet
+    # passes its environment on) is told that port.
     dashboard = _free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
     ray.init(address="local", num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
