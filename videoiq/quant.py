@@ -62,24 +62,40 @@ def check_bit_widths(bit_widths: Sequence[int], what: str = "bit_widths") -> tup
     return family
 
 
+def _grid(bits: int, master_bits: int) -> tuple[float, int]:
+    """The master grid's scale ``2**B - 1`` and the spacing of width ``bits``' levels on it."""
+    return float(2**master_bits - 1), 2 ** (master_bits - bits)
+
+
+def _truncated_levels(w_n: Tensor, bits: int, master_bits: int) -> tuple[Tensor, Tensor]:
+    """Integer levels of width ``bits`` (a new float tensor: the master grid's integers with the low bits
+    dropped) and the master-precision mean the truncated weight is re-aligned to."""
+    scale, step = _grid(bits, master_bits)  # a Python float times a float32 tensor stays float32
+    levels = torch.round(w_n * scale)
+    master_mean = levels.mean() / scale
+    if step != 1:
+        levels.div_(step).floor_()
+    return levels, master_mean
+
+
+def _realignment(v: Tensor, w_n: Tensor, master_mean: Tensor, mean_aligned: bool) -> Tensor:
+    """The factor that brings the truncated weight ``v``'s mean back to the target mean."""
+    target = w_n.mean() if mean_aligned else master_mean
+    mean = v.mean()
+    # An all-zero truncation has no mean to re-align; the original leaves it unscaled.
+    return torch.where(mean != 0, target / mean, torch.ones_like(mean))
+
+
 class _TruncatedDoReFa(torch.autograd.Function):
     """Rounding at the master width, LSB truncation, mean re-alignment and the map to ``[-1, 1]``
     (``2 v - 1``), in place on one buffer; the backward is the identity through the rounding (times 2)."""
 
     @staticmethod
     def forward(ctx, w_n: Tensor, master_bits: int, bits: int, mean_aligned: bool) -> Tensor:  # type: ignore[override]
-        scale = float(2**master_bits - 1)  # a Python float times a float32 tensor stays float32
-        q = torch.round(w_n * scale)
-        master_mean = q.mean() / scale
-        step = 2 ** (master_bits - bits)
-        if step != 1:
-            q.div_(step).floor_().mul_(step)
-        v = q.div_(scale)
-        target = w_n.mean() if mean_aligned else master_mean
-        mean = v.mean()
-        # An all-zero truncation has no mean to re-align; the original leaves it unscaled.
-        ratio = torch.where(mean != 0, target / mean, torch.ones_like(mean))
-        return v.mul_(2 * ratio).sub_(1)
+        levels, master_mean = _truncated_levels(w_n, bits, master_bits)
+        scale, step = _grid(bits, master_bits)
+        v = levels.mul_(step).div_(scale)
+        return v.mul_(2 * _realignment(v, w_n, master_mean, mean_aligned)).sub_(1)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
@@ -114,6 +130,29 @@ def quantize_weight(weight: Tensor, bits: int, master_bits: int, mean_aligned: b
         The quantized weight in ``[-1, 1]``, same shape and dtype as ``weight``.
     """
     return quantize_normalized(normalize_weight(weight), bits, master_bits, mean_aligned)
+
+
+def weight_levels(weight: Tensor, bits: int, master_bits: int, mean_aligned: bool = False) -> tuple[Tensor, float]:
+    """The integer form of :func:`quantize_weight`: ``(levels, gain)`` with
+    ``quantize_weight(weight, bits, master_bits, mean_aligned) == gain * levels - 1`` up to float rounding.
+
+    ``levels`` are int64 in ``[0, 2**bits]`` (for a 32-bit master; ``[0, (2**B - 1) // 2**(B - bits)]`` in
+    general), one ``gain`` per tensor. Integer kernels compute with these (``videoiq.models.int8``).
+    """
+    if not 1 <= bits <= master_bits:
+        raise ValueError(f"weight bits must lie in [1, master_bits={master_bits}], got {bits}")
+    with torch.no_grad():
+        w_n = normalize_weight(weight.float())
+        levels, master_mean = _truncated_levels(w_n, bits, master_bits)
+        scale, step = _grid(bits, master_bits)
+        ratio = _realignment(levels * step / scale, w_n, master_mean, mean_aligned)
+        return levels.long(), float(2 * ratio) * step / scale
+
+
+def activation_scale(alpha: Tensor, bits: int) -> float:
+    """Codes per unit of a PACT activation at ``bits``: :func:`quantize_activation`'s output is
+    ``round(min(x, alpha) * s) / s`` with this ``s = (2**bits - 1) / alpha`` (the clip floored at :data:`MIN_CLIP`)."""
+    return float((2**bits - 1) / alpha.detach().float().clamp_min(MIN_CLIP))
 
 
 class _PACT(torch.autograd.Function):
@@ -343,6 +382,7 @@ __all__ = [
     "PACT",
     "QuantConv2d",
     "SwitchableBatchNorm2d",
+    "activation_scale",
     "bit_width",
     "bit_widths_of",
     "check_bit_widths",
@@ -352,5 +392,6 @@ __all__ = [
     "quantize_normalized",
     "quantize_weight",
     "set_bit_width",
+    "weight_levels",
     "shared_weight_normalization",
 ]
