@@ -37,6 +37,24 @@ def test_predict_prints_class_timeline_and_gflops(trained_stages, tiny_videos):
     assert "  action " in text and "GFLOPs per video" in text
 
 
+def test_predict_on_the_integer_engine_takes_the_same_decisions(trained_stages, tiny_videos):
+    runs, _ = trained_stages
+    videos = sorted(str(p) for p in (tiny_videos / "videos").rglob("*.mp4"))[:2]
+    results = {}
+    for engine in ("float", "int8"):
+        done = subprocess.run([sys.executable, "-m", "videoiq", "predict", str(runs / "policy"), *videos, "--json",
+                               "--engine", engine], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        results[engine] = json.loads(done.stdout)
+    for f, i in zip(results["float"], results["int8"], strict=True):
+        assert f["actions"] == i["actions"] and f["gflops"] == i["gflops"]  # the policy runs in float either way
+        probs = {t["class"]: t["probability"] for t in f["top"]}
+        assert all(abs(probs.get(t["class"], 0.0) - t["probability"]) < 0.05 for t in i["top"])
+    done = subprocess.run([sys.executable, "-m", "videoiq", "predict", str(runs / "policy"), videos[0], "--engine",
+                           "int8", "--device", "cuda"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def test_predict_refuses_other_checkpoints_and_unreadable_videos(trained_stages, tiny_videos, tmp_path):
     runs, _ = trained_stages
     video = next((tiny_videos / "videos").rglob("*.mp4"))

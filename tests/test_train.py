@@ -167,6 +167,16 @@ def test_eval_scores_every_kind_of_checkpoint(trained_stages, tiny_videos):
     assert json.loads((runs / "policy" / "eval_val_sampled.json").read_text())["spread"] == sampled["spread"]
     assert json.loads((runs / "policy" / "eval_val.json").read_text())["metrics"] == argmax["metrics"]
     assert sampled["decisions_picture"].endswith("decisions_val_sampled.png")
+    # the integer engine: the same decisions, top-1 within a video of the float model's, in a file of its own
+    integer = ev(runs / "policy", engine="int8")
+    assert integer["engine"] == "int8" and (runs / "policy" / "eval_val_int8.json").is_file()
+    assert integer["metrics"]["val/gflops"] == argmax["metrics"]["val/gflops"]
+    assert abs(integer["metrics"]["val/top1"] - argmax["metrics"]["val/top1"]) <= 100 / 8
+    assert json.loads((runs / "policy" / "eval_val.json").read_text())["metrics"] == argmax["metrics"]
+    ap_int8 = ev(runs / "ap", engine="int8")["metrics"]
+    assert ap_int8["val/b32/top1"] == pytest.approx(ap["val/b32/top1"])
+    with pytest.raises(CheckpointError, match="eval.engine: int8 runs the quantized widths .* is a fp checkpoint"):
+        ev(runs / "fp", engine="int8")
     with pytest.raises(ConfigError, match="eval.checkpoint: .*nothing.pt' does not exist"):
         ev(runs / "nothing.pt")
     with pytest.raises(CheckpointError, match="eval.checkpoint: .* has format"):

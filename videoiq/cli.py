@@ -182,6 +182,8 @@ def _add_predict_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=3, help="classes shown per video")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--sampled", action="store_true", help="Gumbel-sampled decisions instead of argmax")
+    p.add_argument("--engine", choices=("float", "int8"), default="float",
+                   help="int8: run the backbone's quantized widths on integer CPU kernels (faster at low bits)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--strip", metavar="PNG", help="also write a picture: each video's sampled frames with the "
                    "action taken on each")

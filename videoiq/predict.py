@@ -21,6 +21,7 @@ from .data.codec import VideoDecodeError, count_frames, read_frames_at
 from .data.sampling import eval_indices
 from .data.transforms import EvalTransform, normalize
 from .flops import action_usage, video_cost
+from .models.int8 import check_engine
 from .strips import decision_strip, save_strip
 from .train.checkpoint import load_checkpoint
 from .train.evaluate import videoiq_from_checkpoint
@@ -44,13 +45,15 @@ def check_device(device: str) -> torch.device:
 
 def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu", top: int = 3,
                    deterministic: bool = True, printer: Callable[[str], None] | None = print,
-                   strip: str | None = None,
-                   on_error: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
+                   strip: str | None = None, on_error: Callable[[str, str], None] | None = None,
+                   engine: str = "float") -> list[dict[str, Any]]:
     """Classify ``videos`` with the policy checkpoint; returns one result dict per video it could read (and
     prints them). A video that cannot be opened or decoded is reported to ``on_error(path, message)`` and
     the others are still classified; without ``on_error`` it raises. With ``strip``, also writes a PNG of
-    each classified video's sampled frames with the action taken on each."""
+    each classified video's sampled frames with the action taken on each. ``engine="int8"`` runs the
+    backbone's widths on integer CPU kernels (:mod:`videoiq.models.int8`)."""
     dev = check_device(device)
+    check_engine(engine, dev)
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     ckpt = load_checkpoint(checkpoint, stages=("policy",), what="checkpoint")
@@ -75,7 +78,7 @@ def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu
             on_error(path, str(e))
             continue
         clip = EvalTransform(size, scale)(torch.from_numpy(frames).permute(0, 3, 1, 2))  # (1, T, 3, S, S)
-        logits, decisions = model.infer(normalize(clip.to(dev)), deterministic=deterministic)
+        logits, decisions = model.infer(normalize(clip.to(dev)), deterministic=deterministic, engine=engine)
         probs = torch.softmax(logits[0].float(), dim=0)
         best = torch.topk(probs, min(top, len(classes)))
         actions = [model.actions[a] for a in decisions[0].argmax(dim=-1).tolist()]
@@ -122,7 +125,7 @@ def predict_main(args: Any) -> int:
 
     results = predict_videos(args.checkpoint, args.videos, device=args.device, top=args.top,
                              deterministic=not args.sampled, printer=None if args.json else print, strip=args.strip,
-                             on_error=report)
+                             on_error=report, engine=args.engine)
     if args.json:
         print(json.dumps(results, indent=1))
     if failed:

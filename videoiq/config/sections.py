@@ -235,6 +235,7 @@ class EvalSection:
     num_samples: int = 5  # runs averaged (mean and spread) when decisions are sampled
     num_clips: int = 1
     num_crops: int = 1
+    engine: Literal["float", "int8"] = "float"  # int8: the quantized widths on integer CPU kernels (ap/policy)
 
     def problems(self) -> list[str]:
         return _below(self, 1, "num_samples", "num_clips", "num_crops")

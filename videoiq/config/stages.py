@@ -242,6 +242,11 @@ class EvalConfig(StageConfig):
     REQUIRED_INPUTS: ClassVar[tuple[str, ...]] = ("data.root", "eval.checkpoint")
     eval: EvalSection = field(default_factory=EvalSection)
 
+    def stage_problems(self) -> list[str]:
+        if self.eval.engine == "int8" and self.speed.amp != "off":
+            return ["eval.engine: int8 computes with integer kernels and its own float rescales; set speed.amp: off"]
+        return []
+
     def _splits(self) -> tuple[str, ...]:
         return (self.data.val_split,)
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..quant import bit_width, bit_widths_of, shared_weight_normalization
+from .int8 import Int8ResNet, check_engine
 from .policy import LOG_PROB_FLOOR, PolicyNet
 from .resnet import ResNet, fold_frames
 
@@ -189,16 +190,34 @@ class VideoIQ(nn.Module):
         return VideoIQOutput(logits, decisions, log_probs, reference_logits, teacher_logits, policy_logits,
                              kept_target_logits)
 
+    def int8_backbone(self) -> Int8ResNet:
+        """The backbone on integer kernels (:class:`~videoiq.models.int8.Int8ResNet`), built on first use and
+        rebuilt only when the backbone's weights or statistics change."""
+        state = tuple((t._version, t.data_ptr()) for t in self.backbone.state_dict().values())
+        cached = self.__dict__.get("_int8")
+        if cached is None or cached[0] != state:
+            self.__dict__["_int8"] = cached = (state, Int8ResNet(self.backbone))
+        return cached[1]
+
+    def __getstate__(self) -> dict:
+        # copies and pickles start without the packed integer weights (rebuilt on first use)
+        return {k: v for k, v in self.__dict__.items() if k != "_int8"}
+
     @torch.no_grad()
     def infer(self, video: Tensor, *, deterministic: bool = True,
-              forced_actions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+              forced_actions: Tensor | None = None, engine: str = "float") -> tuple[Tensor, Tensor]:
         """Conditional execution for inference: ``(logits (B, C), decisions (B, T, A))``.
 
         Runs the policy (unless ``forced_actions``), then each precision action's network (the
         backbone at that width, or the frozen teacher for the fp action) once, on only the frames
         routed to it from every video of the batch; skipped frames run nothing. Equal to
         :meth:`forward` in eval mode up to float rounding. Call it in eval mode (dropout off).
+
+        ``engine="int8"`` runs the backbone's widths on integer kernels (:mod:`videoiq.models.int8`, CPU):
+        the same results up to float rounding, at a cost that falls with the width.
         """
+        check_engine(engine, video.device)
+        backbone = self.int8_backbone() if engine == "int8" else None
         if forced_actions is None:
             decisions = self.policy(video, deterministic=deterministic).decisions
         else:
@@ -212,11 +231,16 @@ class VideoIQ(nn.Module):
             routed = (action == k).nonzero().squeeze(1)
             if routed.numel() == 0:
                 continue
+            chosen = frames.index_select(0, routed)
             if self.fp_action and k == 0:
-                features = self.teacher.frame_features(frames.index_select(0, routed))
+                features = self.teacher.frame_features(chosen)
             else:
-                with bit_width(self.backbone, self.precisions[k - int(self.fp_action)]):
-                    features = self.backbone.frame_features(frames.index_select(0, routed))
+                bits = self.precisions[k - int(self.fp_action)]
+                if backbone is not None:
+                    features = backbone.frame_features(chosen, bits)
+                else:
+                    with bit_width(self.backbone, bits):
+                        features = self.backbone.frame_features(chosen)
             total.index_add_(0, torch.div(routed, t, rounding_mode="floor"), features)
         kept = (action < runs).view(b, t).sum(dim=1)
         return self.backbone.fc(total / kept.clamp_min(1).unsqueeze(1)), decisions

@@ -7,11 +7,13 @@
   plus the share of frames at each action and GFLOPs per video in the paper's convention.
 
 Results are written as JSON next to the checkpoint (``eval_<split>.json``; ``eval_<split>_sampled.json`` for
-sampled decisions, so that they never replace the argmax results) and returned.
+sampled decisions, so that they never replace the argmax results; ``..._int8.json`` with ``eval.engine: int8``,
+the quantized widths on integer kernels) and returned.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +25,9 @@ from ..atomic import write_text_atomic
 from ..config import EvalConfig
 from ..data.clips import ClipSpec, VideoClipDataset, eval_loader
 from ..flops import video_cost
-from ..models import VideoIQ
+from ..models import Int8ResNet, VideoIQ
+from ..models.int8 import check_engine
+from ..models.resnet import fold_frames
 from ..quant import bit_width
 from ..tracking import resolve_mode
 from .checkpoint import CheckpointError, load_checkpoint, load_role, resolve
@@ -54,6 +58,13 @@ def with_frame_logits(model: torch.nn.Module, video: torch.Tensor) -> dict[str, 
     """Video logits and each frame's own logits ``(B, T, C)``, from one pass of a TSN model (its video logits
     are the mean of its frames')."""
     frame_logits = model.frame_logits(model.forward_features(video))
+    return {"logits": frame_logits.mean(dim=1), "frame_logits": frame_logits}
+
+
+def int8_frame_logits(integer: Int8ResNet, video: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
+    """:func:`with_frame_logits` of an any-precision model at ``bits``, its widths on integer kernels."""
+    frames, b, t = fold_frames(video, "eval")
+    frame_logits = integer.model.frame_logits(integer.frame_features(frames, bits).view(b, t, -1))
     return {"logits": frame_logits.mean(dim=1), "frame_logits": frame_logits}
 
 
@@ -98,8 +109,13 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
 
     kinds = SampledKinds.of(cfg, cfg.data.val_split, val.db, cfg.eval.num_clips)
     stage = ckpt["stage"]
+    engine = cfg.eval.engine
+    if engine != "float" and stage not in ("ap", "policy"):
+        raise CheckpointError(f"eval.engine: {engine} runs the quantized widths of an ap or policy checkpoint; "
+                              f"{source!r} is a {stage} checkpoint (use engine float)")
+    check_engine(engine, dev)
     results: dict[str, Any] = {"checkpoint": str(resolve(source)), "stage": stage, "split": cfg.data.val_split,
-                               "videos": len(val), "frames": frames, "input_size": size}
+                               "videos": len(val), "frames": frames, "input_size": size, "engine": engine}
     scorings: dict[str, Predictions] = {}  # what the per-class AP table shows, by column
     if stage == "policy":
         model = videoiq_from_checkpoint(ckpt, source).to(dev, memory_format=_memory_format(cfg)).eval()
@@ -107,7 +123,7 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
 
         def run(deterministic: bool, column: str) -> dict[str, float]:
             scored = evaluate_policy(model, cost, kinds, batches(), dev, labels, num_classes, cfg.speed.amp,
-                                     deterministic)
+                                     deterministic, engine)
             scorings[column] = scored.predictions
             return scored.metrics
 
@@ -123,19 +139,25 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
         model = load_role(ckpt, "model", source).to(dev, memory_format=_memory_format(cfg)).eval()
         cost = video_cost(model, None, num_frames=frames, input_size=size)
         family = ckpt["models"]["model"]["kwargs"].get("bit_widths") if stage == "ap" else None
+        integer = Int8ResNet(model) if engine == "int8" else None
         results["metrics"] = {}
         for bits in family or (32,):
             column = f"AP % ({bits} bits)" if family else "AP %"
+            if integer is not None:
+                predictor = functools.partial(int8_frame_logits, integer, bits=bits)
+            else:
+                predictor = functools.partial(with_frame_logits, model)
             with bit_width(model, bits) if family else contextlib.nullcontext():
-                scorings[column] = predict(lambda v: with_frame_logits(model, v), batches(), dev, cfg.speed.amp)
+                scorings[column] = predict(predictor, batches(), dev, cfg.speed.amp)
             m = score(scorings[column], labels, num_classes)
             m["val/gflops"] = cost.gmacs({f"{bits}bit": 1.0}, with_policy=False).total
             if kinds is not None:
                 m.update(kind_accuracy(scorings[column], kinds, labels))
             results["metrics"].update({k.replace("val/", f"val/b{bits}/") if family else k: v for k, v in m.items()})
     folder = resolve(source).parent
-    # sampled decisions get files of their own, so that they never replace the argmax results
-    name = cfg.data.val_split + ("_sampled" if stage == "policy" and cfg.eval.decisions == "sampled" else "")
+    # sampled decisions and the int8 engine get files of their own: they never replace the argmax float results
+    name = (cfg.data.val_split + ("_sampled" if stage == "policy" and cfg.eval.decisions == "sampled" else "")
+            + ("" if engine == "float" else f"_{engine}"))
     if stage == "policy":  # a few videos' frames with the action taken on each
         results["decisions_picture"] = str(decisions_picture(cfg, next(iter(scorings.values())), model.actions,
                                                              folder / f"decisions_{name}.png"))

@@ -143,17 +143,21 @@ def evaluate_widths(model: nn.Module, bit_widths: Sequence[int], batches: Iterab
 
 def evaluate_policy(model: VideoIQ, cost: Any, kinds: "SampledKinds | None", batches: Iterable[dict[str, Tensor]],
                     device: torch.device, labels: tuple[tuple[int, ...], ...], num_classes: int,
-                    amp: str = "off", deterministic: bool = True) -> Evaluation:
+                    amp: str = "off", deterministic: bool = True, engine: str = "float") -> Evaluation:
     """A validation pass of VideoIQ, argmax decisions (or Gumbel samples with ``deterministic=False``):
     :func:`policy_metrics`."""
-    pred = predict(lambda v: decide(model, v, deterministic), batches, device, amp)
+    pred = predict(lambda v: decide(model, v, deterministic, engine), batches, device, amp)
     return Evaluation(policy_metrics(pred, model.actions, cost, labels, num_classes, kinds=kinds), pred)
 
 
-def decide(model: VideoIQ, video: Tensor, deterministic: bool = True) -> dict[str, Tensor]:
-    """VideoIQ logits and one-hot decisions of a batch (argmax, or Gumbel samples at the model's temperature)."""
-    out = model(video, deterministic=deterministic)
-    return {"logits": out.logits, "decisions": out.decisions}
+def decide(model: VideoIQ, video: Tensor, deterministic: bool = True, engine: str = "float") -> dict[str, Tensor]:
+    """VideoIQ logits and one-hot decisions of a batch (argmax, or Gumbel samples at the model's temperature):
+    the dense forward as trained (``engine="float"``), or conditional execution on integer kernels (``"int8"``)."""
+    if engine == "float":
+        out = model(video, deterministic=deterministic)
+        return {"logits": out.logits, "decisions": out.decisions}
+    logits, decisions = model.infer(video, deterministic=deterministic, engine=engine)
+    return {"logits": logits, "decisions": decisions}
 
 
 @dataclass(frozen=True)
