@@ -26,8 +26,9 @@ def test_bench_infer_prices_every_mix():
 
     setting = {"backbone": "ap_resnet_tiny", "policy": "policy_mobilenet_v2_tiny", "frames": 4, "size": 32,
                "policy_size": 16, "batch": 2, "classes": 5}
-    table = bench_infer(**setting, repeat=1, threads=1, mixes=("32", "skip50"))
-    assert list(table) == ["dense fp", "dense all-precision", "policy only", "32", "skip50"]
+    table = bench_infer(**setting, repeat=1, threads=1, mixes=("skip50",), engines=("float", "int8"))
+    assert list(table) == ["dense fp", "dense all-precision", "policy only", "frames 32", "frames 32 int8",
+                           "skip50", "skip50 int8"]
     model = _model(setting)
     cost = video_cost(model.backbone, model.policy, num_frames=4, input_size=32)
     half = {"32bit": 0.5, "skip1": 0.5}
@@ -39,9 +40,10 @@ def test_bench_infer_prices_every_mix():
     assert table["skip50"]["gflops_paper"] == pytest.approx(cost.gmacs(half).total)
     assert table["skip50"]["gflops_run"] == pytest.approx(cost.gmacs(half, charge_skipped=False).total)
     assert table["skip50"]["gflops_vs_fp"] == pytest.approx(table["skip50"]["gflops_run"] / fp)
-    assert table["32"]["gflops_paper"] == pytest.approx(cost.gmacs({"32bit": 1.0}).total)
     assert table["policy only"]["gflops_paper"] is None and table["policy only"]["saving_realized"] is None
     assert MIXES["skip50"][1] == half
+    assert table["skip50 int8"]["gflops_run"] == table["skip50"]["gflops_run"]  # the engine changes time, not work
+    assert table["frames 32"]["gflops_run"] == pytest.approx(fp)
     for row in table.values():
         assert row["ms_per_video"] > 0 and row["peak_mib"] > 0
 
@@ -62,8 +64,8 @@ def test_bench_train_runs_every_stage_bare_and_on_ray(ray_local, tmp_path):
     (["quant", "--channels", "8", "--size", "8", "--batch", "2", "--kernel", "1", "--repeat", "2", "--threads", "1"],
      "quant", ((8, 8, 2, 1, 2, 1, "cpu"), {})),
     (["infer", "--backbone", "ap_resnet_tiny", "--policy", "p", "--frames", "4", "--size", "32", "--policy-size", "16",
-      "--batch", "2", "--classes", "5", "--repeat", "1", "--mixes", "32", "skip50"],
-     "infer", (("ap_resnet_tiny", "p", 4, 32, 16, 2, 5, 1, 0, "cpu", ("32", "skip50")), {})),
+      "--batch", "2", "--classes", "5", "--repeat", "1", "--mixes", "32", "skip50", "--engines", "int8"],
+     "infer", (("ap_resnet_tiny", "p", 4, 32, 16, 2, 5, 1, 0, "cpu", ("32", "skip50"), ("int8",)), {})),
     (["train", "--backbone", "resnet_tiny", "--policy", "p", "--frames", "2", "--size", "32", "--batch", "2",
       "--steps", "1", "--classes", "5", "--ray-workers", "--amp", "bf16", "--channels-last", "--storage", "s"],
      "train", (("resnet_tiny", "p", 2, 32, 2, 1, 5, 0, "cpu", (), "bf16", True, "s"), {})),

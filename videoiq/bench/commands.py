@@ -32,7 +32,15 @@ def _bench_infer(args: argparse.Namespace) -> int:
     from .infer import MIXES, bench_infer
 
     bench_infer(args.backbone, args.policy, args.frames, args.size, args.policy_size, args.batch, args.classes,
-                args.repeat, args.threads, args.device, tuple(args.mixes or MIXES))
+                args.repeat, args.threads, args.device, tuple(args.mixes or MIXES),
+                tuple(args.engines) if args.engines else None)
+    return 0
+
+
+def _bench_exactness(args: argparse.Namespace) -> int:
+    from .exactness import bench_exactness
+
+    bench_exactness(args.backbone, args.size, args.frames, args.checkpoint, args.data, args.threads)
     return 0
 
 
@@ -47,7 +55,7 @@ def _bench_setting(parser: argparse.ArgumentParser, *, frames: int, size: int, c
 
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:
-    """``videoiq bench data|quant|train|infer``."""
+    """``videoiq bench data|quant|train|infer|exactness``."""
     bench = sub.add_parser("bench", help="benchmarks that print measured figures")
     besub = bench.add_subparsers(dest="bench_command", required=True)
     bd = besub.add_parser("data", help="videos/s: decode-only, PyTorch DataLoader and Ray Data on the same records")
@@ -92,4 +100,14 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     bi.add_argument("--mixes", nargs="+",
                     help="policy mixes to time (default: all): 32 4 2 (every frame at that width), skip25/50/75 "
                     "(that share skipped, the rest at 32 bits), even (a quarter each of 32, 4, 2, skip)")
+    bi.add_argument("--engines", nargs="+", choices=("float", "int8"),
+                    help="engines of the backbone rows and mixes (default: float, and int8 where it can run)")
+    be = besub.add_parser("exactness", help="the int8 engine's logits vs fake quantization's, per width")
+    be.add_argument("--backbone", default="ap_resnet50", help="a random any-precision ResNet (without --checkpoint)")
+    be.add_argument("--size", type=int, default=224, help="frame height and width (random model)")
+    be.add_argument("--frames", type=int, default=16, help="random frames (random model)")
+    be.add_argument("--checkpoint", default="", help="an ap or policy checkpoint: its backbone on --data's videos")
+    be.add_argument("--data", default="", help="the data root whose validation split the checkpoint is scored on")
+    be.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    be.set_defaults(run=_bench_exactness)
     bi.set_defaults(run=_bench_infer)
