@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export WANDB_MODE ?= $(if $(WANDB_API_KEY),online,offline)
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install lint test soak demo clean
+.PHONY: install lint test soak demo gpu-check clean
 
 $(VENV)/.installed: setup.py
 	@echo "==> creating $(VENV) and installing videoiq with its dev extras (about 3 minutes the first time)"
@@ -29,6 +29,10 @@ soak: install
 
 demo: install
 	bash launch/demo.sh
+
+# On a CUDA machine only: the tiny pipeline on one GPU (nccl, bf16) and the CUDA benchmarks; not in `make test`.
+gpu-check: install
+	bash launch/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -73,3 +73,27 @@ def test_a_launcher_refuses_another_stages_config():
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
     assert "is a 'ap' config; this launcher runs the 'fp' stage" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_says_in_one_line_that_this_machine_has_no_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: `make gpu-check` would run for real")
+    env = {"PATH": "/usr/bin:/bin", "VIDEOIQ_BIN": str(Path(sys.executable).parent),
+           "GPU_CHECK_OUT": str(tmp_path / "out")}
+    done = subprocess.run(["bash", str(ROOT / "launch" / "gpu_check.sh")], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.strip() == ("gpu-check: no CUDA device here (torch.cuda.is_available() is False); "
+                                   "run it on a machine with an NVIDIA GPU")
+    assert not (tmp_path / "out").exists()  # nothing started
+    # every stage config takes the overrides the check's pipeline command sets
+    from videoiq.config import load_config
+
+    script = (ROOT / "launch" / "gpu_check.sh").read_text().replace("\\\n", " ")  # continuation lines joined
+    overrides = [w for w in script.split("ray.storage_path=$OUT/runs\"", 1)[1].split("\n", 1)[0].split() if "=" in w]
+    assert "ray.use_gpu=true" in overrides and "speed.amp=bf16" in overrides
+    for stage in ("fp", "ap", "policy_pretrain", "policy", "eval"):
+        cfg = load_config(str(DEMO / f"{stage}.yaml"), shared_overrides(stage, overrides))
+        assert cfg.ray.use_gpu and cfg.speed.amp == "bf16"
