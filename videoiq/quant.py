@@ -392,6 +392,6 @@ __all__ = [
     "quantize_normalized",
     "quantize_weight",
     "set_bit_width",
-    "weight_levels",
     "shared_weight_normalization",
+    "weight_levels",
 ]

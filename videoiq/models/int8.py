@@ -216,15 +216,20 @@ class _IntConv:
 
 
 class _FloatConv:
-    """One quantized conv and its BN at a width of 8 bits or more: a float conv on the quantized weight."""
+    """A conv with its BN folded in, on float kernels: the full-precision stem, or a quantized conv at a width
+    of 8 bits or more (:meth:`quantized`)."""
 
-    def __init__(self, conv: QuantConv2d, norm: nn.Module, bits: int) -> None:
-        with torch.no_grad(), bit_width(conv, bits):
-            w = conv.quantized_weight().double()
-        g, h = _bn_affine(_bn(norm, bits))
-        self.weight = (w * g.view(-1, 1, 1, 1)).float().contiguous(memory_format=torch.channels_last)
+    def __init__(self, weight: Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> None:
+        g, h = _bn_affine(bn)
+        self.weight = (weight.double() * g.view(-1, 1, 1, 1)).float().contiguous(memory_format=torch.channels_last)
         self.bias = h.float()
         self.stride, self.padding = conv.stride, conv.padding
+
+    @classmethod
+    def quantized(cls, conv: QuantConv2d, norm: nn.Module, bits: int) -> _FloatConv:
+        """``conv`` at ``bits`` (its weight quantized as fake quantization does) with that width's BN."""
+        with bit_width(conv, bits):
+            return cls(conv.quantized_weight(), _bn(norm, bits), conv)
 
     def __call__(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
@@ -290,14 +295,9 @@ class Int8ResNet:
         self.compiled = compiler_available() if compiled is None else compiled
         self.blocks = [b for i in range(1, model.num_stages + 1) for b in getattr(model, f"layer{i}")]
         with torch.no_grad():
-            g, h = _bn_affine(model.bn1)
-            self.stem_weight = (model.conv1.weight.double() * g.view(-1, 1, 1, 1)).float().contiguous(
-                memory_format=torch.channels_last)
-            self.stem_bias = h.float()
-        self._programs: dict[int, list[_IntBlock] | list[_FloatBlock]] = {}
-        with torch.no_grad():
-            for bits in self.bit_widths:
-                self._programs[bits] = self._build(bits)
+            self.stem = _FloatConv(model.conv1.weight, model.bn1, model.conv1)  # full precision, its BN folded
+            self._programs: dict[int, list[_IntBlock] | list[_FloatBlock]] = {
+                bits: self._build(bits) for bits in self.bit_widths}
 
     def _convs(self, block: BasicBlock | Bottleneck) -> list[tuple[QuantConv2d, nn.Module, PACT | None]]:
         """The block's main-path (conv, norm, activation after it) in order; the last has no activation."""
@@ -308,9 +308,10 @@ class Int8ResNet:
 
     def _float_block(self, block: BasicBlock | Bottleneck, bits: int) -> _FloatBlock:
         convs = self._convs(block)
-        return _FloatBlock([(_FloatConv(conv, norm, bits), _float_act(act, bits)) for conv, norm, act in convs[:-1]],
-                           _FloatConv(*convs[-1][:2], bits),
-                           None if block.downsample is None else _FloatConv(*block.downsample[:2], bits),
+        return _FloatBlock([(_FloatConv.quantized(conv, norm, bits), _float_act(act, bits))
+                            for conv, norm, act in convs[:-1]],
+                           _FloatConv.quantized(*convs[-1][:2], bits),
+                           None if block.downsample is None else _FloatConv.quantized(*block.downsample[:2], bits),
                            _float_act(block.act_in, bits))
 
     def _build(self, bits: int) -> list[_IntBlock] | list[_FloatBlock]:
@@ -341,9 +342,7 @@ class Int8ResNet:
         if bits not in self._programs:
             raise ValueError(f"bit width {bits} is not in the model's family {list(self.bit_widths)}")
         with torch.no_grad():
-            stem = self.model.conv1  # the full-precision stem, its BN folded
-            x = F.conv2d(frames.contiguous(memory_format=torch.channels_last), self.stem_weight, self.stem_bias,
-                         stem.stride, stem.padding)
+            x = self.stem(frames.contiguous(memory_format=torch.channels_last))
             program = self._programs[bits]
             if bits <= INT8_MAX_BITS:
                 x = self._run_int(x, program, bits)
