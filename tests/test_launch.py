@@ -24,7 +24,8 @@ def test_pipeline_hands_checkpoints_on_and_prints_the_table(tiny_videos, tmp_pat
     assert main(command) == 0
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "pipeline_summary.json").read_text())
-    assert summary["checkpoints"]["ap"] == str(tmp_path / "ap" / "checkpoint.pt")
+    assert summary["checkpoints"]["ap"]["path"] == str(tmp_path / "ap" / "checkpoint.pt")
+    assert summary["checkpoints"]["ap"]["kept"]
     for row in ("full precision (fp)", "any-precision at 32 bits", "any-precision at 2 bits", "VideoIQ (argmax)"):
         assert row in summary["table"]
     assert summary["table"] in out and summary["eval"]["policy"]["metrics"]["val/videos"] == 8.0
@@ -33,6 +34,30 @@ def test_pipeline_hands_checkpoints_on_and_prints_the_table(tiny_videos, tmp_pat
     again = []
     run_pipeline(CONFIGS, overrides, printer=again.append)
     assert sum("nothing to do" in line for line in again) == 4
+    first_evals = {name: Path(ev["file"]) for name, ev in summary["eval"].items()}
+
+    # two epochs: fp trains one more and so changes; ap, built on the old fp, is not "nothing to do" but refused,
+    # naming the change
+    more = [*overrides[:2], "optim.epochs=2", *overrides[3:]]
+    assert main(["pipeline", *command[1:6], "--set", *more]) == 2
+    assert re.search(r"^videoiq: error: ap: .*ap/checkpoint.pt was trained from other inputs than this config's: "
+                     r"init.backbone_checkpoint fp checkpoint \w+ after epoch 1 \(.*\) -> fp checkpoint \w+ after "
+                     r"epoch 2 .*ray.changed_inputs=retrain", capsys.readouterr().err, re.M)
+    assert json.loads((tmp_path / "pipeline_summary.json").read_text())["checkpoints"]["fp"]["kept"] is False
+    # with retrain, ap and policy (built on the old ap) train again; their old runs are moved aside, not deleted
+    lines = []
+    retrained = run_pipeline(CONFIGS, [*more, "ray.changed_inputs=retrain"], printer=lines.append)
+    assert sum("training it again from scratch" in line for line in lines) == 2, lines
+    assert [line.split(":")[0] for line in lines if "nothing to do" in line] == ["fp"]
+    assert len(list(tmp_path.glob("ap.replaced-*/checkpoint.pt"))) == 1
+    assert {s: c["epoch"] for s, c in retrained["checkpoints"].items()} == dict.fromkeys(CONFIGS.keys() - {"eval"}, 2)
+    # the first pipeline's eval results were never overwritten or deleted: each checkpoint has its own folder,
+    # which moves with its run when that is replaced
+    for name, path in first_evals.items():
+        run = path.relative_to(tmp_path).parts[0]
+        kept = path if name == "fp" else next(tmp_path.glob(f"{run}.replaced-*")) / path.relative_to(tmp_path / run)
+        assert json.loads(kept.read_text())["metrics"] == summary["eval"][name]["metrics"], name
+    assert Path(retrained["eval"]["fp"]["file"]).parent != first_evals["fp"].parent
 
 
 def _printed_result(out):

@@ -219,15 +219,39 @@ def test_resuming_on_data_of_other_classes_is_refused_naming_them(tiny_videos, t
     train_in_process(stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}), tmp_path / "fp", printer=QUIET)
     renamed = copy_data(tiny_videos, tmp_path / "renamed",
                         lambda meta: meta.update(classes=[f"other_{c}" for c in meta["classes"]]))
-    with pytest.raises(CheckpointError, match=r"resume: .*checkpoint.pt was trained on 4 classes \(.*\), data.root's "
-                                              r"databases have 4 \(other_"):
-        train_in_process(stage_config("fp", renamed, model={"name": "resnet_tiny"}, optim={"epochs": 2}),
-                         tmp_path / "fp", printer=QUIET)
+    for changed_inputs in ("refuse", "keep"):  # keep cannot go on either: its classifier has other classes
+        with pytest.raises(CheckpointError, match=r"^fp: .*checkpoint.pt was trained from other inputs than this "
+                                                  r"config's: train data: 4 classes \(.*\) -> 4 \(other_"):
+            train_in_process(stage_config("fp", renamed, model={"name": "resnet_tiny"}, optim={"epochs": 2},
+                                          ray={"changed_inputs": changed_inputs}), tmp_path / "fp", printer=QUIET)
     more = copy_data(tiny_videos, tmp_path / "wider")  # the same classes, a model of another width
-    with pytest.raises(CheckpointError, match=r"its model does not fit this config's model \(size mismatch"):
+    with pytest.raises(CheckpointError, match=r"model.name 'resnet_tiny' -> 'resnet18'"):
         train_in_process(stage_config("fp", more, model={"name": "resnet18"}, optim={"epochs": 2}),
                          tmp_path / "fp", printer=QUIET)
+    with pytest.raises(CheckpointError, match=r"its model does not fit this config's model \(size mismatch"):
+        train_in_process(stage_config("fp", more, model={"name": "resnet18"}, optim={"epochs": 2},
+                                      ray={"changed_inputs": "keep"}), tmp_path / "fp", printer=QUIET)
     assert load_checkpoint(tmp_path / "fp")["epoch"] == 1  # left as it was
+
+
+@pytest.mark.slow
+def test_a_run_on_rebuilt_data_is_refused_or_trained_again_never_silently_resumed(tiny_videos, tmp_path):
+    train_in_process(stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}), tmp_path / "fp", printer=QUIET)
+    rebuilt = copy_data(tiny_videos, tmp_path / "rebuilt", lambda meta: meta.update(created="2031-01-01T00:00:00"))
+    cfg = stage_config("fp", rebuilt, model={"name": "resnet_tiny"}, optim={"epochs": 2})
+    with pytest.raises(CheckpointError, match=r"^fp: .*checkpoint.pt was trained from other inputs than this config's: "
+                                              r"train data rebuilt or replaced: .*tiny_videos.*/train.lmdb \(16 videos, "
+                                              r"\d+ frames\) -> .*rebuilt/train.lmdb \(16 videos"):
+        train_in_process(cfg, tmp_path / "fp", printer=QUIET)
+    said = []
+    cfg.ray.changed_inputs = "retrain"
+    assert train_in_process(cfg, tmp_path / "fp", printer=said.append)["epoch"] == 2
+    assert "training it again from scratch (ray.changed_inputs=retrain)" in said[0]
+    aside = next(tmp_path.glob("fp.replaced-*"))
+    assert load_checkpoint(aside)["epoch"] == 1  # the old run, moved aside whole
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "fp" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    new = load_checkpoint(tmp_path / "fp")
+    assert new["lineage"]["data"]["train"]["path"] == str(rebuilt / "train.lmdb")
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The stages in-process on tiny models and the generated data: hand-off, resume, tasks and checkpoints."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,7 +147,10 @@ def test_eval_scores_every_kind_of_checkpoint(trained_stages, tiny_videos):
 
     fp = ev(runs / "fp")
     assert fp["metrics"]["val/top1"] == pytest.approx(metrics["fp"]["val/top1"])  # same clips, same model
-    assert json.loads((runs / "fp" / "eval_val.json").read_text())["metrics"] == fp["metrics"]
+    # results live in the run folder, outside any checkpoint folder: eval/epoch<N>-<checkpoint id>/<mode>.json
+    assert Path(fp["file"]).parent.parent == runs / "fp" / "eval" and Path(fp["file"]).name == "val.json"
+    assert Path(fp["file"]).parent.name.startswith("epoch2-")
+    assert json.loads(Path(fp["file"]).read_text())["metrics"] == fp["metrics"]
     ap = ev(runs / "ap")["metrics"]
     assert ap["val/b32/top1"] == pytest.approx(metrics["ap"]["val/b32/top1"])
     assert ap["val/b32/gflops"] > ap["val/b4/gflops"] > ap["val/b2/gflops"]
@@ -157,22 +161,24 @@ def test_eval_scores_every_kind_of_checkpoint(trained_stages, tiny_videos):
     assert argmax["metrics"]["val/gflops"] == pytest.approx(metrics["policy"]["val/gflops"])
     per_kind = {k for k in argmax["metrics"] if k.count("/") == 3 and k.startswith("val/usage/")}
     assert {k.split("/")[2] for k in per_kind} >= {"colour"}
-    assert (runs / "policy" / "decisions_val.png").is_file()
-    assert argmax["decisions_picture"].endswith("decisions_val.png")
+    assert Path(argmax["file"]).name == "val-argmax.json"
+    assert argmax["decisions_picture"] == str(Path(argmax["file"]).parent / "decisions-val-argmax.png")
+    assert Path(argmax["decisions_picture"]).is_file()
     sampled = ev(runs / "policy", decisions="sampled", num_samples=3)
     assert set(sampled["spread"]) == set(sampled["metrics"])
     # every sampled run scores the same 8 videos: a figure the decisions cannot move has no spread
     assert sampled["metrics"]["val/videos"] == 8.0 and sampled["spread"]["val/videos"] == 0.0
     # the sampled results sit beside the argmax ones and never replace them
-    assert json.loads((runs / "policy" / "eval_val_sampled.json").read_text())["spread"] == sampled["spread"]
-    assert json.loads((runs / "policy" / "eval_val.json").read_text())["metrics"] == argmax["metrics"]
-    assert sampled["decisions_picture"].endswith("decisions_val_sampled.png")
+    assert Path(sampled["file"]) == Path(argmax["file"]).parent / "val-sampled.json"
+    assert json.loads(Path(sampled["file"]).read_text())["spread"] == sampled["spread"]
+    assert json.loads(Path(argmax["file"]).read_text())["metrics"] == argmax["metrics"]
+    assert sampled["decisions_picture"].endswith("decisions-val-sampled.png")
     # the integer engine: the same decisions, top-1 within a video of the float model's, in a file of its own
     integer = ev(runs / "policy", engine="int8")
-    assert integer["engine"] == "int8" and (runs / "policy" / "eval_val_int8.json").is_file()
+    assert integer["engine"] == "int8" and Path(integer["file"]).name == "val-argmax-int8.json"
     assert integer["metrics"]["val/gflops"] == argmax["metrics"]["val/gflops"]
     assert abs(integer["metrics"]["val/top1"] - argmax["metrics"]["val/top1"]) <= 100 / 8
-    assert json.loads((runs / "policy" / "eval_val.json").read_text())["metrics"] == argmax["metrics"]
+    assert json.loads(Path(argmax["file"]).read_text())["metrics"] == argmax["metrics"]
     ap_int8 = ev(runs / "ap", engine="int8")["metrics"]
     assert ap_int8["val/b32/top1"] == pytest.approx(ap["val/b32/top1"])
     with pytest.raises(CheckpointError, match="eval.engine: int8 runs the quantized widths .* is a fp checkpoint"):

@@ -88,10 +88,14 @@ def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, t
 
     # 3. hand-off: each stage was initialised from the checkpoint the previous stage wrote
     summary = json.loads((runs / "pipeline_summary.json").read_text())
-    ckpts = {stage: load_checkpoint(path) for stage, path in summary["checkpoints"].items()}
-    assert ckpts["ap"]["config"]["init"]["backbone_checkpoint"] == summary["checkpoints"]["fp"]
-    assert ckpts["policy"]["config"]["init"]["backbone_checkpoint"] == summary["checkpoints"]["ap"]
-    assert ckpts["policy"]["config"]["init"]["policy_backbone_checkpoint"] == summary["checkpoints"]["policy_pretrain"]
+    paths = {stage: entry["path"] for stage, entry in summary["checkpoints"].items()}
+    ckpts = {stage: load_checkpoint(path) for stage, path in paths.items()}
+    assert ckpts["ap"]["config"]["init"]["backbone_checkpoint"] == paths["fp"]
+    assert ckpts["policy"]["config"]["init"]["backbone_checkpoint"] == paths["ap"]
+    assert ckpts["policy"]["config"]["init"]["policy_backbone_checkpoint"] == paths["policy_pretrain"]
+    # ... and recorded it: the lineage names each input checkpoint by its id
+    assert ckpts["policy"]["lineage"]["inputs"]["init.backbone_checkpoint"]["id"] == ckpts["ap"]["id"]
+    assert ckpts["ap"]["lineage"]["inputs"]["init.backbone_checkpoint"]["id"] == ckpts["fp"]["id"]
     assert {s: c["epoch"] for s, c in ckpts.items()} == EPOCHS
     for key, value in ckpts["ap"]["models"]["model"]["state_dict"].items():  # the frozen backbone, unchanged
         assert (ckpts["policy"]["models"]["model"]["state_dict"][key] == value).all(), key
@@ -102,9 +106,10 @@ def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, t
         if run.name and run.summary.get("epoch", 0) >= wandb_runs.get(run.name, run).summary.get("epoch", 0):
             wandb_runs[run.name] = run
     assert {r.group for r in wandb_runs.values()} == {"/".join(runs.parts[-2:])}
-    policy_eval = json.loads((Path(summary["checkpoints"]["policy"]).parent / "eval_val.json").read_text())
+    policy_eval = json.loads(Path(summary["eval"]["policy"]["file"]).read_text())
+    assert Path(policy_eval["file"]).parent.parent == runs / "policy" / "eval"  # not in a checkpoint_* folder
     assert policy_eval["metrics"] == summary["eval"]["policy"]["metrics"]
-    logged = wandb_runs["eval-policy"].summary
+    logged = wandb_runs["eval-policy-val-argmax"].summary
     assert all(_close(logged[k], v) for k, v in policy_eval["metrics"].items())
     assert {"val/top1", "val/mAP", "val/gflops", "val/usage/32bit", "val/usage/skip1"} <= set(policy_eval["metrics"])
     assert f"{policy_eval['metrics']['val/gflops']:13.4f}" in summary["table"] and summary["table"] in log
@@ -114,6 +119,21 @@ def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, t
         assert all(_close(wandb_runs[stage].summary[k], v) for k, v in last.items()), stage
     history = [row for run in read_runs(runs / "policy") for row in run.history if "temperature" in row]
     assert [row["temperature"] for row in history] == pytest.approx([5.0, 5.0 * 0.956])
+
+    # 5. training fp further prunes its old checkpoint folders (ray.num_to_keep: 2); nothing the pipeline wrote
+    # goes with them, and the summary says which checkpoint is gone
+    fp_cfg = yaml.safe_load(files["fp"].read_text())
+    fp_cfg["optim"]["epochs"] = EPOCHS["fp"] + 2
+    files["fp"].write_text(yaml.safe_dump(fp_cfg))
+    from videoiq.runner import load_stage_config
+
+    run_config(load_stage_config(str(files["fp"]), []), printer=QUIET)
+    assert not Path(summary["checkpoints"]["fp"]["path"]).exists()
+    for name, ev in summary["eval"].items():
+        assert json.loads(Path(ev["file"]).read_text())["metrics"] == ev["metrics"], name
+    after = json.loads((runs / "pipeline_summary.json").read_text())["checkpoints"]
+    assert {s: e["kept"] for s, e in after.items()} == {"fp": False, "ap": True, "policy_pretrain": True,
+                                                        "policy": True}
 
 
 def test_seeded_runs_on_ray_repeat_exactly_and_relative_paths_reach_the_workers(ray_local, tiny_videos, tmp_path):

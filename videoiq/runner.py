@@ -63,11 +63,39 @@ def run_config(cfg: StageConfig, printer: Callable[[str], None] = print, *,
         from .train.run import train_in_process
 
         metrics = train_in_process(cfg, out, device=device_of(cfg), printer=printer, on_epoch=on_epoch)
+        mark_gone_checkpoints(out.parent / SUMMARY_FILE)
         return {"checkpoint": str(out / "checkpoint.pt"), "metrics": metrics}
     from .ray.train import train_on_ray
 
     path, metrics = train_on_ray(cfg, out, printer=printer, callbacks=callbacks)
+    mark_gone_checkpoints(out.parent / SUMMARY_FILE)
     return {"checkpoint": path, "metrics": metrics}
+
+
+SUMMARY_FILE = "pipeline_summary.json"
+
+
+def mark_gone_checkpoints(summary_file: Path) -> None:
+    """Set ``"kept": false`` on the checkpoints a pipeline summary names that are gone: pruned by Ray Train past
+    ``ray.num_to_keep``, or rewritten by an in-process run that trained further (its id differs). The eval
+    results the summary names live outside checkpoint folders and stay."""
+    from .train.checkpoint import CheckpointError, checkpoint_identity
+
+    if not summary_file.is_file():
+        return
+    summary = json.loads(summary_file.read_text())
+    changed = False
+    for entry in summary.get("checkpoints", {}).values():
+        if not isinstance(entry, dict) or not entry.get("kept"):
+            continue
+        try:
+            still = checkpoint_identity(entry["path"])["id"] == entry["id"]
+        except CheckpointError:
+            still = False
+        if not still:
+            entry["kept"], changed = False, True
+    if changed:
+        write_text_atomic(summary_file, json.dumps(summary, indent=1) + "\n")
 
 
 def load_stage_config(path: str, overrides: Sequence[str], stage: str | None = None) -> StageConfig:
@@ -136,17 +164,19 @@ def run_pipeline(configs: dict[str, str], overrides: Sequence[str],
         cfg = load("eval", [f"eval.checkpoint={ckpt}"])
         printer(f"==> eval of the {name} checkpoint")
         evals[name] = run_config(cfg, printer)["results"]
+    from .train.checkpoint import checkpoint_identity
+
     rows = summary_rows(evals)
-    summary = {"checkpoints": {k: v["checkpoint"] for k, v in done.items()}, "eval": evals,
-               "table": summary_table(rows)}
-    write_text_atomic(out / "pipeline_summary.json", json.dumps(summary, indent=1) + "\n")
+    summary = {"checkpoints": {k: {**checkpoint_identity(v["checkpoint"]), "kept": True} for k, v in done.items()},
+               "eval": evals, "table": summary_table(rows)}
+    write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
     with Tracker.start(mode=resolve_mode(cfg.logging.wandb), directory=out, project=cfg.logging.project,
                        name="pipeline", job_type="summary", group=cfg.logging.group,
                        config={"configs": configs, "overrides": list(overrides)}) as tracker:
         tracker.table("pipeline", [*SUMMARY_COLUMNS, "per frame"],
                       [[name, *(m.get(k) for k in SUMMARY_METRICS), note] for name, m, note in rows])
     printer(summary["table"])
-    printer(f"summary: {out / 'pipeline_summary.json'}")
+    printer(f"summary: {out / SUMMARY_FILE}")
     return summary
 
 

@@ -56,8 +56,9 @@ class Tracker:
 
     @classmethod
     def start(cls, *, mode: str, directory: str | os.PathLike, project: str, name: str, job_type: str,
-              group: str | None, config: Mapping[str, Any]) -> Tracker:
-        """Open (or resume) the wandb run of ``directory``; ``mode`` as :func:`resolve_mode` returns it."""
+              group: str | None, config: Mapping[str, Any], resume: bool = True) -> Tracker:
+        """Open (or, with ``resume``, go on with) the wandb run ``name`` of ``directory``; ``mode`` as
+        :func:`resolve_mode` returns it."""
         if mode == "disabled":
             return cls(None)
         if mode == "online" and not os.environ.get("WANDB_API_KEY"):
@@ -68,7 +69,7 @@ class Tracker:
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / f"wandb-{name}.id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else ""
+        run_id = id_file.read_text().strip() if resume and id_file.is_file() else ""
         if not run_id:
             run_id = secrets.token_hex(6)
             id_file.write_text(run_id + "\n")

@@ -207,6 +207,9 @@ class RaySection:
     name: str | None = None  # run name; None: derived from the stage and dataset
     num_to_keep: int = 2
     max_failures: int = 0
+    # a run folder whose checkpoint was built from other data, input checkpoints or settings (train/lineage.py):
+    # refuse naming the changes, retrain from scratch (the old folder moved aside), or keep going from it as it is
+    changed_inputs: Literal["refuse", "retrain", "keep"] = "refuse"
 
     def problems(self) -> list[str]:
         out = _below(self, 0, "num_workers", "max_failures") + _below(self, 1, "num_to_keep")

@@ -27,6 +27,7 @@ extension). Open databases read-only with ``lock=False``: many processes read on
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -180,8 +181,9 @@ class VideoDB:
             raise DatabaseError(f"{self.path}: no such database directory")
         env = open_readonly(self.path)
         with env.begin() as txn:
-            meta = _unpack_reserved(self.path, "__meta__", txn.get(META_KEY))
-            index = _unpack_reserved(self.path, "__index__", txn.get(INDEX_KEY))
+            raw_meta, raw_index = txn.get(META_KEY), txn.get(INDEX_KEY)
+            meta = _unpack_reserved(self.path, "__meta__", raw_meta)
+            index = _unpack_reserved(self.path, "__index__", raw_index)
             unfinished = txn.get(BUILD_KEY) is not None
             original = txn.get(b"__keys__") is not None
         if meta is None:
@@ -220,6 +222,9 @@ class VideoDB:
                 raise DatabaseError(f"{self.path}: record {key!r} has label(s) {list(labels)} outside its "
                                     f"{n} classes (0..{n - 1})")
         self.meta: dict[str, Any] = meta
+        # what the database holds, not where it is: its build settings and time, classes, keys, labels and
+        # frame counts (a rebuild writes a new build time, so even the same command gives a new fingerprint)
+        self.fingerprint = hashlib.sha256(bytes(raw_meta) + bytes(raw_index or b"")).hexdigest()[:16]
 
     @property
     def classes(self) -> list[str]:

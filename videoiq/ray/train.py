@@ -47,6 +47,7 @@ from ..errors import RemoteError, find_remote, keep_traceback, user_cause
 from ..logs import configure_logging, quiet_ray_train_reports
 from ..tracking import resolve_mode, wandb_env
 from ..train.checkpoint import FILENAME, check_storage, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..train.lineage import check_run
 from ..train.logbook import StageLog, start_tracker
 from ..train.run import run_epochs
 from ..train.scoring import Evaluation
@@ -97,6 +98,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, float]:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
     stage = build_stage(cfg, device)
+    stage.lineage = config["lineage"]
     module = ray.train.torch.prepare_model(stage.task.module)
     if cfg.speed.compile:
         module = torch.compile(module)
@@ -212,6 +214,7 @@ def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None]
     check_resources(cfg)
     storage, name = str(run_dir.parent), run_dir.name
     check_storage(storage)  # writable at all; rank 0 checks the space once it knows the models' size
+    lineage = check_run(cfg, run_dir, printer)
     finished = latest_checkpoint(run_dir)
     if finished is not None and finished[1]["epoch"] >= cfg.optim.epochs:
         printer(f"{cfg.STAGE}: {finished[0]} already has all {finished[1]['epoch']} epochs; nothing to do")
@@ -223,7 +226,8 @@ def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None]
         datasets = {"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec, seed=cfg.seed)}
         return TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"stage": config_to_dict(cfg), "run_dir": str(run_dir), "wandb_mode": mode},
+            train_loop_config={"stage": config_to_dict(cfg), "run_dir": str(run_dir), "wandb_mode": mode,
+                               "lineage": lineage},
             scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                          resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
             run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks,

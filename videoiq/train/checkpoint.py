@@ -3,20 +3,24 @@
 A checkpoint is a dict that ``torch.load(weights_only=True)`` can read (tensors, numbers, strings,
 lists and dicts only; no pickled classes)::
 
-    {"format": "videoiq-ckpt/1", "stage": "fp" | "ap" | "policy_pretrain" | "policy",
-     "epoch": completed epochs, "config": the stage config as a dict,
+    {"format": "videoiq-ckpt/1", "id": 16 hex digits, new for every file written,
+     "stage": "fp" | "ap" | "policy_pretrain" | "policy",
+     "epoch": completed epochs, "config": the stage config as a dict, "lineage": what it was built from,
      "models": {role: {"name": registry name, "kwargs": builder arguments, "state_dict": {...}}},
      "optimizer": ..., "scheduler": ..., "metrics": {...}, "extra": {...}, "versions": {...}}
 
 Roles: ``model`` (what the stage trains; for ``policy`` the any-precision backbone), ``teacher``
 (the frozen full-precision model, ap and policy), ``policy`` (the policy network). Each role carries
 the registry name and arguments that rebuild it, so a checkpoint alone is enough to rebuild its
-models, and the precision family of an ap backbone is read from it, never guessed.
+models, and the precision family of an ap backbone is read from it, never guessed. The ``id`` is what later
+stages record as their input (see ``lineage.py``), so that a checkpoint rewritten in place is told apart.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import zipfile
@@ -55,7 +59,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     file intact (the new one is written beside it, synced, then renamed over it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, **payload, "versions": {"videoiq": __version__, "torch": str(torch.__version__)}}
+    payload = {"format": FORMAT, "id": secrets.token_hex(8), **payload,
+               "versions": {"videoiq": __version__, "torch": str(torch.__version__)}}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -111,13 +116,14 @@ def resolve(path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, stages: Iterable[str] | None = None,
-                    what: str = "checkpoint") -> dict[str, Any]:
-    """Read and check a checkpoint; ``stages`` are those accepted, and ``what`` names the config key for errors."""
+                    what: str = "checkpoint", mmap: bool = False) -> dict[str, Any]:
+    """Read and check a checkpoint; ``stages`` are those accepted, and ``what`` names the config key for errors.
+    With ``mmap`` the tensors stay in the file until used (cheap when only the metadata is wanted)."""
     p = resolve(path)
     if not p.is_file():
         raise CheckpointError(f"{what}: {str(path)!r} does not exist")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # pickle refusals, truncation and foreign files all surface here
         raise CheckpointError(f"{what}: {str(p)!r} is not a readable videoiq checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
@@ -131,6 +137,26 @@ def load_checkpoint(path: str | os.PathLike, stages: Iterable[str] | None = None
         raise CheckpointError(f"{what}: {str(p)!r} is a {ckpt.get('stage')!r}-stage checkpoint; "
                               f"expected {' or '.join(map(repr, allowed))}")
     return ckpt
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while piece := f.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def checkpoint_identity(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """``{"id", "stage", "epoch", "path"}`` of a checkpoint (file, or run folder: its newest), what a stage built
+    on it records. A checkpoint from before ids were written is known by the SHA-256 of its file."""
+    p = resolve(path)
+    ckpt = load_checkpoint(p, what=what, mmap=True)
+    ident = ckpt.get("id")
+    if ident is None:
+        ident = "sha256:" + file_sha256(p)
+    return {"id": ident, "stage": ckpt.get("stage"), "epoch": int(ckpt.get("epoch", 0)), "path": str(p.resolve())}
 
 
 def build_from_entry(entry: dict[str, Any], role: str, source: str) -> nn.Module:

@@ -6,9 +6,14 @@
   sampled Gumbel decisions at the checkpoint's temperature, reported as mean and standard deviation;
   plus the share of frames at each action and GFLOPs per video in the paper's convention.
 
-Results are written as JSON next to the checkpoint (``eval_<split>.json``; ``eval_<split>_sampled.json`` for
-sampled decisions, so that they never replace the argmax results; ``..._int8.json`` with ``eval.engine: int8``,
-the quantized widths on integer kernels) and returned.
+Results are returned and written as JSON into the run folder the checkpoint belongs to, outside the
+checkpoint folders Ray Train manages (and deletes past ``ray.num_to_keep``)::
+
+    <run>/eval/epoch<N>-<checkpoint id>/<split>[-argmax|-sampled][-int8].json
+
+one file per checkpoint and mode: decisions (policy checkpoints) and engine (``int8``: the quantized widths on
+integer kernels), so no mode replaces another's results. Each evaluation is a new wandb run, kept in the same
+folder with the policy's decisions picture.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import contextlib
 import functools
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +36,7 @@ from ..models.int8 import check_engine
 from ..models.resnet import fold_frames
 from ..quant import bit_width
 from ..tracking import resolve_mode
-from .checkpoint import CheckpointError, load_checkpoint, load_role, resolve
+from .checkpoint import CheckpointError, checkpoint_identity, load_checkpoint, load_role, resolve
 from .logbook import start_tracker
 from .scoring import (
     Predictions,
@@ -87,10 +93,26 @@ def _memory_format(cfg: EvalConfig) -> torch.memory_format:
     return torch.channels_last if cfg.speed.channels_last else torch.preserve_format
 
 
+def results_folder(checkpoint: Path, ckpt: dict[str, Any]) -> Path:
+    """``<run>/eval/epoch<N>-<id>``: where the results of one checkpoint go. ``<run>`` is the folder of an
+    in-process ``checkpoint.pt``, or the run folder above a Ray ``checkpoint_*`` folder; the id tells apart
+    the checkpoints one ``checkpoint.pt`` held over time."""
+    run = checkpoint.parent.parent if checkpoint.parent.name.startswith("checkpoint_") else checkpoint.parent
+    ident = checkpoint_identity(checkpoint)["id"].removeprefix("sha256:")
+    return run / "eval" / f"epoch{int(ckpt['epoch'])}-{ident[:8]}"
+
+
+def mode_name(cfg: EvalConfig, stage: str) -> str:
+    """``<split>[-argmax|-sampled][-<engine>]``: the file name (without ``.json``) of one evaluation mode."""
+    decisions = f"-{cfg.eval.decisions}" if stage == "policy" else ""
+    engine = "" if cfg.eval.engine == "float" else f"-{cfg.eval.engine}"
+    return f"{cfg.data.val_split}{decisions}{engine}"
+
+
 def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[[str], None] = print) -> dict[str, Any]:
     """Score ``cfg.eval.checkpoint`` on ``cfg.data``'s validation split; writes and returns the results.
 
-    The results also go to a wandb run (``eval-<stage of the checkpoint>``, kept next to the JSON):
+    The results also go to a new wandb run (``eval-<stage of the checkpoint>-<mode>``, kept next to the JSON):
     the metrics as its summary and the per-class AP as a table.
     """
     cfg.check_inputs()
@@ -154,16 +176,16 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str = "cpu", printer: Callable[
             if kinds is not None:
                 m.update(kind_accuracy(scorings[column], kinds, labels))
             results["metrics"].update({k.replace("val/", f"val/b{bits}/") if family else k: v for k, v in m.items()})
-    folder = resolve(source).parent
-    # sampled decisions and the int8 engine get files of their own: they never replace the argmax float results
-    name = (cfg.data.val_split + ("_sampled" if stage == "policy" and cfg.eval.decisions == "sampled" else "")
-            + ("" if engine == "float" else f"_{engine}"))
+    folder = results_folder(resolve(source), ckpt)
+    name = mode_name(cfg, stage)
     if stage == "policy":  # a few videos' frames with the action taken on each
         results["decisions_picture"] = str(decisions_picture(cfg, next(iter(scorings.values())), model.actions,
-                                                             folder / f"decisions_{name}.png"))
-    out = folder / f"eval_{name}.json"
+                                                             folder / f"decisions-{name}.png"))
+    out = folder / f"{name}.json"
+    results["file"] = str(out)
     write_text_atomic(out, json.dumps(results, indent=2) + "\n")
-    tracker = start_tracker(cfg, folder, resolve_mode(cfg.logging.wandb), name=f"eval-{stage}", job_type="eval")
+    tracker = start_tracker(cfg, folder, resolve_mode(cfg.logging.wandb), name=f"eval-{stage}-{name}",
+                            job_type="eval", resume=False)
     with tracker:
         tracker.summary({**results["metrics"], **{f"spread/{k}": v for k, v in results.get("spread", {}).items()}})
         tracker.table("val/per_class_ap", *class_ap_table(scorings, labels, val.db.classes))

@@ -13,10 +13,12 @@ from .tasks import PolicyTask
 
 
 def start_tracker(cfg: StageConfig, run_dir: Path, mode: str, name: str | None = None,
-                  job_type: str | None = None) -> Tracker:
-    """The stage's wandb run (``mode`` from :func:`videoiq.tracking.resolve_mode`), kept in ``run_dir``."""
+                  job_type: str | None = None, resume: bool = True) -> Tracker:
+    """The stage's wandb run (``mode`` from :func:`videoiq.tracking.resolve_mode`), kept in ``run_dir``; with
+    ``resume`` the run of an earlier start in the same folder goes on, else a new one starts."""
     return Tracker.start(mode=mode, directory=run_dir, project=cfg.logging.project, name=name or run_dir.name,
-                         job_type=job_type or cfg.STAGE, group=cfg.logging.group, config=config_to_dict(cfg))
+                         job_type=job_type or cfg.STAGE, group=cfg.logging.group, config=config_to_dict(cfg),
+                         resume=resume)
 
 
 class StageLog:

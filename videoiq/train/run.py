@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..config import StageConfig
 from ..tracking import resolve_mode
 from .checkpoint import check_storage, load_checkpoint, save_checkpoint
+from .lineage import check_run
 from .logbook import StageLog, start_tracker
 from .loop import NonFiniteLoss, recalibrate_batch_norm, train_one_epoch
 from .scoring import Evaluation
@@ -75,8 +76,10 @@ def train_in_process(cfg: StageConfig, out_dir: str | os.PathLike, device: str =
     cfg.check_inputs()
     out = Path(out_dir)
     dev = torch.device(device)
+    lineage = check_run(cfg, out, printer)
     torch.manual_seed(cfg.seed)
     stage = build_stage(cfg, dev)
+    stage.lineage = lineage
     check_storage(out, 2 * stage.checkpoint_bytes())  # the checkpoint and its next version side by side
     start = 0
     if (out / FILENAME).exists():
@@ -95,8 +98,8 @@ def train_in_process(cfg: StageConfig, out_dir: str | os.PathLike, device: str =
     def train_batches(epoch: int):
         train_ds.set_epoch(epoch)
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        return DataLoader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, generator=g, num_workers=workers,
-                          drop_last=len(train_ds) > cfg.data.batch_size)
+        # every video once an epoch, the last batch partial: what a Ray Train worker's shard gives too
+        return DataLoader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, generator=g, num_workers=workers)
 
     def val_batches():
         return eval_loader(val_ds, cfg.data.batch_size, workers)

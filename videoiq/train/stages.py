@@ -55,6 +55,7 @@ class Stage:
     extra: dict[str, Any] = field(default_factory=dict)
     global_step: int = 0  # optimizer steps so far (rank 0's), the x axis of progress records
     last_saved: str = ""  # where the newest checkpoint is, for messages (set by whoever writes or restores it)
+    lineage: dict[str, Any] = field(default_factory=dict)  # what it is built from (lineage.check_run gives it)
 
     def payload(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         """The checkpoint of this stage after ``epoch`` completed epochs."""
@@ -64,7 +65,7 @@ class Stage:
         return {"stage": self.cfg.STAGE, "epoch": epoch, "config": config_to_dict(self.cfg),
                 "models": {role: model_entry(e.name, e.kwargs, e.module) for role, e in self.entries.items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "metrics": metrics, "extra": extra}
+                "metrics": metrics, "extra": extra, "lineage": self.lineage}
 
     def checkpoint_bytes(self) -> int:
         """About the size of one checkpoint of this stage."""
