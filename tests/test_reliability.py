@@ -239,9 +239,9 @@ def test_a_run_on_rebuilt_data_is_refused_or_trained_again_never_silently_resume
     train_in_process(stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}), tmp_path / "fp", printer=QUIET)
     rebuilt = copy_data(tiny_videos, tmp_path / "rebuilt", lambda meta: meta.update(created="2031-01-01T00:00:00"))
     cfg = stage_config("fp", rebuilt, model={"name": "resnet_tiny"}, optim={"epochs": 2})
-    with pytest.raises(CheckpointError, match=r"^fp: .*checkpoint.pt was trained from other inputs than this config's: "
-                                              r"train data rebuilt or replaced: .*tiny_videos.*/train.lmdb \(16 videos, "
-                                              r"\d+ frames\) -> .*rebuilt/train.lmdb \(16 videos"):
+    with pytest.raises(CheckpointError, match=r"^fp: .*checkpoint.pt was trained from other inputs than this "
+                                              r"config's: train data rebuilt or replaced: .*tiny_videos.*/train.lmdb "
+                                              r"\(16 videos, \d+ frames\) -> .*rebuilt/train.lmdb \(16 videos"):
         train_in_process(cfg, tmp_path / "fp", printer=QUIET)
     said = []
     cfg.ray.changed_inputs = "retrain"

@@ -140,17 +140,20 @@ def test_seeded_runs_on_ray_repeat_exactly_and_relative_paths_reach_the_workers(
     from videoiq.runner import run_config
 
     runs = []
-    for name in ("first", "again"):
+    for name, workers in (("first", 2), ("again", 2), ("in_process", 0)):
         # relative to the test's working directory, which the Train workers do not share
-        ray = {"storage_path": os.path.relpath(tmp_path), "name": name, "num_workers": 2}
+        ray = {"storage_path": os.path.relpath(tmp_path), "name": name, "num_workers": workers}
+        # 16 videos in batches of 6 (3 per worker): the last batch of an epoch is partial
         cfg = stage_config("fp", os.path.relpath(tiny_videos), model={"name": "resnet_tiny"}, ray=ray,
-                           optim={"epochs": 2})
+                           optim={"epochs": 2}, data={"batch_size": 6})
         run_config(cfg, printer=QUIET)
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         runs.append([{k: v for k, v in json.loads(x).items() if not k.endswith("seconds")} for x in lines])
     assert [x["epoch"] for x in runs[0]] == [1.0, 2.0]
     assert runs[0] == runs[1]  # same seed: the same clips, augmentation, batches and weights
     assert runs[0][0]["train/loss"] != runs[0][1]["train/loss"]
+    # in-process and on Ray, an epoch trains on every video once: the partial last batch is kept in both
+    assert [x["train/videos"] for run in runs for x in run] == [16.0] * 6
 
 
 def test_a_users_error_in_a_train_worker_is_its_own_line_with_the_traceback_kept(ray_local, tiny_videos, tmp_path,

@@ -4,12 +4,14 @@ pipeline`` and the ``launch/*.py`` scripts that ``ray job submit`` starts.
 A stage runs in-process when ``ray.num_workers`` is 0 and on Ray Train workers otherwise (connecting
 to ``RAY_ADDRESS``, as ``ray job submit`` sets it, or starting a local Ray). Its output goes to the run
 directory ``<ray.storage_path>/<ray.name or stage_dataset>``; re-running the same command resumes it,
-and a finished stage is not trained again.
+and a finished stage is not trained again, unless what it was built from changed (``train/lineage.py``).
 
 The pipeline runs ``fp -> ap``, ``policy_pretrain``, ``policy``, then ``eval`` of the fp, ap (every
 width) and policy checkpoints, passing each checkpoint to the next stage's config
 (``init.backbone_checkpoint``, ``init.policy_backbone_checkpoint``, ``eval.checkpoint``), and prints
-one table: accuracy, mAP, GFLOPs per video and precision usage.
+one table: accuracy, mAP, GFLOPs per video and precision usage, kept with each checkpoint's identity and
+each eval's results file in ``pipeline_summary.json`` (:func:`mark_gone_checkpoints` keeps it honest when a
+stage trains further).
 """
 from __future__ import annotations
 

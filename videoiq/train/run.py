@@ -2,7 +2,8 @@
 in-process run (:func:`train_in_process`, ``ray.num_workers: 0``) with its ``DataLoader`` readers.
 
 A run folder holds ``checkpoint.pt`` (written atomically after every epoch), ``metrics.jsonl`` and the
-wandb run; running the same config into the same folder resumes after the last finished epoch.
+wandb run; running the same config into the same folder resumes after the last finished epoch (when its
+inputs have not changed: ``lineage.check_run``).
 """
 from __future__ import annotations
 
