@@ -1,7 +1,9 @@
 """Faults survived and bad input refused clearly: storage, checkpoints, NaN, data, cluster resources, killed workers."""
 import collections
+import io
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -12,6 +14,8 @@ import msgpack
 import pytest
 
 from videoiq.config import ConfigError
+from videoiq.data.build import build_videos
+from videoiq.data.lists import parse_video_list, read_class_names
 from videoiq.data.records import DatabaseError, VideoDB, forget
 from videoiq.train import checkpoint as ckpt_module
 from videoiq.train.checkpoint import CheckpointError, StorageError, load_checkpoint, save_checkpoint
@@ -237,19 +241,32 @@ def test_resuming_on_data_of_other_classes_is_refused_naming_them(tiny_videos, t
 @pytest.mark.slow
 def test_a_run_on_rebuilt_data_is_refused_or_trained_again_never_silently_resumed(tiny_videos, tmp_path):
     train_in_process(stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}), tmp_path / "fp", printer=QUIET)
-    rebuilt = copy_data(tiny_videos, tmp_path / "rebuilt", lambda meta: meta.update(created="2031-01-01T00:00:00"))
-    cfg = stage_config("fp", rebuilt, model={"name": "resnet_tiny"}, optim={"epochs": 2})
+    rebuilt = copy_data(tiny_videos, tmp_path / "rebuilt")
+    # building it again from the same videos changes nothing: the run resumes
+    classes = read_class_names(str(tiny_videos / "classes.txt"))
+    items = parse_video_list(str(tiny_videos / "train.txt"), str(tiny_videos))
+    build_videos(str(rebuilt / "train.lmdb"), items, classes, short_side=0, split="train", stream=io.StringIO())
+    said = []
+    train_in_process(stage_config("fp", rebuilt, model={"name": "resnet_tiny"}, optim={"epochs": 2}),
+                     tmp_path / "fp", printer=said.append)
+    assert "fp: resuming from" in said[0]
+    # rebuilt from other videos (one fewer): refused, naming the database and the counts
+    rebuilt = tmp_path / "rebuilt2"
+    shutil.copytree(tiny_videos / "val.lmdb", rebuilt / "val.lmdb")
+    build_videos(str(rebuilt / "train.lmdb"), items[1:], classes, short_side=0, split="train",
+                 stream=io.StringIO())
+    cfg = stage_config("fp", rebuilt, model={"name": "resnet_tiny"}, optim={"epochs": 3})
     with pytest.raises(CheckpointError, match=r"^fp: .*checkpoint.pt was trained from other inputs than this "
-                                              r"config's: train data rebuilt or replaced: .*tiny_videos.*/train.lmdb "
-                                              r"\(16 videos, \d+ frames\) -> .*rebuilt/train.lmdb \(16 videos"):
+                                              r"config's: train data rebuilt or replaced: .*/rebuilt/train.lmdb "
+                                              r"\(16 videos, \d+ frames\) -> .*rebuilt2/train.lmdb \(15 videos"):
         train_in_process(cfg, tmp_path / "fp", printer=QUIET)
     said = []
     cfg.ray.changed_inputs = "retrain"
-    assert train_in_process(cfg, tmp_path / "fp", printer=said.append)["epoch"] == 2
+    assert train_in_process(cfg, tmp_path / "fp", printer=said.append)["epoch"] == 3
     assert "training it again from scratch (ray.changed_inputs=retrain)" in said[0]
     aside = next(tmp_path.glob("fp.replaced-*"))
-    assert load_checkpoint(aside)["epoch"] == 1  # the old run, moved aside whole
-    assert [json.loads(x)["epoch"] for x in (tmp_path / "fp" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert load_checkpoint(aside)["epoch"] == 2  # the old run, moved aside whole
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "fp" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     new = load_checkpoint(tmp_path / "fp")
     assert new["lineage"]["data"]["train"]["path"] == str(rebuilt / "train.lmdb")
 

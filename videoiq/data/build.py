@@ -10,6 +10,7 @@ images or videos) are skipped and listed in the summary and in ``__meta__["skipp
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import multiprocessing
 import os
 import shutil
@@ -264,12 +265,14 @@ def _take(it: Any, n: int) -> list[SourceVideo]:
 def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], settings: dict[str, Any],
               report: BuildReport) -> dict[str, Any]:
     keys, counts, labels, sizes = [], [], [], []
+    content = hashlib.sha256()  # over every record's header (labels, each frame's JPEG size, source), in order
     with env.begin(write=True, buffers=True) as txn:
         for it in items:
             value = txn.get(it.key.encode())
             if value is None:
                 continue
-            header, _ = decode_header(value, out, it.key)
+            header, start = decode_header(value, out, it.key)
+            content.update(it.key.encode() + b"\0" + bytes(value[:start]))
             keys.append(it.key)
             counts.append(header.num_frames)
             labels.append(list(header.labels))
@@ -285,6 +288,7 @@ def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], setting
             "frame_size": list(sizes[0]) if len(set(sizes)) == 1 else None,
             "short_side": [min(min(s) for s in sizes), max(min(s) for s in sizes)],
             "multilabel": any(len(ls) > 1 for ls in labels), "skipped": len(skipped), "skipped_inputs": skipped,
+            "content": content.hexdigest()[:16],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "videoiq_version": __version__,
             "build": settings,
         }

@@ -18,6 +18,7 @@ Two reserved keys (video keys never start with ``__``)::
     __meta__  = msgpack {"format": "videoiq-lmdb", "version": 1, "dataset", "split", "classes": [names],
                          "num_classes", "num_videos", "num_frames", "frames_per_video": {"min","max","mean"},
                          "frame_size": [h, w] or None, "short_side": [min, max], "multilabel", "skipped",
+                         "content": a digest of every record's header (labels, frame sizes, source),
                          "created", "videoiq_version", "build": {how it was converted}}
     __index__ = msgpack {"keys": [str], "num_frames": [int], "labels": [[int]]}   # in the input list's order
 
@@ -222,9 +223,11 @@ class VideoDB:
                 raise DatabaseError(f"{self.path}: record {key!r} has label(s) {list(labels)} outside its "
                                     f"{n} classes (0..{n - 1})")
         self.meta: dict[str, Any] = meta
-        # what the database holds, not where it is: its build settings and time, classes, keys, labels and
-        # frame counts (a rebuild writes a new build time, so even the same command gives a new fingerprint)
-        self.fingerprint = hashlib.sha256(bytes(raw_meta) + bytes(raw_index or b"")).hexdigest()[:16]
+        # what the database holds, not where or when it was built: its settings, classes, keys, labels, frame
+        # counts and (the "content" digest) each frame's JPEG size, so re-running a build changes nothing
+        when = ("created", "videoiq_version")
+        self.fingerprint = hashlib.sha256(msgpack.packb({k: v for k, v in meta.items() if k not in when})
+                                          + bytes(raw_index or b"")).hexdigest()[:16]
 
     @property
     def classes(self) -> list[str]:
