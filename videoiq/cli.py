@@ -96,15 +96,20 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
-def _class_names(args: argparse.Namespace, items_labels: list[tuple[int, ...]]) -> list[str]:
-    """Names from --classes, else ``0..max label``; checked against a named dataset's class count."""
+def _class_names(args: argparse.Namespace) -> list[str] | None:
+    """The names of --classes, read before the list so that its parser can name out-of-range lines."""
     from .data.lists import read_class_names
+
+    return read_class_names(args.classes) if args.classes else None
+
+
+def _checked_classes(args: argparse.Namespace, names: list[str] | None,
+                     items_labels: list[tuple[int, ...]]) -> list[str]:
+    """Names from --classes, else ``0..max label``; checked against a named dataset's class count."""
     from .data.specs import dataset_spec
 
-    if args.classes:
-        names = read_class_names(args.classes)
-    else:
-        names = [str(c) for c in range(1 + max(x for labels in items_labels for x in labels))]
+    if names is None:
+        names = [str(c) for c in range(1 + max((x for labels in items_labels for x in labels), default=-1))]
     expected = dataset_spec(args.dataset).num_classes
     if expected is not None and len(names) != expected:
         source = args.classes or "the largest label in the list"
@@ -120,15 +125,17 @@ def _data_build(args: argparse.Namespace) -> int:
     sep = args.sep if args.sep is not None else spec.separator
     common = dict(dataset=args.dataset, split=args.split or "", workers=args.workers, strict=args.strict,
                   overwrite=args.overwrite, map_size=int(args.map_size_gib * (1 << 30)))
+    names = _class_names(args)
+    limit = len(names) if names is not None else spec.num_classes
     if args.source == "frames":
-        items = lists.parse_frame_list(args.list, args.root, sep, args.layout)
-        classes = _class_names(args, [it.labels for it in items])
+        items = lists.parse_frame_list(args.list, args.root, sep, args.layout, num_classes=limit)
+        classes = _checked_classes(args, names, [it.labels for it in items])
         template = args.template or spec.frame_template
         report = build.build_frames(args.out, items, classes, template, verify=not args.no_verify, **common)
     else:
         if args.list:
-            items = lists.parse_video_list(args.list, args.root, sep)
-            classes = _class_names(args, [it.labels for it in items])
+            items = lists.parse_video_list(args.list, args.root, sep, num_classes=limit)
+            classes = _checked_classes(args, names, [it.labels for it in items])
         else:
             items, classes = lists.scan_video_folders(args.root)
         fps = args.fps if args.fps > 0 else None

@@ -144,9 +144,11 @@ def _build(
     settings = {**settings, "dataset": dataset, "split": split, "classes": list(classes)}
     if not classes:
         raise BuildError("no class names given")
-    bad = [it.key for it in items if any(not 0 <= x < len(classes) for x in it.labels)]
+    bad = [f"{it.key}: {list(it.labels)}" for it in items if any(not 0 <= x < len(classes) for x in it.labels)]
     if bad:
-        raise BuildError(f"{len(bad)} videos have labels outside 0..{len(classes) - 1} (e.g. {bad[0]!r})")
+        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise BuildError(f"{len(bad)} videos have labels outside 0..{len(classes) - 1}:\n  "
+                         + "\n  ".join(bad[:10]) + more)
     start = time.perf_counter()
     env = _open_for_writing(out, overwrite, map_size)
     report = BuildReport(out, len(items))
