@@ -139,7 +139,8 @@ def _data_build(args: argparse.Namespace) -> int:
         else:
             items, classes = lists.scan_video_folders(args.root)
         fps = args.fps if args.fps > 0 else None
-        report = build.build_videos(args.out, items, classes, fps, args.short_side, args.quality, **common)
+        report = build.build_videos(args.out, items, classes, fps, args.short_side, args.quality,
+                                    max_loss=args.max_loss, **common)
     print(report.summary())
     return 0
 
@@ -212,6 +213,8 @@ def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    from .data.codec import DEFAULT_MAX_LOSS
+
     data = sub.add_parser("data", help="convert videos or frame folders into LMDB, inspect, generate the demo set")
     dsub = data.add_subparsers(dest="data_command", required=True)
     build = dsub.add_parser("build", help="convert frame folders or video files into a videoiq LMDB (resumable)")
@@ -244,6 +247,9 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
             b.add_argument("--fps", type=float, default=0, help="frames per second to keep (0: every frame)")
             b.add_argument("--short-side", type=int, default=256, help="resize so the short side is this (0: keep)")
             b.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored frames")
+            b.add_argument("--max-loss", type=float, default=DEFAULT_MAX_LOSS,
+                           help="share of a video's declared frames that may fail to decode before it is named "
+                           f"in the summary (refused with --strict; default {DEFAULT_MAX_LOSS})")
         b.set_defaults(run=_data_build)
 
     inspect = dsub.add_parser("inspect", help="print a database's metadata, counts and class histogram")

@@ -5,7 +5,10 @@ videos, and is resumable: ``__build__`` holds the settings and the planned keys,
 same command skips the videos already written and finishes; a different command on the same path is
 refused instead of mixing two datasets. Inputs that cannot be converted (missing frames, undecodable
 images or videos) are skipped and listed in the summary and in ``__meta__["skipped_inputs"]``, unless
-``strict`` asks to stop at the first one. A malformed list file is an error before anything is written.
+``strict`` asks to stop at the first one. A video that decodes to fewer frames than its container
+declares (truncated, damaged) keeps what decoded, its figures are in its record's header, and one that
+lost more than ``max_loss`` is named in the summary and in ``__meta__["decode_loss"]`` (refused under
+``strict``). A malformed list file is an error before anything is written.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import msgpack
 
 from .._version import __version__
 from ..progress import Progress
-from .codec import FrameError, VideoDecodeError, encode_jpeg, normalize_jpeg, read_video
+from .codec import DEFAULT_MAX_LOSS, DecodeCheck, FrameError, VideoDecodeError, encode_jpeg, normalize_jpeg, read_video
 from .lists import SourceVideo
 from .records import BUILD_KEY, FORMAT, INDEX_KEY, META_KEY, VERSION, decode_header, encode_record, forget, iter_keys
 
@@ -47,6 +50,8 @@ class BuildReport:
     converted: int = 0
     already_present: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    short: list[tuple[str, str]] = field(default_factory=list)  # (key, figures) of videos that decoded short
+    max_loss: float = DEFAULT_MAX_LOSS
     reencoded_frames: int = 0
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +60,7 @@ class BuildReport:
         lines = [
             f"{self.path}: {self.meta.get('num_videos', 0)} videos, {self.meta.get('num_frames', 0)} frames, "
             f"{self.meta.get('num_classes', 0)} classes ({self.converted} converted now, {self.already_present} "
-            f"already present, {len(self.skipped)} skipped) in {self.seconds:.1f} s"
+            f"already present, {len(self.skipped)} skipped, {len(self.short)} decoded short) in {self.seconds:.1f} s"
         ]
         if self.reencoded_frames:
             lines.append(f"  {self.reencoded_frames} frames were not plain RGB JPEGs and were re-encoded")
@@ -63,6 +68,10 @@ class BuildReport:
             lines.append(f"  skipped {source}: {reason}")
         if len(self.skipped) > 20:
             lines.append(f"  ... and {len(self.skipped) - 20} more (all listed in __meta__['skipped_inputs'])")
+        for key, figures in self.short[:20]:
+            lines.append(f"  short {key}: {figures}, more than --max-loss {self.max_loss:.0%}; kept as decoded")
+        if len(self.short) > 20:
+            lines.append(f"  ... and {len(self.short) - 20} more (all listed in __meta__['decode_loss'])")
         return "\n".join(lines)
 
 
@@ -92,16 +101,22 @@ def convert_frame_folder(item: SourceVideo, template: str, verify: bool) -> tupl
     return encode_record(frames, list(item.labels), size[0], size[1], item.key), reencoded
 
 
-def convert_video_file(item: SourceVideo, fps: float | None, short_side: int, quality: int) -> tuple[bytes, int]:
-    """The record of one video file, decoded at ``fps`` with the short side at ``short_side``."""
+def convert_video_file(item: SourceVideo, fps: float | None, short_side: int, quality: int,
+                       refuse_over: float | None = None) -> tuple[bytes, int]:
+    """The record of one video file (or of its ``item.span``), decoded at ``fps`` with the short side at
+    ``short_side``; with ``refuse_over``, a video that lost more than that share of its frames is refused."""
     frames, shape = [], (0, 0)
+    video = read_video(item.path, fps, short_side, item.span)
     try:
-        for pixels in read_video(item.path, fps, short_side):  # encoded one by one: a long video never sits decoded
+        for pixels in video:  # encoded one by one: a long video never sits decoded
             frames.append(encode_jpeg(pixels, quality))
             shape = pixels.shape[:2]
     except VideoDecodeError as e:
         raise InputError(str(e)) from None
-    return encode_record(frames, list(item.labels), shape[0], shape[1], item.key), 0
+    check: DecodeCheck = video.check
+    if refuse_over is not None and check.short(refuse_over):
+        raise InputError(f"{item.path}: {check.describe()}, more than --max-loss {refuse_over:.0%}")
+    return encode_record(frames, list(item.labels), shape[0], shape[1], item.key, check.as_dict()), 0
 
 
 def _run_one(fn: Callable[..., tuple[bytes, int]], item: SourceVideo,
@@ -129,10 +144,16 @@ def build_frames(out: str, items: list[SourceVideo], classes: list[str], templat
 
 
 def build_videos(out: str, items: list[SourceVideo], classes: list[str], fps: float | None = None,
-                 short_side: int = 256, quality: int = 90, **kw: Any) -> BuildReport:
-    """Convert video files (decoded with PyAV at ``fps``, short side ``short_side``) into the LMDB at ``out``."""
+                 short_side: int = 256, quality: int = 90, max_loss: float = DEFAULT_MAX_LOSS,
+                 **kw: Any) -> BuildReport:
+    """Convert video files (decoded with PyAV at ``fps``, short side ``short_side``) into the LMDB at ``out``;
+    videos that lose more than ``max_loss`` of their declared frames are reported (refused when ``strict``)."""
+    if not 0 <= max_loss < 1:
+        raise BuildError(f"max_loss must be a fraction in [0, 1), got {max_loss}")
     settings = {"kind": "videos", "fps": fps, "short_side": short_side, "quality": quality}
-    return _build(out, items, classes, settings, convert_video_file, (fps, short_side, quality), **kw)
+    refuse_over = max_loss if kw.get("strict") else None
+    return _build(out, items, classes, settings, convert_video_file, (fps, short_side, quality, refuse_over),
+                  max_loss=max_loss, **kw)
 
 
 def _build(
@@ -140,7 +161,10 @@ def _build(
     fn: Callable[..., tuple[bytes, int]], args: tuple, *, dataset: str = "custom", split: str = "",
     workers: int = 1, strict: bool = False, overwrite: bool = False, commit_every: int = 64,
     commit_seconds: float = 2.0, map_size: int = DEFAULT_MAP_SIZE, stream: TextIO | None = None,
+    max_loss: float = DEFAULT_MAX_LOSS, missing: list[tuple[str, str]] | None = None,
 ) -> BuildReport:
+    """The one conversion engine behind every source; ``missing`` are inputs the caller found no file for
+    (listed as skipped, like inputs that fail to convert)."""
     settings = {**settings, "dataset": dataset, "split": split, "classes": list(classes)}
     if not classes:
         raise BuildError("no class names given")
@@ -151,7 +175,7 @@ def _build(
                          + "\n  ".join(bad[:10]) + more)
     start = time.perf_counter()
     env = _open_for_writing(out, overwrite, map_size)
-    report = BuildReport(out, len(items))
+    report = BuildReport(out, len(items) + len(missing or []), skipped=list(missing or []), max_loss=max_loss)
     try:
         present = _claim(env, out, settings, [it.key for it in items])
         todo = [it for it in items if it.key not in present]
@@ -266,6 +290,7 @@ def _take(it: Any, n: int) -> list[SourceVideo]:
 def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], settings: dict[str, Any],
               report: BuildReport) -> dict[str, Any]:
     keys, counts, labels, sizes = [], [], [], []
+    short: dict[str, dict[str, Any]] = {}
     with env.begin(write=True, buffers=True) as txn:
         for it in items:
             value = txn.get(it.key.encode())
@@ -276,6 +301,11 @@ def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], setting
             counts.append(header.num_frames)
             labels.append(list(header.labels))
             sizes.append((header.height, header.width))
+            if header.decode is not None:
+                check = DecodeCheck.from_dict(header.decode)
+                if check.short(report.max_loss):
+                    short[it.key] = header.decode
+                    report.short.append((it.key, check.describe()))
         if not keys:
             raise BuildError(f"{out}: no video could be converted:\n" + report.summary())
         skipped = [list(s) for s in report.skipped]
@@ -287,6 +317,7 @@ def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], setting
             "frame_size": list(sizes[0]) if len(set(sizes)) == 1 else None,
             "short_side": [min(min(s) for s in sizes), max(min(s) for s in sizes)],
             "multilabel": any(len(ls) > 1 for ls in labels), "skipped": len(skipped), "skipped_inputs": skipped,
+            "decode_loss": {"max_loss": report.max_loss, "short": short},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "videoiq_version": __version__,
             "build": settings,
         }

@@ -19,13 +19,14 @@ class ListFileError(ValueError):
 
 @dataclass(frozen=True)
 class SourceVideo:
-    """One video to convert: its key in the database, where it is, its labels and (frames) which frames."""
+    """One video to convert: its key in the database, where it is, its labels and which frames or seconds."""
 
     key: str
     path: str
     labels: tuple[int, ...]
     first: int = 1  # frame folders: number of the first frame file
     count: int = 0  # frame folders: number of frames
+    span: tuple[float, float] | None = None  # video files: only this time span (seconds), e.g. one labelled segment
 
 
 def read_class_names(path: str) -> list[str]:
