@@ -26,7 +26,16 @@ import msgpack
 
 from .._version import __version__
 from ..progress import Progress
-from .codec import DEFAULT_MAX_LOSS, DecodeCheck, FrameError, VideoDecodeError, encode_jpeg, normalize_jpeg, read_video
+from .codec import (
+    DEFAULT_MAX_LOSS,
+    DecodeCheck,
+    FrameError,
+    VideoDecodeError,
+    encode_jpeg,
+    normalize_jpeg,
+    probe_video,
+    read_video,
+)
 from .lists import SourceVideo
 from .records import BUILD_KEY, FORMAT, INDEX_KEY, META_KEY, VERSION, decode_header, encode_record, forget, iter_keys
 
@@ -73,6 +82,73 @@ class BuildReport:
         if len(self.short) > 20:
             lines.append(f"  ... and {len(self.short) - 20} more (all listed in __meta__['decode_loss'])")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What a video conversion will write, from declared durations and a few frames encoded as it will."""
+
+    videos: int
+    seconds: float  # declared, all videos together
+    frames_per_second: float  # --fps, or the sampled videos' own rate
+    bytes_per_frame: float  # mean JPEG size measured on the sample
+    measured_frames: int
+    measured_videos: int
+
+    @property
+    def frames(self) -> float:
+        return self.seconds * self.frames_per_second
+
+    @property
+    def total_bytes(self) -> float:
+        return self.frames * self.bytes_per_frame
+
+    def describe(self, short_side: int, quality: int) -> str:
+        return (f"size estimate: {self.videos} videos, {self.seconds:,.0f} s declared, at {self.frames_per_second:.3g} "
+                f"fps ~{self.frames:,.0f} frames x ~{self.bytes_per_frame / 1024:.1f} KiB (measured on "
+                f"{self.measured_frames} frames of {self.measured_videos} videos at short side {short_side}, quality "
+                f"{quality}) = ~{_human(self.total_bytes)}")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def estimate_size(items: list[SourceVideo], seconds: list[float | None] | None, fps: float | None,
+                  short_side: int, quality: int, sample: int = 8, frames_per_video: int = 8) -> SizeEstimate | None:
+    """The database size of converting ``items``: their declared seconds (``seconds`` from an annotation file,
+    else each sampled file's header, averaged over the others) x frames per second x bytes per frame, the
+    last measured by encoding up to ``frames_per_video`` frames, one a second, of a few videos as the
+    conversion will. None when no sampled video opens."""
+    picks = sorted({round(i * (len(items) - 1) / max(1, sample - 1)) for i in range(min(sample, len(items)))})
+    probed: list[tuple[float, float]] = []
+    sizes: list[int] = []
+    measured_videos = 0
+    for i in picks:
+        it = items[i]
+        try:
+            declared, rate = probe_video(it.path)
+            probed.append((it.span[1] - it.span[0] if it.span else declared, rate))
+            if measured_videos < 3:
+                before = len(sizes)
+                for pixels in read_video(it.path, 1.0, short_side, it.span):
+                    sizes.append(len(encode_jpeg(pixels, quality)))
+                    if len(sizes) - before == frames_per_video:
+                        break
+                measured_videos += 1
+        except VideoDecodeError:
+            continue  # the build names it; the estimate uses the others
+    if not probed or not sizes:
+        return None
+    mean_seconds = sum(p[0] for p in probed) / len(probed)
+    known = seconds if seconds is not None else [None] * len(items)
+    total = sum(s if s is not None else mean_seconds for s in known)
+    rate = fps if fps is not None else sum(p[1] for p in probed) / len(probed)
+    return SizeEstimate(len(items), total, rate, sum(sizes) / len(sizes), len(sizes), measured_videos)
 
 
 # --------------------------------------------------------------------------------------------------

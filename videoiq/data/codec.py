@@ -193,11 +193,14 @@ def _open_video(path: str) -> tuple[Any, Any, float]:
     return container, stream, float(stream.average_rate or stream.guessed_rate or 0)
 
 
-def _declared_frames(container: Any, stream: Any, rate: float, span: tuple[float, float] | None) -> int:
+def _declared_seconds(container: Any, stream: Any) -> float:
     if stream.duration is not None and stream.time_base is not None:
-        seconds = float(stream.duration * stream.time_base)
-    else:
-        seconds = container.duration / 1e6 if container.duration else 0.0  # AV_TIME_BASE units
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1e6 if container.duration else 0.0  # AV_TIME_BASE units; 0: not declared
+
+
+def _declared_frames(container: Any, stream: Any, rate: float, span: tuple[float, float] | None) -> int:
+    seconds = _declared_seconds(container, stream)
     if span is not None:
         end = min(span[1], seconds) if seconds > 0 else span[1]
         return max(0, round((end - max(0.0, span[0])) * rate))
@@ -240,6 +243,13 @@ def write_video(path: str, frames: np.ndarray, fps: int, codec: str = "libx264",
         for pixels in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")))
         container.mux(stream.encode())
+
+
+def probe_video(path: str) -> tuple[float, float]:
+    """(seconds, frame rate) a video file declares, read from its header without decoding (0 when unknown)."""
+    container, stream, rate = _open_video(path)
+    with container:
+        return _declared_seconds(container, stream), rate
 
 
 def scan_video(path: str) -> DecodeCheck:
