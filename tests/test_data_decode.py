@@ -59,6 +59,29 @@ def test_whole_files_decode_as_declared(tmp_path, name, codec, options):
     assert len(list(video)) == 8 and video.check == check  # resampling does not change what counts as decoded
 
 
+def test_a_longer_audio_track_is_not_counted_as_lost(tmp_path):
+    # mkv and webm declare no frame count; the container's duration is the longest stream's (here 3 s of
+    # audio against 2 s of video), so the video stream's own DURATION tag is what counts
+    path = str(tmp_path / "talk.mkv")
+    with av.open(path, mode="w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("aac", rate=16000)
+        for i in range(50):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), i, np.uint8), format="rgb24")))
+        container.mux(video.encode())
+        for k in range(3 * 16000 // 1024):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 16000, 1024 * k
+            container.mux(audio.encode(samples))
+        container.mux(audio.encode())
+    with av.open(path) as container:
+        assert container.duration / 1e6 > 2.9  # what a container-level duration would have compared with
+    check = scan_video(path)
+    assert (check.declared_frames, check.decoded_frames, check.short()) == (50, 50, False)
+
+
 def test_damaged_videos_are_kept_measured_and_named(tmp_path):
     root = damaged_set(tmp_path / "v")
     half, garbage = scan_video(str(root / "half.mp4")), scan_video(str(root / "garbage.mp4"))

@@ -196,7 +196,15 @@ def _open_video(path: str) -> tuple[Any, Any, float]:
 def _declared_seconds(container: Any, stream: Any) -> float:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    return container.duration / 1e6 if container.duration else 0.0  # AV_TIME_BASE units; 0: not declared
+    tag = stream.metadata.get("DURATION", "")  # mkv/webm: "HH:MM:SS.nnnnnnnnn" per stream
+    try:
+        h, m, sec = tag.split(":")
+        return 3600 * int(h) + 60 * int(m) + float(sec)
+    except ValueError:
+        pass
+    # the longest stream's duration, in AV_TIME_BASE units: a longer audio track would count as lost frames,
+    # hence the per-stream figures above first; 0: not declared
+    return container.duration / 1e6 if container.duration else 0.0
 
 
 def _declared_frames(container: Any, stream: Any, rate: float, span: tuple[float, float] | None) -> int:
