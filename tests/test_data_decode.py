@@ -104,6 +104,8 @@ def test_damaged_videos_are_kept_measured_and_named(tmp_path):
     assert loss["short"]["half"]["declared_seconds"] == pytest.approx(FRAMES / 25)
     whole = db.read(0)[0].decode
     assert (whole["declared_frames"], whole["decoded_frames"], whole["lost"]) == (FRAMES, FRAMES, 0)
+    again = build.build_videos(str(tmp_path / "o.lmdb"), items, ["a", "b"], short_side=32, stream=QUIET)
+    assert again.already_present == 3 and again.short == report.short  # a resumed build still names them
     sheet = describe(db)
     assert "decoded short 2 videos lost more than 5%" in sheet and f"  half: decoded {half.decoded_frames} of" in sheet
 
