@@ -59,6 +59,18 @@ def test_whole_files_decode_as_declared(tmp_path, name, codec, options):
     assert len(list(video)) == 8 and video.check == check  # resampling does not change what counts as decoded
 
 
+@pytest.mark.parametrize("name, codec", [("h264.mp4", "libx264"), ("h264.ts", "libx264"), ("vp9.webm", "libvpx-vp9"),
+                                         ("mpeg4.avi", "mpeg4")])
+def test_a_time_span_decodes_exactly_its_frames(tmp_path, name, codec):
+    # MPEG-TS starts its timestamps late and seeks past the target: spans count from the first timestamp,
+    # and a seek that lands late starts again from the top
+    write_test_video(tmp_path / name, frames=75, codec=codec)
+    video = read_video(str(tmp_path / name), span=(1.0, 2.0))
+    frames = list(video)
+    assert len(frames) == 25 and (video.check.declared_frames, video.check.decoded_frames) == (25, 25)
+    assert abs(int(frames[0][-1, -1, 0]) - 5 * 25) <= 6  # the shade of frame 25, the one at 1.0 s
+
+
 def test_a_longer_audio_track_is_not_counted_as_lost(tmp_path):
     # mkv and webm declare no frame count; the container's duration is the longest stream's (here 3 s of
     # audio against 2 s of video), so the video stream's own DURATION tag is what counts

@@ -9,6 +9,7 @@ by ``videoiq bench data``); PIL stays available for the benchmark and for frames
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Iterator, Literal
@@ -89,8 +90,8 @@ ROUNDING_SLACK = 2  # frames: a count derived from a duration rounds, and muxers
 class DecodeCheck:
     """How much of a video decoded: the frames its container declares against the frames that came out.
 
-    ``declared_frames`` is the stream's frame count, or its duration (the container's when the stream has
-    none) times the frame rate where the container counts no frames (webm, mkv); 0 when it says neither.
+    ``declared_frames`` is the stream's frame count, or where the container counts no frames (webm, mkv)
+    the stream's duration (else the container's) times the frame rate; 0 when it says neither.
     For a time span, it is the span's share of that. Frames are counted before any fps resampling.
     """
 
@@ -151,14 +152,11 @@ class VideoFrames:
             declared = _declared_frames(container, stream, rate, self.span)
             height, width = scaled_size(stream.codec_context.height, stream.codec_context.width, self.short_side)
             start, end = self.span if self.span is not None else (0.0, float("inf"))
-            if start > 0:
-                try:
-                    container.seek(int(start / stream.time_base), stream=stream)  # the keyframe at or before
-                except Exception as e:
-                    raise VideoDecodeError(f"{self.path}: cannot seek to {start:.2f} s ({type(e).__name__})") from None
+            # spans and ticks count from the stream's first timestamp, which some containers (MPEG-TS) put late
+            origin = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
             next_tick, decoded, kept = start, 0, 0
-            for frame in _decoded_frames(container, stream):
-                t = float(frame.time) if frame.time is not None else decoded / (rate or 1.0)
+            for frame in self._frames_from(container, stream, origin + start, rate):
+                t = float(frame.time) - origin if frame.time is not None else decoded / (rate or 1.0)
                 if t + 1e-6 < start:
                     continue
                 if t + 1e-6 >= end:
@@ -174,6 +172,23 @@ class VideoFrames:
         if kept == 0:
             raise VideoDecodeError(f"{self.path}: no frames decoded"
                                    + (f" in {start:.2f}..{end:.2f} s" if self.span is not None else ""))
+
+
+    def _frames_from(self, container: Any, stream: Any, at: float, rate: float) -> Iterator[Any]:
+        """Decoded frames from the keyframe at or before stream time ``at``, or from the file's start where
+        the demuxer's seek lands past ``at`` (MPEG-TS seeks are approximate)."""
+        if at <= 0:
+            return _decoded_frames(container, stream)
+        try:
+            container.seek(int(at / stream.time_base), stream=stream)
+        except Exception as e:
+            raise VideoDecodeError(f"{self.path}: cannot seek to {at:.2f} s ({type(e).__name__})") from None
+        frames = _decoded_frames(container, stream)
+        first = next(frames, None)
+        if first is None or first.time is None or float(first.time) <= at + 1.0 / (rate or 1.0):
+            return itertools.chain([first] if first is not None else [], frames)
+        container.seek(0)
+        return _decoded_frames(container, stream)
 
 
 def _open_video(path: str) -> tuple[Any, Any, float]:
