@@ -97,13 +97,16 @@ class SizeEstimate:
 
     @property
     def frames(self) -> float:
+        """Frames the database will hold."""
         return self.seconds * self.frames_per_second
 
     @property
     def total_bytes(self) -> float:
+        """Bytes of JPEG frames the database will hold (the LMDB adds a little per record)."""
         return self.frames * self.bytes_per_frame
 
     def describe(self, short_side: int, quality: int) -> str:
+        """One line: the figures and how they were measured."""
         return (f"size estimate: {self.videos} videos, {self.seconds:,.0f} s declared, at {self.frames_per_second:.3g} "
                 f"fps ~{self.frames:,.0f} frames x ~{self.bytes_per_frame / 1024:.1f} KiB (measured on "
                 f"{self.measured_frames} frames of {self.measured_videos} videos at short side {short_side}, quality "
