@@ -9,7 +9,7 @@ import pytest
 from videoiq.cli import main
 from videoiq.data import annotations, build
 from videoiq.data.codec import write_video
-from videoiq.data.lists import ListFileError
+from videoiq.data.lists import ListFileError, SourceVideo
 from videoiq.data.records import VideoDB
 
 QUIET = open(os.devnull, "w")
@@ -130,3 +130,17 @@ def test_kinetics_bad_rows_are_all_named_with_their_lines(tmp_path):
     (tmp_path / "h.csv").write_text("youtube_id,time_start,time_end\nx1,0,10\n")
     with pytest.raises(ListFileError, match="the header row lacks label"):
         annotations.parse_kinetics_csv(str(tmp_path / "h.csv"), str(tmp_path))
+
+
+def test_size_estimate_from_headers_and_measured_frames(tmp_path):
+    for name, seconds in (("a", 1.0), ("b", 1.0), ("c", 4.0)):
+        _video(tmp_path / f"{name}.mp4", seconds)
+    items = [SourceVideo(name, str(tmp_path / f"{name}.mp4"), (0,)) for name in "abc"]
+    every = build.estimate_size(items, None, None, 32, 90)
+    assert (every.seconds, every.frames_per_second, every.frames, every.measured_videos) == (6.0, 25.0, 150.0, 3)
+    assert every.measured_frames == 1 + 1 + 4 and every.bytes_per_frame > 100  # one frame a second of each
+    ends = build.estimate_size(items, None, 5.0, 32, 90, sample=2)  # a and c sampled, b given their mean
+    assert (ends.seconds, ends.frames) == (7.5, 37.5)
+    given = build.estimate_size(items, [10.0, None, 20.0], 5.0, 32, 90)
+    assert given.seconds == 10.0 + 1.0 + 20.0 and "size estimate: 3 videos, 31 s declared, at 5 fps" in given.describe(
+        32, 90)

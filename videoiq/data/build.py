@@ -124,18 +124,19 @@ def _human(n: float) -> str:
 def estimate_size(items: list[SourceVideo], seconds: list[float | None] | None, fps: float | None,
                   short_side: int, quality: int, sample: int = 8, frames_per_video: int = 8) -> SizeEstimate | None:
     """The database size of converting ``items``: their declared seconds (``seconds`` from an annotation file,
-    else each sampled file's header, averaged over the others) x frames per second x bytes per frame, the
+    else a sampled file's header, else the sampled headers' mean) x frames per second x bytes per frame, the
     last measured by encoding up to ``frames_per_video`` frames, one a second, of a few videos as the
     conversion will. None when no sampled video opens."""
-    picks = sorted({round(i * (len(items) - 1) / max(1, sample - 1)) for i in range(min(sample, len(items)))})
-    probed: list[tuple[float, float]] = []
+    n = min(sample, len(items))
+    picks = sorted({round(i * (len(items) - 1) / max(1, n - 1)) for i in range(n)})  # evenly spread, both ends
+    probed: dict[int, tuple[float, float]] = {}  # item -> (declared seconds, frame rate)
     sizes: list[int] = []
     measured_videos = 0
     for i in picks:
         it = items[i]
         try:
             declared, rate = probe_video(it.path)
-            probed.append((it.span[1] - it.span[0] if it.span else declared, rate))
+            probed[i] = (it.span[1] - it.span[0] if it.span else declared, rate)
             if measured_videos < 3:
                 before = len(sizes)
                 for pixels in read_video(it.path, 1.0, short_side, it.span):
@@ -147,10 +148,10 @@ def estimate_size(items: list[SourceVideo], seconds: list[float | None] | None, 
             continue  # the build names it; the estimate uses the others
     if not probed or not sizes:
         return None
-    mean_seconds = sum(p[0] for p in probed) / len(probed)
+    mean_seconds = sum(p[0] for p in probed.values()) / len(probed)
     known = seconds if seconds is not None else [None] * len(items)
-    total = sum(s if s is not None else mean_seconds for s in known)
-    rate = fps if fps is not None else sum(p[1] for p in probed) / len(probed)
+    total = sum(s if s is not None else probed.get(i, (mean_seconds,))[0] for i, s in enumerate(known))
+    rate = fps if fps is not None else sum(p[1] for p in probed.values()) / len(probed)
     return SizeEstimate(len(items), total, rate, sum(sizes) / len(sizes), len(sizes), measured_videos)
 
 
