@@ -37,6 +37,14 @@ def test_build_errors_are_one_line(tmp_path, capsys):
     assert main(["data", "build", "frames", "--list", str(tmp_path / "m.txt"), "--root", str(tmp_path),
                  "--out", str(tmp_path / "o.lmdb"), "--dataset", "activitynet"]) == 2
     assert "1 classes, but activitynet has 200" in capsys.readouterr().err
+    # with --classes, a non-integer label and an out-of-range one are named together, with their lines
+    (tmp_path / "c.txt").write_text("x\ny\n")
+    (tmp_path / "n.txt").write_text("a 1 5 0\nb 1 5 one\nc 1 5 2\n")
+    assert main(["data", "build", "frames", "--list", str(tmp_path / "n.txt"), "--root", str(tmp_path),
+                 "--classes", str(tmp_path / "c.txt"), "--out", str(tmp_path / "o.lmdb")]) == 2
+    err = capsys.readouterr().err
+    assert "2 bad line(s)" in err and "line 2: labels must be integers" in err
+    assert "line 3: label(s) [2] outside 0..1" in err
     assert main(["data", "inspect", str(tmp_path / "none.lmdb")]) == 2
     assert "no such database directory" in capsys.readouterr().err
 

@@ -115,15 +115,26 @@ def test_bad_inputs_are_skipped_and_reported(tmp_path):
 
 
 def test_bad_list_lines_are_all_named(tmp_path):
-    (tmp_path / "l.txt").write_text("a 1 5 0\nb 1 x 0\nc 1\n__meta__ 1 4 0\na 1 5 1\nd 1 3 9\n")
+    (tmp_path / "l.txt").write_text("a 1 5 0\nb 1 x 0\nc 1\n__meta__ 1 4 0\na 1 5 1\nd 1 3 9\ne 1 3 x\nf 1 3 -1\n")
     with pytest.raises(lists.ListFileError) as info:
         lists.parse_frame_list(str(tmp_path / "l.txt"), str(tmp_path), num_classes=3)
     text = str(info.value)
-    for expected in ("line 2: frame numbers", "line 3: expected 4+ fields", "'__meta__'", "'a' appears twice",
-                     "d: label(s) [9] outside 0..2"):
+    for expected in ("7 bad line(s)", "line 2: frame numbers", "line 3: expected 4+ fields",
+                     "line 4: video id '__meta__'",
+                     "line 5: video id 'a' appears twice (first on line 1)", "line 6: label(s) [9] outside 0..2",
+                     "line 7: labels must be integers", "line 8: label(s) [-1] outside 0..2"):
         assert expected in text
     with pytest.raises(lists.ListFileError, match="cannot read"):
         lists.parse_frame_list(str(tmp_path / "missing.txt"), str(tmp_path))
+
+
+def test_video_list_names_non_integer_and_out_of_range_labels_in_one_error(tmp_path):
+    (tmp_path / "v.txt").write_text("a.mp4 0\nb.mp4 two\nc.mp4 5\nd.mp4 1 7\n")
+    with pytest.raises(lists.ListFileError) as info:
+        lists.parse_video_list(str(tmp_path / "v.txt"), str(tmp_path), num_classes=3)
+    text = str(info.value)
+    assert "3 bad line(s)" in text and "line 2: labels must be integers, got 'two'" in text
+    assert "line 3: label(s) [5] outside 0..2" in text and "line 4: label(s) [7] outside 0..2" in text
 
 
 def test_a_different_build_on_the_same_path_is_refused(tmp_path):

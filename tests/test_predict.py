@@ -102,3 +102,19 @@ def test_predict_strip_draws_each_video_with_its_actions(trained_stages, tiny_vi
             # the label box under each frame has the colour of the action the policy took there
             x, y = GAP + c * (CELL + GAP) + CELL - 3, GAP + r * row_h + TITLE_H + CELL + LABEL_H - 3
             assert image.getpixel((x, y)) == action_colour(action)
+
+
+def test_predict_warns_once_per_video_that_decodes_short(trained_stages, tmp_path, capsys):
+    from test_data_decode import FRAMES, damaged_set
+
+    from videoiq.cli import main
+
+    runs, _ = trained_stages
+    root = damaged_set(tmp_path)
+    assert main(["predict", str(runs / "policy"), str(root / "whole.mp4"), str(root / "half.mp4"), "--json"]) == 0
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [r["decode"]["decoded_frames"] < FRAMES for r in results] == [False, True]
+    warnings = [line for line in captured.err.splitlines() if line.startswith("videoiq: warning: ")]
+    assert len(warnings) == 1 and "half.mp4: decodes short: decoded" in warnings[0]
+    assert f"of {FRAMES} frames" in warnings[0] and "% lost" in warnings[0]

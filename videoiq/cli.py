@@ -96,43 +96,67 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
-def _class_names(args: argparse.Namespace, items_labels: list[tuple[int, ...]]) -> list[str]:
-    """Names from --classes, else ``0..max label``; checked against a named dataset's class count."""
+def _class_names(args: argparse.Namespace) -> list[str] | None:
+    """The names of --classes, read before the list so that its parser can name out-of-range lines."""
     from .data.lists import read_class_names
+
+    return read_class_names(args.classes) if args.classes else None
+
+
+def _checked_classes(args: argparse.Namespace, names: list[str] | None, items_labels: list[tuple[int, ...]],
+                     source: str | None = None) -> list[str]:
+    """Names from --classes (or an annotation file's ``source``), else ``0..max label``; checked against a named
+    dataset's class count."""
     from .data.specs import dataset_spec
 
-    if args.classes:
-        names = read_class_names(args.classes)
-    else:
-        names = [str(c) for c in range(1 + max(x for labels in items_labels for x in labels))]
+    if names is None:
+        names = [str(c) for c in range(1 + max((x for labels in items_labels for x in labels), default=-1))]
     expected = dataset_spec(args.dataset).num_classes
     if expected is not None and len(names) != expected:
-        source = args.classes or "the largest label in the list"
+        source = args.classes or source or "the largest label in the list"
         raise ValueError(f"{source}: {len(names)} classes, but {args.dataset} has {expected}")
     return names
 
 
 def _data_build(args: argparse.Namespace) -> int:
-    from .data import build, lists
+    from .data import annotations, build, lists
     from .data.specs import dataset_spec
 
     spec = dataset_spec(args.dataset)
-    sep = args.sep if args.sep is not None else spec.separator
-    common = dict(dataset=args.dataset, split=args.split or "", workers=args.workers, strict=args.strict,
-                  overwrite=args.overwrite, map_size=int(args.map_size_gib * (1 << 30)))
+    sep = args.sep if getattr(args, "sep", None) is not None else spec.separator
+    common = dict(dataset=args.dataset, split=args.split or getattr(args, "subset", None) or "", workers=args.workers,
+                  strict=args.strict, overwrite=args.overwrite, map_size=int(args.map_size_gib * (1 << 30)))
+    names = _class_names(args)
+    limit = len(names) if names is not None else spec.num_classes
     if args.source == "frames":
-        items = lists.parse_frame_list(args.list, args.root, sep, args.layout)
-        classes = _class_names(args, [it.labels for it in items])
+        items = lists.parse_frame_list(args.list, args.root, sep, args.layout, num_classes=limit)
+        classes = _checked_classes(args, names, [it.labels for it in items])
         template = args.template or spec.frame_template
         report = build.build_frames(args.out, items, classes, template, verify=not args.no_verify, **common)
+        print(report.summary())
+        return 0
+    seconds, missing = None, []
+    if args.source == "videos" and args.list:
+        items = lists.parse_video_list(args.list, args.root, sep, num_classes=limit)
+        classes = _checked_classes(args, names, [it.labels for it in items])
+    elif args.source == "videos":
+        items, classes = lists.scan_video_folders(args.root)
     else:
-        if args.list:
-            items = lists.parse_video_list(args.list, args.root, sep)
-            classes = _class_names(args, [it.labels for it in items])
+        if args.source == "activitynet":
+            annotation_file = args.json
+            found = annotations.parse_activitynet(args.json, args.root, args.subset, args.trim, names)
         else:
-            items, classes = lists.scan_video_folders(args.root)
-        fps = args.fps if args.fps > 0 else None
-        report = build.build_videos(args.out, items, classes, fps, args.short_side, args.quality, **common)
+            annotation_file = args.csv
+            found = annotations.parse_kinetics_csv(args.csv, args.root, args.subset, names)
+        items, seconds, missing = found.items, found.seconds, found.missing
+        classes = _checked_classes(args, found.classes, [], source=f"the labels of {annotation_file}")
+    fps = args.fps if args.fps > 0 else None
+    if items:
+        estimate = build.estimate_size(items, seconds, fps, args.short_side, args.quality)
+        if estimate is not None:
+            print(estimate.describe(args.short_side, args.quality), flush=True)
+    report = build.build_videos(args.out, items, classes, fps, args.short_side, args.quality,
+                                max_loss=args.max_loss, missing=missing, **common)
     print(report.summary())
     return 0
 
@@ -205,22 +229,39 @@ def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    from .data.codec import DEFAULT_MAX_LOSS
+
     data = sub.add_parser("data", help="convert videos or frame folders into LMDB, inspect, generate the demo set")
     dsub = data.add_subparsers(dest="data_command", required=True)
     build = dsub.add_parser("build", help="convert frame folders or video files into a videoiq LMDB (resumable)")
     bsub = build.add_subparsers(dest="source", required=True)
-    for source, text in (("frames", "frame folders listed in a TSN list file"),
-                         ("videos", "video files (a list file, or class sub-folders) decoded with PyAV")):
+    sources = (("frames", "frame folders listed in a TSN list file"),
+               ("videos", "video files (a list file, or class sub-folders) decoded with PyAV"),
+               ("activitynet", "ActivityNet v1.3 videos from its JSON annotation file, decoded with PyAV"),
+               ("kinetics", "Kinetics clips from its CSV annotation file, decoded with PyAV"))
+    for source, text in sources:
         b = bsub.add_parser(source, help=text)
         b.add_argument("--out", required=True, help="the LMDB directory to write, e.g. data/train.lmdb")
-        b.add_argument("--root", required=True, help="folder the list's paths are relative to"
-                       + (" (or with class sub-folders, when no --list)" if source == "videos" else ""))
-        b.add_argument("--list", required=source == "frames", help="list file, one video per line")
+        b.add_argument("--root", required=True, help={
+            "frames": "folder the list's paths are relative to",
+            "videos": "folder the list's paths are relative to (or with class sub-folders, when no --list)",
+        }.get(source, "folder holding the video files, in any sub-folders (found by id)"))
+        if source in ("frames", "videos"):
+            b.add_argument("--list", required=source == "frames", help="list file, one video per line")
+            b.add_argument("--sep", help="list-file field separator (default: the dataset's, else a space)")
+        elif source == "activitynet":
+            b.add_argument("--json", required=True, help="the annotation file, e.g. activity_net.v1-3.min.json")
+            b.add_argument("--subset", required=True, choices=["training", "validation"])
+            b.add_argument("--trim", action="store_true", help="one record per labelled segment, decoded over "
+                           "that segment only (default: whole videos with all their labels)")
+        else:
+            b.add_argument("--csv", required=True, help="label,youtube_id,time_start,time_end[,split] with a header")
+            b.add_argument("--subset", help="only rows whose split column is this (e.g. train, val)")
         b.add_argument("--dataset", default="custom",
                        help="a dataset name: sets separator/template defaults and checks the class count")
-        b.add_argument("--split", default="", help="recorded in the metadata (train, val, ...)")
-        b.add_argument("--classes", help="class names, one per line in label order (categories.txt)")
-        b.add_argument("--sep", help="list-file field separator (default: the dataset's, else a space)")
+        b.add_argument("--split", default="", help="recorded in the metadata (train, val, ...; default: --subset)")
+        b.add_argument("--classes", help="class names, one per line in label order (categories.txt)"
+                       + ("" if source in ("frames", "videos") else "; default: the labels of the annotation file"))
         b.add_argument("--workers", type=int, default=2, help="conversion processes (default 2)")
         b.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
         b.add_argument("--overwrite", action="store_true", help="delete an existing database at --out first")
@@ -237,6 +278,9 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
             b.add_argument("--fps", type=float, default=0, help="frames per second to keep (0: every frame)")
             b.add_argument("--short-side", type=int, default=256, help="resize so the short side is this (0: keep)")
             b.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored frames")
+            b.add_argument("--max-loss", type=float, default=DEFAULT_MAX_LOSS,
+                           help="share of a video's declared frames that may fail to decode before it is named "
+                           f"in the summary (refused with --strict; default {DEFAULT_MAX_LOSS})")
         b.set_defaults(run=_data_build)
 
     inspect = dsub.add_parser("inspect", help="print a database's metadata, counts and class histogram")

@@ -10,6 +10,7 @@ cost), next to the full-precision model's.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .data.codec import VideoDecodeError, count_frames, read_frames_at
+from .data.codec import VideoDecodeError, read_frames_at, scan_video
 from .data.sampling import eval_indices
 from .data.transforms import EvalTransform, normalize
 from .flops import action_usage, video_cost
@@ -25,6 +26,8 @@ from .models.int8 import check_engine
 from .strips import decision_strip, save_strip
 from .train.checkpoint import load_checkpoint
 from .train.evaluate import videoiq_from_checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 def check_device(device: str) -> torch.device:
@@ -46,10 +49,12 @@ def check_device(device: str) -> torch.device:
 def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu", top: int = 3,
                    deterministic: bool = True, printer: Callable[[str], None] | None = print,
                    strip: str | None = None, on_error: Callable[[str, str], None] | None = None,
-                   engine: str = "float") -> list[dict[str, Any]]:
+                   engine: str = "float", on_warning: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Classify ``videos`` with the policy checkpoint; returns one result dict per video it could read (and
     prints them). A video that cannot be opened or decoded is reported to ``on_error(path, message)`` and
-    the others are still classified; without ``on_error`` it raises. With ``strip``, also writes a PNG of
+    the others are still classified; without ``on_error`` it raises. A video that decodes to fewer frames than
+    its container declares (truncated, damaged) is classified on what decodes and named to ``on_warning``
+    (default: the ``videoiq`` logger) with both counts. With ``strip``, also writes a PNG of
     each classified video's sampled frames with the action taken on each. ``engine="int8"`` runs the
     backbone's widths on integer CPU kernels (:mod:`videoiq.models.int8`)."""
     dev = check_device(device)
@@ -69,7 +74,8 @@ def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu
         try:
             if not os.path.isfile(path):
                 raise VideoDecodeError(f"{path}: no such file")
-            n = count_frames(path)
+            check = scan_video(path)
+            n = check.decoded_frames
             indices = eval_indices(n, segments, per_segment).tolist()
             frames = read_frames_at(path, indices, short_side=scale)
         except VideoDecodeError as e:
@@ -77,13 +83,16 @@ def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu
                 raise
             on_error(path, str(e))
             continue
+        if check.short():
+            (on_warning or logger.warning)(f"{path}: decodes short: {check.describe()}; classified on the frames "
+                                           "that decode")
         clip = EvalTransform(size, scale)(torch.from_numpy(frames).permute(0, 3, 1, 2))  # (1, T, 3, S, S)
         logits, decisions = model.infer(normalize(clip.to(dev)), deterministic=deterministic, engine=engine)
         probs = torch.softmax(logits[0].float(), dim=0)
         best = torch.topk(probs, min(top, len(classes)))
         actions = [model.actions[a] for a in decisions[0].argmax(dim=-1).tolist()]
         usage = action_usage(decisions, model.actions)
-        result = {"video": path, "frames": n, "sampled_frames": indices,
+        result = {"video": path, "frames": n, "decode": check.as_dict(), "sampled_frames": indices,
                   "top": [{"class": classes[i], "probability": float(p)}
                           for p, i in zip(best.values, best.indices, strict=True)],
                   "actions": actions, "gflops": cost.gmacs(usage).total,
@@ -125,7 +134,8 @@ def predict_main(args: Any) -> int:
 
     results = predict_videos(args.checkpoint, args.videos, device=args.device, top=args.top,
                              deterministic=not args.sampled, printer=None if args.json else print, strip=args.strip,
-                             on_error=report, engine=args.engine)
+                             on_error=report, engine=args.engine,
+                             on_warning=lambda m: print(f"videoiq: warning: {m}", file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps(results, indent=1))
     if failed:

@@ -5,7 +5,10 @@ videos, and is resumable: ``__build__`` holds the settings and the planned keys,
 same command skips the videos already written and finishes; a different command on the same path is
 refused instead of mixing two datasets. Inputs that cannot be converted (missing frames, undecodable
 images or videos) are skipped and listed in the summary and in ``__meta__["skipped_inputs"]``, unless
-``strict`` asks to stop at the first one. A malformed list file is an error before anything is written.
+``strict`` asks to stop at the first one. A video that decodes to fewer frames than its container
+declares (truncated, damaged) keeps what decoded, its figures are in its record's header, and one that
+lost more than ``max_loss`` is named in the summary and in ``__meta__["decode_loss"]`` (refused under
+``strict``). A malformed list file is an error before anything is written.
 """
 from __future__ import annotations
 
@@ -24,7 +27,16 @@ import msgpack
 
 from .._version import __version__
 from ..progress import Progress
-from .codec import FrameError, VideoDecodeError, encode_jpeg, normalize_jpeg, read_video
+from .codec import (
+    DEFAULT_MAX_LOSS,
+    DecodeCheck,
+    FrameError,
+    VideoDecodeError,
+    encode_jpeg,
+    normalize_jpeg,
+    probe_video,
+    read_video,
+)
 from .lists import SourceVideo
 from .records import BUILD_KEY, FORMAT, INDEX_KEY, META_KEY, VERSION, decode_header, encode_record, forget, iter_keys
 
@@ -48,6 +60,8 @@ class BuildReport:
     converted: int = 0
     already_present: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    short: list[tuple[str, str]] = field(default_factory=list)  # (key, figures) of videos that decoded short
+    max_loss: float = DEFAULT_MAX_LOSS
     reencoded_frames: int = 0
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
@@ -56,7 +70,7 @@ class BuildReport:
         lines = [
             f"{self.path}: {self.meta.get('num_videos', 0)} videos, {self.meta.get('num_frames', 0)} frames, "
             f"{self.meta.get('num_classes', 0)} classes ({self.converted} converted now, {self.already_present} "
-            f"already present, {len(self.skipped)} skipped) in {self.seconds:.1f} s"
+            f"already present, {len(self.skipped)} skipped, {len(self.short)} decoded short) in {self.seconds:.1f} s"
         ]
         if self.reencoded_frames:
             lines.append(f"  {self.reencoded_frames} frames were not plain RGB JPEGs and were re-encoded")
@@ -64,7 +78,82 @@ class BuildReport:
             lines.append(f"  skipped {source}: {reason}")
         if len(self.skipped) > 20:
             lines.append(f"  ... and {len(self.skipped) - 20} more (all listed in __meta__['skipped_inputs'])")
+        for key, figures in self.short[:20]:
+            lines.append(f"  short {key}: {figures}, more than --max-loss {self.max_loss:.0%}; kept as decoded")
+        if len(self.short) > 20:
+            lines.append(f"  ... and {len(self.short) - 20} more (all listed in __meta__['decode_loss'])")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What a video conversion will write, from declared durations and a few frames encoded as it will."""
+
+    videos: int
+    seconds: float  # declared, all videos together
+    frames_per_second: float  # --fps, or the sampled videos' own rate
+    bytes_per_frame: float  # mean JPEG size measured on the sample
+    measured_frames: int
+    measured_videos: int
+
+    @property
+    def frames(self) -> float:
+        """Frames the database will hold."""
+        return self.seconds * self.frames_per_second
+
+    @property
+    def total_bytes(self) -> float:
+        """Bytes of JPEG frames the database will hold (the LMDB adds a little per record)."""
+        return self.frames * self.bytes_per_frame
+
+    def describe(self, short_side: int, quality: int) -> str:
+        """One line: the figures and how they were measured."""
+        return (f"size estimate: {self.videos} videos, {self.seconds:,.0f} s declared, at {self.frames_per_second:.3g} "
+                f"fps ~{self.frames:,.0f} frames x ~{self.bytes_per_frame / 1024:.1f} KiB (measured on "
+                f"{self.measured_frames} frames of {self.measured_videos} videos at short side {short_side}, quality "
+                f"{quality}) = ~{_human(self.total_bytes)}")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def estimate_size(items: list[SourceVideo], seconds: list[float | None] | None, fps: float | None,
+                  short_side: int, quality: int, sample: int = 8, frames_per_video: int = 8) -> SizeEstimate | None:
+    """The database size of converting ``items``: their declared seconds (``seconds`` from an annotation file,
+    else a sampled file's header, else the sampled headers' mean) x frames per second x bytes per frame, the
+    last measured by encoding up to ``frames_per_video`` frames, one a second, of a few videos as the
+    conversion will. None when no sampled video opens."""
+    n = min(sample, len(items))
+    picks = sorted({round(i * (len(items) - 1) / max(1, n - 1)) for i in range(n)})  # evenly spread, both ends
+    probed: dict[int, tuple[float, float]] = {}  # item -> (declared seconds, frame rate)
+    sizes: list[int] = []
+    measured_videos = 0
+    for i in picks:
+        it = items[i]
+        try:
+            declared, rate = probe_video(it.path)
+            probed[i] = (it.span[1] - it.span[0] if it.span else declared, rate)
+            if measured_videos < 3:
+                before = len(sizes)
+                for pixels in read_video(it.path, 1.0, short_side, it.span):
+                    sizes.append(len(encode_jpeg(pixels, quality)))
+                    if len(sizes) - before == frames_per_video:
+                        break
+                measured_videos += 1
+        except VideoDecodeError:
+            continue  # the build names it; the estimate uses the others
+    if not probed or not sizes:
+        return None
+    mean_seconds = sum(p[0] for p in probed.values()) / len(probed)
+    known = seconds if seconds is not None else [None] * len(items)
+    total = sum(s if s is not None else probed.get(i, (mean_seconds,))[0] for i, s in enumerate(known))
+    rate = fps if fps is not None else sum(p[1] for p in probed.values()) / len(probed)
+    return SizeEstimate(len(items), total, rate, sum(sizes) / len(sizes), len(sizes), measured_videos)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,16 +182,22 @@ def convert_frame_folder(item: SourceVideo, template: str, verify: bool) -> tupl
     return encode_record(frames, list(item.labels), size[0], size[1], item.key), reencoded
 
 
-def convert_video_file(item: SourceVideo, fps: float | None, short_side: int, quality: int) -> tuple[bytes, int]:
-    """The record of one video file, decoded at ``fps`` with the short side at ``short_side``."""
+def convert_video_file(item: SourceVideo, fps: float | None, short_side: int, quality: int,
+                       refuse_over: float | None = None) -> tuple[bytes, int]:
+    """The record of one video file (or of its ``item.span``), decoded at ``fps`` with the short side at
+    ``short_side``; with ``refuse_over``, a video that lost more than that share of its frames is refused."""
     frames, shape = [], (0, 0)
+    video = read_video(item.path, fps, short_side, item.span)
     try:
-        for pixels in read_video(item.path, fps, short_side):  # encoded one by one: a long video never sits decoded
+        for pixels in video:  # encoded one by one: a long video never sits decoded
             frames.append(encode_jpeg(pixels, quality))
             shape = pixels.shape[:2]
     except VideoDecodeError as e:
         raise InputError(str(e)) from None
-    return encode_record(frames, list(item.labels), shape[0], shape[1], item.key), 0
+    check: DecodeCheck = video.check
+    if refuse_over is not None and check.short(refuse_over):
+        raise InputError(f"{item.path}: {check.describe()}, more than --max-loss {refuse_over:.0%}")
+    return encode_record(frames, list(item.labels), shape[0], shape[1], item.key, check.as_dict()), 0
 
 
 def _run_one(fn: Callable[..., tuple[bytes, int]], item: SourceVideo,
@@ -130,10 +225,16 @@ def build_frames(out: str, items: list[SourceVideo], classes: list[str], templat
 
 
 def build_videos(out: str, items: list[SourceVideo], classes: list[str], fps: float | None = None,
-                 short_side: int = 256, quality: int = 90, **kw: Any) -> BuildReport:
-    """Convert video files (decoded with PyAV at ``fps``, short side ``short_side``) into the LMDB at ``out``."""
+                 short_side: int = 256, quality: int = 90, max_loss: float = DEFAULT_MAX_LOSS,
+                 **kw: Any) -> BuildReport:
+    """Convert video files (decoded with PyAV at ``fps``, short side ``short_side``) into the LMDB at ``out``;
+    videos that lose more than ``max_loss`` of their declared frames are reported (refused when ``strict``)."""
+    if not 0 <= max_loss < 1:
+        raise BuildError(f"max_loss must be a fraction in [0, 1), got {max_loss}")
     settings = {"kind": "videos", "fps": fps, "short_side": short_side, "quality": quality}
-    return _build(out, items, classes, settings, convert_video_file, (fps, short_side, quality), **kw)
+    refuse_over = max_loss if kw.get("strict") else None
+    return _build(out, items, classes, settings, convert_video_file, (fps, short_side, quality, refuse_over),
+                  max_loss=max_loss, **kw)
 
 
 def _build(
@@ -141,16 +242,21 @@ def _build(
     fn: Callable[..., tuple[bytes, int]], args: tuple, *, dataset: str = "custom", split: str = "",
     workers: int = 1, strict: bool = False, overwrite: bool = False, commit_every: int = 64,
     commit_seconds: float = 2.0, map_size: int = DEFAULT_MAP_SIZE, stream: TextIO | None = None,
+    max_loss: float = DEFAULT_MAX_LOSS, missing: list[tuple[str, str]] | None = None,
 ) -> BuildReport:
+    """The one conversion engine behind every source; ``missing`` are inputs the caller found no file for
+    (listed as skipped, like inputs that fail to convert)."""
     settings = {**settings, "dataset": dataset, "split": split, "classes": list(classes)}
     if not classes:
         raise BuildError("no class names given")
-    bad = [it.key for it in items if any(not 0 <= x < len(classes) for x in it.labels)]
+    bad = [f"{it.key}: {list(it.labels)}" for it in items if any(not 0 <= x < len(classes) for x in it.labels)]
     if bad:
-        raise BuildError(f"{len(bad)} videos have labels outside 0..{len(classes) - 1} (e.g. {bad[0]!r})")
+        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise BuildError(f"{len(bad)} videos have labels outside 0..{len(classes) - 1}:\n  "
+                         + "\n  ".join(bad[:10]) + more)
     start = time.perf_counter()
     env = _open_for_writing(out, overwrite, map_size)
-    report = BuildReport(out, len(items))
+    report = BuildReport(out, len(items) + len(missing or []), skipped=list(missing or []), max_loss=max_loss)
     try:
         present = _claim(env, out, settings, [it.key for it in items])
         todo = [it for it in items if it.key not in present]
@@ -266,6 +372,7 @@ def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], setting
               report: BuildReport) -> dict[str, Any]:
     keys, counts, labels, sizes = [], [], [], []
     content = hashlib.sha256()  # over every record's header (labels, each frame's JPEG size, source), in order
+    short: dict[str, dict[str, Any]] = {}
     with env.begin(write=True, buffers=True) as txn:
         for it in items:
             value = txn.get(it.key.encode())
@@ -277,6 +384,11 @@ def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], setting
             counts.append(header.num_frames)
             labels.append(list(header.labels))
             sizes.append((header.height, header.width))
+            if header.decode is not None:
+                check = DecodeCheck.from_dict(header.decode)
+                if check.short(report.max_loss):
+                    short[it.key] = header.decode
+                    report.short.append((it.key, check.describe()))
         if not keys:
             raise BuildError(f"{out}: no video could be converted:\n" + report.summary())
         skipped = [list(s) for s in report.skipped]
@@ -288,6 +400,7 @@ def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], setting
             "frame_size": list(sizes[0]) if len(set(sizes)) == 1 else None,
             "short_side": [min(min(s) for s in sizes), max(min(s) for s in sizes)],
             "multilabel": any(len(ls) > 1 for ls in labels), "skipped": len(skipped), "skipped_inputs": skipped,
+            "decode_loss": {"max_loss": report.max_loss, "short": short},
             "content": content.hexdigest()[:16],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "videoiq_version": __version__,
             "build": settings,

@@ -1,4 +1,5 @@
-"""Pixels in and out: JPEG decode/encode (simplejpeg or PIL) and video files read and written with PyAV.
+"""Pixels in and out: JPEG decode/encode (simplejpeg or PIL) and video files read and written with PyAV,
+with how much of each video decoded against what its container declares (:class:`DecodeCheck`).
 
 The one place that knows which libraries turn bytes into ``(H, W, 3)`` uint8 RGB arrays. simplejpeg
 is the default decoder because it is about twice as fast as PIL on the same libjpeg-turbo (measured
@@ -8,8 +9,10 @@ by ``videoiq bench data``); PIL stays available for the benchmark and for frames
 from __future__ import annotations
 
 import io
+import itertools
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
@@ -79,38 +82,175 @@ def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return max(2, round(height * short_side / width / 2) * 2), short_side
 
 
-def read_video(path: str, fps: float | None = None, short_side: int = 0) -> Iterator[np.ndarray]:
-    """RGB frames of a video file, resampled to ``fps`` (None: every frame) with the short side scaled.
+DEFAULT_MAX_LOSS = 0.05  # share of a video's declared frames that may fail to decode before it is reported
+ROUNDING_SLACK = 2  # frames: a count derived from a duration rounds, and muxers differ by a frame at the ends
 
-    Resampling keeps the first decoded frame at or after each tick ``k / fps`` of the stream's time, so
-    a 30 fps file read at 5 fps yields every sixth frame and a 5 fps file read at 30 fps never repeats.
+
+@dataclass(frozen=True)
+class DecodeCheck:
+    """How much of a video decoded: the frames its container declares against the frames that came out.
+
+    ``declared_frames`` is the stream's frame count, or where the container counts no frames (webm, mkv)
+    the stream's duration (else the container's) times the frame rate; 0 when it says neither.
+    For a time span, it is the span's share of that. Frames are counted before any fps resampling.
     """
+
+    declared_frames: int
+    decoded_frames: int
+    fps: float
+
+    @property
+    def lost(self) -> float:
+        """The share of the declared frames that did not decode (0 when nothing is declared)."""
+        if self.declared_frames <= 0:
+            return 0.0
+        return max(0.0, 1.0 - self.decoded_frames / self.declared_frames)
+
+    def short(self, max_loss: float = DEFAULT_MAX_LOSS) -> bool:
+        """Whether more than ``max_loss`` of the video, and more than rounding explains, failed to decode."""
+        return self.lost > max_loss and self.declared_frames - self.decoded_frames > ROUNDING_SLACK
+
+    def describe(self) -> str:
+        """e.g. ``decoded 22 of 44 frames (0.9 of 1.8 s, 50% lost)``."""
+        rate = self.fps or 1.0
+        return (f"decoded {self.decoded_frames} of {self.declared_frames} frames ({self.decoded_frames / rate:.1f} "
+                f"of {self.declared_frames / rate:.1f} s, {100 * self.lost:.0f}% lost)")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DecodeCheck:
+        """The check back from :meth:`as_dict`'s figures."""
+        return cls(int(d["declared_frames"]), int(d["decoded_frames"]), float(d["fps"]))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as stored in a record header and ``__meta__`` (seconds at the stream's frame rate)."""
+        rate = self.fps or 1.0
+        return {"declared_frames": self.declared_frames, "decoded_frames": self.decoded_frames,
+                "declared_seconds": round(self.declared_frames / rate, 3),
+                "decoded_seconds": round(self.decoded_frames / rate, 3), "fps": round(self.fps, 3),
+                "lost": round(self.lost, 4)}
+
+
+class VideoFrames:
+    """RGB frames of a video file, resampled to ``fps`` (None: every frame) with the short side scaled,
+    optionally only those of the time span ``span = (start, end)`` in seconds. Iterate once; afterwards
+    :attr:`check` compares what decoded with what the container declares.
+
+    Resampling keeps the first decoded frame at or after each tick ``start + k / fps`` of the stream's time,
+    so a 30 fps file read at 5 fps yields every sixth frame and a 5 fps file read at 30 fps never repeats.
+    A packet that fails to decode (garbage in the file) is passed over and decoding goes on, as ffmpeg
+    does; a file that ends early (truncated) ends the frames. Both show in :attr:`check`, never silently.
+    """
+
+    def __init__(self, path: str, fps: float | None = None, short_side: int = 0,
+                 span: tuple[float, float] | None = None):
+        self.path, self.fps, self.short_side, self.span = path, fps, short_side, span
+        self.check: DecodeCheck | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        container, stream, rate = _open_video(self.path)
+        with container:
+            declared = _declared_frames(container, stream, rate, self.span)
+            height, width = scaled_size(stream.codec_context.height, stream.codec_context.width, self.short_side)
+            start, end = self.span if self.span is not None else (0.0, float("inf"))
+            # spans and ticks count from the stream's first timestamp, which some containers (MPEG-TS) put late
+            origin = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+            next_tick, decoded, kept = start, 0, 0
+            for frame in self._frames_from(container, stream, origin + start, rate):
+                t = float(frame.time) - origin if frame.time is not None else decoded / (rate or 1.0)
+                if t + 1e-6 < start:
+                    continue
+                if t + 1e-6 >= end:
+                    break
+                decoded += 1
+                if self.fps is not None:
+                    if t + 1e-6 < next_tick:
+                        continue
+                    next_tick = start + (int((t - start) * self.fps + 1e-6) + 1) / self.fps
+                kept += 1
+                yield frame.to_ndarray(format="rgb24", width=width, height=height)
+        self.check = DecodeCheck(declared, decoded, rate)
+        if kept == 0:
+            raise VideoDecodeError(f"{self.path}: no frames decoded"
+                                   + (f" in {start:.2f}..{end:.2f} s" if self.span is not None else ""))
+
+
+    def _frames_from(self, container: Any, stream: Any, at: float, rate: float) -> Iterator[Any]:
+        """Decoded frames from the keyframe at or before stream time ``at``, or from the file's start where
+        the demuxer's seek lands past ``at`` (MPEG-TS seeks are approximate)."""
+        if at <= 0:
+            return _decoded_frames(container, stream)
+        try:
+            container.seek(int(at / stream.time_base), stream=stream)
+        except Exception as e:
+            raise VideoDecodeError(f"{self.path}: cannot seek to {at:.2f} s ({type(e).__name__})") from None
+        frames = _decoded_frames(container, stream)
+        first = next(frames, None)
+        if first is None or first.time is None or float(first.time) <= at + 1.0 / (rate or 1.0):
+            return itertools.chain([first] if first is not None else [], frames)
+        container.seek(0)
+        return _decoded_frames(container, stream)
+
+
+def _open_video(path: str) -> tuple[Any, Any, float]:
+    """The container, its first video stream and that stream's frame rate (0 when unknown)."""
     import av
 
     try:
         container = av.open(path)
     except Exception as e:  # av.error.* for missing, unreadable or non-media files
         raise VideoDecodeError(f"{path}: cannot open ({type(e).__name__}: {e})") from None
-    with container:
-        if not container.streams.video:
-            raise VideoDecodeError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        height, width = scaled_size(stream.codec_context.height, stream.codec_context.width, short_side)
-        next_tick, count = 0.0, 0
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    # frame threading also decides how many frames survive a damaged packet, so every reader of a file uses it
+    stream.thread_type = "AUTO"
+    return container, stream, float(stream.average_rate or stream.guessed_rate or 0)
+
+
+def _declared_seconds(container: Any, stream: Any) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION", "")  # mkv/webm: "HH:MM:SS.nnnnnnnnn" per stream
+    try:
+        h, m, sec = tag.split(":")
+        return 3600 * int(h) + 60 * int(m) + float(sec)
+    except ValueError:
+        pass
+    # the longest stream's duration, in AV_TIME_BASE units: a longer audio track would count as lost frames,
+    # hence the per-stream figures above first; 0: not declared
+    return container.duration / 1e6 if container.duration else 0.0
+
+
+def _declared_frames(container: Any, stream: Any, rate: float, span: tuple[float, float] | None) -> int:
+    seconds = _declared_seconds(container, stream)
+    if span is not None:
+        end = min(span[1], seconds) if seconds > 0 else span[1]
+        return max(0, round((end - max(0.0, span[0])) * rate))
+    return stream.frames if stream.frames > 0 else round(seconds * rate)
+
+
+def _decoded_frames(container: Any, stream: Any) -> Iterator[Any]:
+    """Every frame that decodes, packet by packet, passing over packets the decoder rejects."""
+    packets = container.demux(stream)
+    while True:
         try:
-            for frame in container.decode(stream):
-                if fps is not None:
-                    t = float(frame.time) if frame.time is not None else count / float(stream.average_rate or 1)
-                    if t + 1e-6 < next_tick:
-                        continue
-                    next_tick = (int(t * fps + 1e-6) + 1) / fps
-                count += 1
-                yield frame.to_ndarray(format="rgb24", width=width, height=height)
-        except Exception as e:  # av.error.InvalidDataError and friends mid-stream
-            raise VideoDecodeError(f"{path}: decoding failed after {count} frames ({type(e).__name__}: {e})") from None
-    if count == 0:
-        raise VideoDecodeError(f"{path}: no frames decoded")
+            packet = next(packets)
+        except StopIteration:
+            return
+        except Exception:  # a demuxer error is where a truncated or damaged file ends
+            return
+        try:
+            frames = packet.decode()
+        except Exception:  # av.error.InvalidDataError and friends: a damaged packet, counted as lost frames
+            continue
+        yield from frames
+
+
+def read_video(path: str, fps: float | None = None, short_side: int = 0,
+               span: tuple[float, float] | None = None) -> VideoFrames:
+    """The frames of a video file (see :class:`VideoFrames`); after iterating, ``.check`` says how much decoded."""
+    return VideoFrames(path, fps, short_side, span)
 
 
 def write_video(path: str, frames: np.ndarray, fps: int, codec: str = "libx264", crf: int = 18) -> None:
@@ -128,21 +268,22 @@ def write_video(path: str, frames: np.ndarray, fps: int, codec: str = "libx264",
         container.mux(stream.encode())
 
 
-def count_frames(path: str) -> int:
-    """The number of frames a video file decodes to (decoded without converting pixels)."""
-    import av
-
-    try:
-        container = av.open(path)
-    except Exception as e:
-        raise VideoDecodeError(f"{path}: cannot open ({type(e).__name__}: {e})") from None
+def probe_video(path: str) -> tuple[float, float]:
+    """(seconds, frame rate) a video file declares, read from its header without decoding (0 when unknown)."""
+    container, stream, rate = _open_video(path)
     with container:
-        if not container.streams.video:
-            raise VideoDecodeError(f"{path}: no video stream")
-        try:
-            return sum(1 for _ in container.decode(container.streams.video[0]))
-        except Exception as e:
-            raise VideoDecodeError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
+        return _declared_seconds(container, stream), rate
+
+
+def scan_video(path: str) -> DecodeCheck:
+    """How many frames a video file decodes to, against what it declares (decoded without converting pixels)."""
+    container, stream, rate = _open_video(path)
+    with container:
+        check = DecodeCheck(_declared_frames(container, stream, rate, None),
+                            sum(1 for _ in _decoded_frames(container, stream)), rate)
+    if check.decoded_frames == 0:
+        raise VideoDecodeError(f"{path}: no frames decoded")
+    return check
 
 
 def read_frames_at(path: str, indices: list[int], short_side: int = 0) -> np.ndarray:

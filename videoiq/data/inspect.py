@@ -1,9 +1,10 @@
-"""``videoiq data inspect``: what a database holds (meta, counts, class histogram) and a contact sheet of clips."""
+"""``videoiq data inspect``: what a database holds (meta, counts, videos that decoded short, class histogram) and a
+contact sheet of clips."""
 from __future__ import annotations
 
 from collections import Counter
 
-from .codec import decode_jpeg
+from .codec import DecodeCheck, decode_jpeg
 from .records import VideoDB
 from .sampling import eval_indices
 
@@ -22,6 +23,15 @@ def describe(db: VideoDB, top: int = 10) -> str:
         f"frame size   {size}",
         f"classes      {m['num_classes']}{'  (multi-label)' if m['multilabel'] else ''}",
     ]
+    loss = m.get("decode_loss")  # absent in databases written before decoding was checked
+    if loss is not None:
+        short = loss["short"]
+        lines.append(f"decoded short {len(short)} videos lost more than {loss['max_loss']:.0%} of their frames"
+                     + (":" if short else ""))
+        for key, figures in list(short.items())[:top]:
+            lines.append(f"  {key}: {DecodeCheck.from_dict(figures).describe()}")
+        if len(short) > top:
+            lines.append(f"  ... and {len(short) - top} more (all in __meta__['decode_loss'])")
     counts = Counter(x for labels in db.index.labels for x in labels)
     names = db.classes
     per_class = [(counts.get(c, 0), c) for c in range(len(names))]

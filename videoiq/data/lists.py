@@ -19,13 +19,14 @@ class ListFileError(ValueError):
 
 @dataclass(frozen=True)
 class SourceVideo:
-    """One video to convert: its key in the database, where it is, its labels and (frames) which frames."""
+    """One video to convert: its key in the database, where it is, its labels and which frames or seconds."""
 
     key: str
     path: str
     labels: tuple[int, ...]
     first: int = 1  # frame folders: number of the first frame file
     count: int = 0  # frame folders: number of frames
+    span: tuple[float, float] | None = None  # video files: only this time span (seconds), e.g. one labelled segment
 
 
 def read_class_names(path: str) -> list[str]:
@@ -56,23 +57,37 @@ def _key_of(rel: str) -> str:
     return key
 
 
-def _finish_list(path: str, items: list[SourceVideo], problems: list[str],
-                 num_classes: int | None) -> list[SourceVideo]:
+def _labels(fields: list[str], num_classes: int | None) -> tuple[tuple[int, ...], str]:
+    """Class ids of a line's label fields, or why they are not (non-integer, negative or past the class count)."""
+    try:
+        labels = tuple(int(float(x)) for x in fields)
+    except ValueError:
+        return (), f"labels must be integers, got {' '.join(fields)!r}"
+    top = num_classes - 1 if num_classes is not None else None
+    bad = [x for x in labels if x < 0 or (top is not None and x > top)]
+    if bad:
+        return (), f"label(s) {bad} outside 0..{top if top is not None else 'N'}"
+    return labels, ""
+
+
+def finish_items(path: str, numbered: list[tuple[int, SourceVideo]], problems: list[tuple[int, str]],
+                 what: str = "line") -> list[SourceVideo]:
+    """The items of a list (or annotation) file once every problem is known: one :class:`ListFileError`
+    naming each bad ``what`` (line, row, video id) with its number, or the items in file order."""
     seen: dict[str, int] = {}
-    for it in items:
+    for n, it in numbered:
         if it.key.startswith(RESERVED_PREFIX) or not it.key:
-            problems.append(f"video id {it.key!r} is empty or starts with the reserved '{RESERVED_PREFIX}'")
+            problems.append((n, f"video id {it.key!r} is empty or starts with the reserved '{RESERVED_PREFIX}'"))
         if it.key in seen:
-            problems.append(f"video id {it.key!r} appears twice")
-        seen[it.key] = 1
-        if num_classes is not None and any(not 0 <= x < num_classes for x in it.labels):
-            problems.append(f"{it.key}: label(s) {list(it.labels)} outside 0..{num_classes - 1}")
+            problems.append((n, f"video id {it.key!r} appears twice (first on {what} {seen[it.key]})"))
+        seen.setdefault(it.key, n)
     if problems:
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise ListFileError(f"{path}: {len(problems)} bad line(s):\n  " + "\n  ".join(problems[:10]) + more)
-    if not items:
+        named = [f"{what} {n}: {text}" for n, text in sorted(problems, key=lambda p: p[0])]
+        more = f"\n  ... and {len(named) - 10} more" if len(named) > 10 else ""
+        raise ListFileError(f"{path}: {len(named)} bad {what}(s):\n  " + "\n  ".join(named[:10]) + more)
+    if not numbered:
         raise ListFileError(f"{path}: no videos listed")
-    return items
+    return [it for _, it in numbered]
 
 
 def parse_frame_list(
@@ -84,45 +99,47 @@ def parse_frame_list(
     ``count``: ``folder num_frames label [label ...]``, frames numbered 1..num_frames.
     """
     min_fields = 4 if layout == "start_end" else 3
-    items, problems = [], []
+    numbered: list[tuple[int, SourceVideo]] = []
+    problems: list[tuple[int, str]] = []
     for n, line in _read_lines(path):
         parts = [p for p in line.split(separator) if p != ""]
         if len(parts) < min_fields:
-            problems.append(f"line {n}: expected {min_fields}+ fields separated by {separator!r} ({layout}), "
-                            f"got {line!r}")
+            problems.append((n, f"expected {min_fields}+ fields separated by {separator!r} ({layout}), got {line!r}"))
             continue
         try:
-            if layout == "start_end":
-                first, last = int(parts[1]), int(parts[2])
-                count, labels = last - first + 1, tuple(int(float(x)) for x in parts[3:])
-            else:
-                first, count, labels = 1, int(parts[1]), tuple(int(float(x)) for x in parts[2:])
+            first, count = (int(parts[1]), int(parts[2]) - int(parts[1]) + 1) if layout == "start_end" else (
+                1, int(parts[1]))
         except ValueError:
-            problems.append(f"line {n}: frame numbers and labels must be integers, got {line!r}")
+            problems.append((n, f"frame numbers must be integers, got {line!r}"))
             continue
-        if count < 1:
-            problems.append(f"line {n}: no frames ({line!r})")
-            continue
-        items.append(SourceVideo(_key_of(parts[0]), os.path.join(frames_root, parts[0]), labels, first, count))
-    return _finish_list(path, items, problems, num_classes)
+        labels, why = _labels(parts[min_fields - 1:], num_classes)
+        if why:
+            problems.append((n, why))
+        elif count < 1:
+            problems.append((n, f"no frames ({line!r})"))
+        else:
+            numbered.append((n, SourceVideo(_key_of(parts[0]), os.path.join(frames_root, parts[0]), labels,
+                                            first, count)))
+    return finish_items(path, numbered, problems)
 
 
 def parse_video_list(path: str, videos_root: str, separator: str = " ",
                      num_classes: int | None = None) -> list[SourceVideo]:
-    """Videos of a list file ``relative/video.mp4 label [label ...]`` under ``videos_root``."""
-    items, problems = [], []
+    """Videos of a list file ``relative/video.mp4 label [label ...]`` under ``videos_root`` (also the FCVID
+    and Mini-Sports1M lists of video files)."""
+    numbered: list[tuple[int, SourceVideo]] = []
+    problems: list[tuple[int, str]] = []
     for n, line in _read_lines(path):
         parts = [p for p in line.split(separator) if p != ""]
         if len(parts) < 2:
-            problems.append(f"line {n}: expected 'video label [label ...]' separated by {separator!r}, got {line!r}")
+            problems.append((n, f"expected 'video label [label ...]' separated by {separator!r}, got {line!r}"))
             continue
-        try:
-            labels = tuple(int(float(x)) for x in parts[1:])
-        except ValueError:
-            problems.append(f"line {n}: labels must be integers, got {line!r}")
-            continue
-        items.append(SourceVideo(_key_of(parts[0]), os.path.join(videos_root, parts[0]), labels))
-    return _finish_list(path, items, problems, num_classes)
+        labels, why = _labels(parts[1:], num_classes)
+        if why:
+            problems.append((n, why))
+        else:
+            numbered.append((n, SourceVideo(_key_of(parts[0]), os.path.join(videos_root, parts[0]), labels)))
+    return finish_items(path, numbered, problems)
 
 
 def scan_video_folders(root: str) -> tuple[list[SourceVideo], list[str]]:

@@ -8,7 +8,8 @@ a msgpack map and the JPEG bytes of the frames back to back::
     header = {"labels": [int, ...],          # class ids; empty when unknown (test sets)
               "sizes": [int, ...],           # byte length of each JPEG frame, in frame order
               "height": int, "width": int,   # every frame of a video has this size
-              "source": str}                 # where it came from (relative video path or frame folder)
+              "source": str,                 # where it came from (relative video path or frame folder)
+              "decode": {...}}               # videos only: declared vs decoded frames (see DecodeCheck.as_dict)
 
 All integers in the fixed part are little-endian. Frame ``i`` starts at ``12 + n + sum(sizes[:i])``,
 so a reader slices out only the frames it samples without touching the others.
@@ -18,6 +19,7 @@ Two reserved keys (video keys never start with ``__``)::
     __meta__  = msgpack {"format": "videoiq-lmdb", "version": 1, "dataset", "split", "classes": [names],
                          "num_classes", "num_videos", "num_frames", "frames_per_video": {"min","max","mean"},
                          "frame_size": [h, w] or None, "short_side": [min, max], "multilabel", "skipped",
+                         "skipped_inputs", "decode_loss": {"max_loss", "short": {key: figures}},
                          "content": a digest of every record's header (labels, frame sizes, source),
                          "created", "videoiq_version", "build": {how it was converted}}
     __index__ = msgpack {"keys": [str], "num_frames": [int], "labels": [[int]]}   # in the input list's order
@@ -71,20 +73,23 @@ class RecordHeader:
     height: int
     width: int
     source: str
+    decode: dict[str, Any] | None = None  # videos: declared vs decoded frames; None for frame folders
 
     @property
     def num_frames(self) -> int:
         return len(self.sizes)
 
 
-def encode_record(frames: list[bytes], labels: list[int], height: int, width: int, source: str) -> bytes:
-    """The bytes of one video record (JPEG ``frames`` in order)."""
+def encode_record(frames: list[bytes], labels: list[int], height: int, width: int, source: str,
+                  decode: dict[str, Any] | None = None) -> bytes:
+    """The bytes of one video record (JPEG ``frames`` in order; ``decode``: how much of a video file decoded)."""
     if not frames:
         raise ValueError("a video record needs at least one frame")
-    header = msgpack.packb(
-        {"labels": [int(x) for x in labels], "sizes": [len(f) for f in frames],
-         "height": int(height), "width": int(width), "source": str(source)}
-    )
+    fields = {"labels": [int(x) for x in labels], "sizes": [len(f) for f in frames],
+              "height": int(height), "width": int(width), "source": str(source)}
+    if decode is not None:
+        fields["decode"] = decode
+    header = msgpack.packb(fields)
     return b"".join([_FIXED.pack(MAGIC, VERSION, len(header)), header, *frames])
 
 
@@ -104,7 +109,7 @@ def decode_header(value: bytes | memoryview, db: str = "<bytes>", key: str = "?"
         h = msgpack.unpackb(value[_FIXED.size:start])
         header = RecordHeader(
             tuple(int(x) for x in h["labels"]), tuple(int(x) for x in h["sizes"]),
-            int(h["height"]), int(h["width"]), str(h["source"]),
+            int(h["height"]), int(h["width"]), str(h["source"]), h.get("decode"),
         )
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
         raise RecordError(db, key, f"unreadable header ({type(e).__name__}: {e})") from None
@@ -225,7 +230,7 @@ class VideoDB:
         self.meta: dict[str, Any] = meta
         # what the database holds, not where or when it was built: its settings, classes, keys, labels, frame
         # counts and (the "content" digest) each frame's JPEG size, so re-running a build changes nothing
-        when = ("created", "videoiq_version")
+        when = ("created", "videoiq_version", "decode_loss")  # decode_loss also depends on --max-loss
         self.fingerprint = hashlib.sha256(msgpack.packb({k: v for k, v in meta.items() if k not in when})
                                           + bytes(raw_index or b"")).hexdigest()[:16]
 
