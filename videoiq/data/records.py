@@ -230,8 +230,8 @@ class VideoDB:
         self.meta: dict[str, Any] = meta
         # what the database holds, not where or when it was built: its settings, classes, keys, labels, frame
         # counts and (the "content" digest) each frame's JPEG size, so re-running a build changes nothing
-        when = ("created", "videoiq_version", "decode_loss")  # decode_loss also depends on --max-loss
-        self.fingerprint = hashlib.sha256(msgpack.packb({k: v for k, v in meta.items() if k not in when})
+        not_content = ("created", "videoiq_version", "decode_loss")  # decode_loss also depends on --max-loss
+        self.fingerprint = hashlib.sha256(msgpack.packb({k: v for k, v in meta.items() if k not in not_content})
                                           + bytes(raw_index or b"")).hexdigest()[:16]
 
     @property
