@@ -4,7 +4,7 @@ items for the one video converter (``build.build_videos``): ActivityNet v1.3 JSO
 Each parser names every malformed entry or row at once (:class:`~videoiq.data.lists.ListFileError`), finds
 the video files under a root folder by id, whatever their extension and sub-folder, and returns the videos
 it found no file for separately, so that the build lists them as skipped instead of failing. FCVID and
-Mini-Sports1M ship plain ``video label`` lists, which ``lists.parse_video_list`` reads.
+Mini-Sports1M come as the original's frame lists or as ``video label`` lists, which ``lists.py`` reads.
 """
 from __future__ import annotations
 
