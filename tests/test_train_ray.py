@@ -15,6 +15,7 @@ import yaml
 from videoiq.errors import RemoteError, error_line, run_guarded
 from videoiq.runner import run_config
 from videoiq.train.checkpoint import CheckpointError, load_checkpoint
+from videoiq.train.lineage import LineageError
 
 from helpers import QUIET, copy_data, garble_record, stage_config
 from wandb_offline import read_runs
@@ -158,8 +159,8 @@ def test_seeded_runs_on_ray_repeat_exactly_and_relative_paths_reach_the_workers(
 
 def test_a_users_error_in_a_train_worker_is_its_own_line_with_the_traceback_kept(ray_local, tiny_videos, tmp_path,
                                                                                    capsys):
-    """A garbled training record (read by a Ray Data task) and a resume on data of other classes (refused in
-    the worker): the driver raises each worker's own message, one line, not Ray's wrapping of it; the
+    """A garbled training record (read by a Ray Data task) and a resume from a checkpoint of another model
+    (refused in the worker): the driver raises each worker's own message, one line, not Ray's wrapping of it; the
     worker's traceback is kept in <run>/errors/, and the launcher's handler prints the one line and exits 2."""
     runs = tmp_path / "runs"
 
@@ -186,7 +187,11 @@ def test_a_users_error_in_a_train_worker_is_its_own_line_with_the_traceback_kept
     run_config(fp(tiny_videos, "resumed"), printer=QUIET)
     renamed = copy_data(tiny_videos, tmp_path / "renamed",
                         lambda meta: meta.update(classes=[f"other_{c}" for c in meta["classes"]]))
-    with pytest.raises(RemoteError) as info:
+    with pytest.raises(LineageError, match=r"train data: 4 classes \(red_.*\) -> 4 \(other_"):  # by the driver
         run_config(fp(renamed, "resumed", epochs=2), printer=QUIET)
-    assert "was trained on 4 classes" in info.value.message and "other_" in info.value.message, info.value.message
+    wider = fp(tiny_videos, "resumed", epochs=2)  # told to go on from a checkpoint of another model: refused
+    wider.model.name, wider.ray.changed_inputs = "resnet18", "keep"  # in the worker, as it restores it
+    with pytest.raises(RemoteError) as info:
+        run_config(wider, printer=QUIET)
+    assert "its model does not fit this config's model (size mismatch" in info.value.message, info.value.message
     assert error_line(info.value).count("\n") == 0 and Path(info.value.log).exists()
