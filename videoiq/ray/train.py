@@ -180,7 +180,8 @@ def _free_port() -> int:
 
 def check_resources(cfg: StageConfig) -> None:
     """Refuse, before anything waits, a worker group the cluster can never schedule: more CPUs or GPUs than
-    it has, or one that takes every CPU (the Ray Data readers feeding the workers then never run)."""
+    it has, one that takes every CPU (the Ray Data readers feeding the workers then never run), or more
+    workers than nodes for STRICT_SPREAD."""
     have = ray.cluster_resources()
     cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
     need = cfg.ray.num_workers * cfg.ray.cpus_per_worker
@@ -191,6 +192,10 @@ def check_resources(cfg: StageConfig) -> None:
         raise ConfigError(f"{ask} of the cluster's {cpus:g} leaves none for the Ray Data readers that feed the "
                           "workers, so training would wait forever; leave at least one CPU free (fewer workers or "
                           "CPUs per worker, or more logical CPUs: `ray start --num-cpus N`)")
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if cfg.ray.placement_strategy == "STRICT_SPREAD" and cfg.ray.num_workers > nodes:
+        raise ConfigError(f"ray.placement_strategy=STRICT_SPREAD puts each of ray.num_workers={cfg.ray.num_workers} "
+                          f"on its own node, but the Ray cluster has {nodes}; use SPREAD or fewer workers")
     if cfg.ray.use_gpu and cfg.ray.num_workers > gpus:
         raise ConfigError(f"ray.use_gpu with ray.num_workers={cfg.ray.num_workers}, "
                           f"but the Ray cluster has {gpus:g} GPUs")
@@ -225,7 +230,8 @@ def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None]
             train_loop_per_worker,
             train_loop_config={"stage": config_to_dict(cfg), "run_dir": str(run_dir), "wandb_mode": mode},
             scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                         resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+                                         resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
+                                         placement_strategy=cfg.ray.placement_strategy),
             run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks,
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
                                  failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
