@@ -6,10 +6,11 @@ in-process path, wraps its task module in DDP (gloo on CPU, nccl on GPU) and run
 validation reads the LMDB directly, each rank a disjoint slice with nothing dropped, and predictions
 are gathered so every rank reports the same numbers. Rank 0 writes the checkpoint (the same
 ``checkpoint.pt`` format) and reports it; the run directory ``<ray.storage_path>/<name>`` also gets a
-``metrics.jsonl`` and rank 0's wandb run. Re-running with the same name resumes from the latest
-checkpoint (Train V2). A user error in a worker (a garbled record, a checkpoint of other classes) is
-kept with its traceback under ``<run>/errors/`` and reaches the driver as that error's own message
-(:class:`~videoiq.errors.RemoteError`), not as Ray's wrapper around it.
+``metrics.jsonl``, rank 0's wandb run and ``reads/``, the nodes the Ray Data read tasks ran on.
+Re-running with the same name resumes from the latest checkpoint (Train V2). A user error in a worker
+(a garbled record, a checkpoint of other classes) is kept with its traceback under ``<run>/errors/``
+and reaches the driver as that error's own message (:class:`~videoiq.errors.RemoteError`), not as
+Ray's wrapper around it.
 """
 from __future__ import annotations
 
@@ -225,7 +226,8 @@ def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None]
     mode = resolve_mode(cfg.logging.wandb)  # here, where the user's environment is; workers may not have it
 
     def trainer() -> TorchTrainer:
-        datasets = {"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec, seed=cfg.seed)}
+        datasets = {"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec, seed=cfg.seed,
+                                          read_log=str(run_dir / "reads"))}
         return TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"stage": config_to_dict(cfg), "run_dir": str(run_dir), "wandb_mode": mode},
