@@ -82,6 +82,7 @@ def two_nodes():
 def test_a_stage_on_two_nodes_survives_losing_one(two_nodes, tiny_videos, tmp_path):
     shared = tmp_path / "shared"  # both nodes' storage: a cluster's NFS mount
     cfg = stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}, optim={"epochs": EPOCHS},
+                       logging={"wandb": "disabled"},  # no wandb service process to start on a busy machine
                        ray={"num_workers": 2, "placement_strategy": "STRICT_SPREAD", "max_failures": 1,
                             "storage_path": str(shared / "runs"), "name": "fp"})
     config = tmp_path / "fp.yaml"
