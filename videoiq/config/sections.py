@@ -204,7 +204,7 @@ class RaySection:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     # Ray's layout of the worker group over nodes: PACK (Ray's default) fills as few nodes as it can;
-    # STRICT_SPREAD gives each worker a node of its own, so a lost node takes one worker, not the group
+    # STRICT_SPREAD gives each worker a node of its own (each machine's CPUs/GPU and network to one worker)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     storage_path: str = "runs"
     name: str | None = None  # run name; None: derived from the stage and dataset
