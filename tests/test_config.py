@@ -80,6 +80,7 @@ def test_overrides_are_typed_yaml_values():
         ("quant.switchable_bn=1", "quant.switchable_bn: expected true or false"),
         ("data.num_frames=2.5", "data.num_frames: expected an integer"),
         ("loss.kind=focal", r"loss.kind: expected one of \['ce', 'kd', 'kd_ce'\]"),
+        ("ray.placement_strategy=spread", r"ray.placement_strategy: expected one of \['PACK', 'SPREAD', "),
         ("quant.bit_widths=[32,4,0]", r"bit widths must lie in \[1, 32\], got \[0\]"),
         ("quant.bit_widths=[2,4]", "descending"),
         ("loss.kd_weight=-1", "loss.kd_weight: must be >= 0"),

@@ -38,6 +38,16 @@ def test_training_order_is_reshuffled_every_epoch(ray_local, tiny_videos):
     assert len({tuple(o) for o in orders}) > 1
 
 
+def test_the_read_log_counts_every_video_read_per_node(ray_local, tiny_videos, tmp_path):
+    from videoiq.ray.data import clip_dataset, iter_clip_batches, read_counts
+
+    assert read_counts(tmp_path / "reads") == {}  # nothing read yet
+    ds = clip_dataset(str(tiny_videos / "train.lmdb"), TRAIN, videos_per_block=2, read_log=str(tmp_path / "reads"))
+    for _ in range(2):
+        list(iter_clip_batches(ds, 4))
+    assert read_counts(tmp_path / "reads") == {ray_local.get_runtime_context().get_node_id(): 2 * 16}
+
+
 def test_a_seed_fixes_every_execution_and_still_reshuffles_between_them(ray_local, tiny_videos):
     from videoiq.ray.data import clip_dataset, iter_clip_batches
 

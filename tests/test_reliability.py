@@ -117,6 +117,10 @@ def test_worker_groups_the_cluster_cannot_schedule_are_refused(ray_local, tiny_v
         run_config(_fp(tiny_videos, ray={**ray, "num_workers": 5}), printer=QUIET)
     with pytest.raises(ConfigError, match="= 4 CPUs of the cluster's 4 leaves none for the Ray Data readers"):
         run_config(_fp(tiny_videos, ray={**ray, "num_workers": 2, "cpus_per_worker": 2}), printer=QUIET)
+    with pytest.raises(ConfigError, match="STRICT_SPREAD puts each of ray.num_workers=2 on its own node, but the "
+                                          "Ray cluster has 1"):
+        run_config(_fp(tiny_videos, ray={**ray, "num_workers": 2, "placement_strategy": "STRICT_SPREAD"}),
+                   printer=QUIET)
     with pytest.raises(ConfigError, match="has 0 GPUs"):
         run_config(_fp(tiny_videos, ray={**ray, "num_workers": 1, "use_gpu": True}), printer=QUIET)
     (tmp_path / "a_file").write_text("")

@@ -203,6 +203,9 @@ class RaySection:
     num_workers: int = 1  # 0: run in-process without Ray
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # Ray's layout of the worker group over nodes: PACK (Ray's default) fills as few nodes as it can;
+    # STRICT_SPREAD gives each worker a node of its own (each machine's CPUs/GPU and network to one worker)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     storage_path: str = "runs"
     name: str | None = None  # run name; None: derived from the stage and dataset
     num_to_keep: int = 2

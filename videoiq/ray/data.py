@@ -17,6 +17,9 @@ Part of the thin Ray layer (the core under ``videoiq.data`` never imports Ray). 
 * **Shards**: Ray Train's ``DataConfig(datasets_to_split=["train"])`` splits the training set across
   workers (disjoint; ``equal=True`` drops at most ``world_size - 1`` rows an epoch) and gives every
   worker the whole validation set; :func:`train_data_config` builds it.
+* **Read log**: with a ``read_log`` folder, every finished read task appends ``{"node", "videos"}`` to
+  its process's file there, so which nodes read how much is on record (:func:`read_counts`); a stage on
+  Ray Train keeps it in ``<run>/reads``.
 
 Every node that runs read tasks must see the LMDB at the same path: put it on a shared filesystem
 (NFS, Lustre, a mounted bucket) or copy it to the same path on each node.
@@ -24,7 +27,10 @@ Every node that runs read tasks must see the LMDB at the same path: put it on a 
 from __future__ import annotations
 
 import copy
+import json
 import os
+from collections import Counter
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -52,9 +58,9 @@ class LMDBVideoDatasource(Datasource):
     """Rows ``{"jpeg", "sizes", "label", "index", "error"}``: one video's sampled JPEG frames per row."""
 
     def __init__(self, path: str, spec: ClipSpec, videos_per_block: int = 8, shuffle: bool | None = None,
-                 positions: list[int] | None = None, seed: int | None = None):
+                 positions: list[int] | None = None, seed: int | None = None, read_log: str | None = None):
         super().__init__()
-        self.seed, self.executions = seed, 0
+        self.seed, self.executions, self.read_log = seed, 0, read_log
         db = VideoDB(path)  # fail in the driver, with the database's own message, before any task runs
         self.path, self.spec, self.videos_per_block = os.path.abspath(path), spec, videos_per_block
         self.shuffle = spec.train if shuffle is None else shuffle
@@ -76,12 +82,12 @@ class LMDBVideoDatasource(Datasource):
         self.executions += 1
         rng = np.random.default_rng(draw)
         order = rng.permutation(self.positions) if self.shuffle else np.array(self.positions)
-        path, spec, vpb, row_bytes = self.path, self.spec, self.videos_per_block, self._row_bytes
+        path, spec, vpb, row_bytes, log = self.path, self.spec, self.videos_per_block, self._row_bytes, self.read_log
 
         def task(part: np.ndarray) -> ReadTask:
             positions = part.tolist()  # plain ints: the closure must not capture the datasource
             return ReadTask(
-                lambda: _read_rows(path, spec, positions, vpb, draw),
+                lambda: _read_rows(path, spec, positions, vpb, draw, log),
                 BlockMetadata(num_rows=len(positions), size_bytes=len(positions) * row_bytes,
                               exec_stats=None, input_files=None),
                 per_task_row_limit=per_task_row_limit,
@@ -92,7 +98,7 @@ class LMDBVideoDatasource(Datasource):
 
 
 def _read_rows(path: str, spec: ClipSpec, positions: list[int], videos_per_block: int,
-               draw: list[int] | None) -> Iterator[Any]:
+               draw: list[int] | None, read_log: str | None) -> Iterator[Any]:
     db, fresh = _db(path), np.random.default_rng()
     for s in range(0, len(positions), videos_per_block):
         rows = {"jpeg": [], "sizes": [], "label": [], "index": [], "error": [], "seed": []}
@@ -116,6 +122,26 @@ def _read_rows(path: str, spec: ClipSpec, positions: list[int], videos_per_block
             "label": np.array(rows["label"], np.int64), "index": np.array(rows["index"], np.int64),
             "error": np.array(rows["error"], dtype=object), "seed": np.array(rows["seed"], np.int64),
         })
+    if read_log is not None:
+        _log_read(read_log, len(positions))
+
+
+def _log_read(folder: str, videos: int) -> None:
+    # One file per process (and node): a single writer per file appends safely on NFS too.
+    node = ray.get_runtime_context().get_node_id()
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{node}.{os.getpid()}.jsonl"), "a") as f:
+        f.write(json.dumps({"node": node, "videos": videos}) + "\n")
+
+
+def read_counts(folder: str | os.PathLike[str]) -> dict[str, int]:
+    """Videos read per Ray node id, over every execution, from a ``read_log`` folder ({} if there is none)."""
+    counts: Counter[str] = Counter()
+    for file in sorted(Path(folder).glob("*.jsonl")):
+        for line in file.read_text().splitlines():
+            entry = json.loads(line)
+            counts[entry["node"]] += entry["videos"]
+    return dict(counts)
 
 
 def decode_batch(batch: dict[str, np.ndarray], spec: ClipSpec, path: str) -> dict[str, np.ndarray]:
@@ -143,10 +169,11 @@ def decode_batch(batch: dict[str, np.ndarray], spec: ClipSpec, path: str) -> dic
 
 def clip_dataset(path: str, spec: ClipSpec, videos_per_block: int = 8, read_tasks: int | None = None,
                  shuffle: bool | None = None, positions: list[int] | None = None,
-                 seed: int | None = None) -> ray.data.Dataset:
+                 seed: int | None = None, read_log: str | None = None) -> ray.data.Dataset:
     """A Ray Dataset of clip samples from the LMDB at ``path`` (see the module docstring for the stages);
-    ``positions`` limits it to those videos of the index; ``seed`` makes every execution reproducible."""
-    source = LMDBVideoDatasource(path, spec, videos_per_block, shuffle, positions, seed)
+    ``positions`` limits it to those videos of the index; ``seed`` makes every execution reproducible;
+    ``read_log`` is a folder where the read tasks record their node (:func:`read_counts`)."""
+    source = LMDBVideoDatasource(path, spec, videos_per_block, shuffle, positions, seed, read_log)
     n = len(source.positions)
     blocks = read_tasks or min(n, max(8, -(-n // 64)))
     ds = ray.data.read_datasource(source, override_num_blocks=blocks)

@@ -6,10 +6,11 @@ in-process path, wraps its task module in DDP (gloo on CPU, nccl on GPU) and run
 validation reads the LMDB directly, each rank a disjoint slice with nothing dropped, and predictions
 are gathered so every rank reports the same numbers. Rank 0 writes the checkpoint (the same
 ``checkpoint.pt`` format) and reports it; the run directory ``<ray.storage_path>/<name>`` also gets a
-``metrics.jsonl`` and rank 0's wandb run. Re-running with the same name resumes from the latest
-checkpoint (Train V2). A user error in a worker (a garbled record, a checkpoint of other classes) is
-kept with its traceback under ``<run>/errors/`` and reaches the driver as that error's own message
-(:class:`~videoiq.errors.RemoteError`), not as Ray's wrapper around it.
+``metrics.jsonl``, rank 0's wandb run and ``reads/``, the nodes the Ray Data read tasks ran on.
+Re-running with the same name resumes from the latest checkpoint (Train V2). A user error in a worker
+(a garbled record, a checkpoint of other classes) is kept with its traceback under ``<run>/errors/``
+and reaches the driver as that error's own message (:class:`~videoiq.errors.RemoteError`), not as
+Ray's wrapper around it.
 """
 from __future__ import annotations
 
@@ -182,7 +183,8 @@ def _free_port() -> int:
 
 def check_resources(cfg: StageConfig) -> None:
     """Refuse, before anything waits, a worker group the cluster can never schedule: more CPUs or GPUs than
-    it has, or one that takes every CPU (the Ray Data readers feeding the workers then never run)."""
+    it has, one that takes every CPU (the Ray Data readers feeding the workers then never run), or more
+    workers than nodes for STRICT_SPREAD."""
     have = ray.cluster_resources()
     cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
     need = cfg.ray.num_workers * cfg.ray.cpus_per_worker
@@ -193,6 +195,10 @@ def check_resources(cfg: StageConfig) -> None:
         raise ConfigError(f"{ask} of the cluster's {cpus:g} leaves none for the Ray Data readers that feed the "
                           "workers, so training would wait forever; leave at least one CPU free (fewer workers or "
                           "CPUs per worker, or more logical CPUs: `ray start --num-cpus N`)")
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if cfg.ray.placement_strategy == "STRICT_SPREAD" and cfg.ray.num_workers > nodes:
+        raise ConfigError(f"ray.placement_strategy=STRICT_SPREAD puts each of ray.num_workers={cfg.ray.num_workers} "
+                          f"on its own node, but the Ray cluster has {nodes}; use SPREAD or fewer workers")
     if cfg.ray.use_gpu and cfg.ray.num_workers > gpus:
         raise ConfigError(f"ray.use_gpu with ray.num_workers={cfg.ray.num_workers}, "
                           f"but the Ray cluster has {gpus:g} GPUs")
@@ -223,13 +229,15 @@ def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None]
     mode = resolve_mode(cfg.logging.wandb)  # here, where the user's environment is; workers may not have it
 
     def trainer() -> TorchTrainer:
-        datasets = {"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec, seed=cfg.seed)}
+        datasets = {"train": clip_dataset(cfg.data.lmdb_path(cfg.data.train_split), spec, seed=cfg.seed,
+                                          read_log=str(run_dir / "reads"))}
         return TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"stage": config_to_dict(cfg), "run_dir": str(run_dir), "wandb_mode": mode,
                                "lineage": lineage},
             scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                         resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+                                         resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
+                                         placement_strategy=cfg.ray.placement_strategy),
             run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks,
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
                                  failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
