@@ -121,20 +121,24 @@ def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, t
     history = [row for run in read_runs(runs / "policy") for row in run.history if "temperature" in row]
     assert [row["temperature"] for row in history] == pytest.approx([5.0, 5.0 * 0.956])
 
-    # 5. training fp further prunes its old checkpoint folders (ray.num_to_keep: 2); nothing the pipeline wrote
-    # goes with them, and the summary says which checkpoint is gone
+    # 5. training fp further prunes its old checkpoint folders (here ray.num_to_keep: 1); nothing the pipeline
+    # wrote goes with them, and the summary says which checkpoint is gone
     fp_cfg = yaml.safe_load(files["fp"].read_text())
-    fp_cfg["optim"]["epochs"] = EPOCHS["fp"] + 2
+    fp_cfg["optim"]["epochs"] = EPOCHS["fp"] + 1
     files["fp"].write_text(yaml.safe_dump(fp_cfg))
     from videoiq.runner import load_stage_config
 
-    run_config(load_stage_config(str(files["fp"]), []), printer=QUIET)
+    run_config(load_stage_config(str(files["fp"]), ["ray.num_to_keep=1"]), printer=QUIET)
     assert not Path(summary["checkpoints"]["fp"]["path"]).exists()
     for name, ev in summary["eval"].items():
         assert json.loads(Path(ev["file"]).read_text())["metrics"] == ev["metrics"], name
     after = json.loads((runs / "pipeline_summary.json").read_text())["checkpoints"]
     assert {s: e["kept"] for s, e in after.items()} == {"fp": False, "ap": True, "policy_pretrain": True,
                                                         "policy": True}
+    # and ap, built on the fp of before, is no longer "nothing to do": the driver refuses it, naming why
+    with pytest.raises(LineageError, match=r"^ap: .* init.backbone_checkpoint fp checkpoint \w+ after epoch 3 .* -> "
+                                           r"fp checkpoint \w+ after epoch 4"):
+        run_config(load_stage_config(str(files["ap"]), [f"init.backbone_checkpoint={runs / 'fp'}"]), printer=QUIET)
 
 
 def test_seeded_runs_on_ray_repeat_exactly_and_relative_paths_reach_the_workers(ray_local, tiny_videos, tmp_path):
@@ -158,10 +162,11 @@ def test_seeded_runs_on_ray_repeat_exactly_and_relative_paths_reach_the_workers(
 
 
 def test_a_users_error_in_a_train_worker_is_its_own_line_with_the_traceback_kept(ray_local, tiny_videos, tmp_path,
-                                                                                   capsys):
-    """A garbled training record (read by a Ray Data task) and a resume from a checkpoint of another model
-    (refused in the worker): the driver raises each worker's own message, one line, not Ray's wrapping of it; the
-    worker's traceback is kept in <run>/errors/, and the launcher's handler prints the one line and exits 2."""
+                                                                                   trained_stages, capsys):
+    """A garbled training record (read by a Ray Data task) and an fp checkpoint of another model (refused in
+    the worker as it builds the ap stage): the driver raises each worker's own message, one line, not Ray's
+    wrapping of it; the worker's traceback is kept in <run>/errors/, and the launcher's handler prints the
+    one line and exits 2."""
     runs = tmp_path / "runs"
 
     def fp(root, name, epochs=1):
@@ -184,14 +189,10 @@ def test_a_users_error_in_a_train_worker_is_its_own_line_with_the_traceback_kept
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("videoiq: error: ") and "undecodable image" in err[0], err
 
-    run_config(fp(tiny_videos, "resumed"), printer=QUIET)
-    renamed = copy_data(tiny_videos, tmp_path / "renamed",
-                        lambda meta: meta.update(classes=[f"other_{c}" for c in meta["classes"]]))
-    with pytest.raises(LineageError, match=r"train data: 4 classes \(red_.*\) -> 4 \(other_"):  # by the driver
-        run_config(fp(renamed, "resumed", epochs=2), printer=QUIET)
-    wider = fp(tiny_videos, "resumed", epochs=2)  # told to go on from a checkpoint of another model: refused
-    wider.model.name, wider.ray.changed_inputs = "resnet18", "keep"  # in the worker, as it restores it
-    with pytest.raises(RemoteError) as info:
-        run_config(wider, printer=QUIET)
-    assert "its model does not fit this config's model (size mismatch" in info.value.message, info.value.message
+    fp_of_another_width = trained_stages[0] / "fp"  # a resnet_tiny
+    ap = stage_config("ap", tiny_videos, model={"name": "ap_resnet18"}, init={"backbone_checkpoint": str(
+        fp_of_another_width)}, ray={"num_workers": 1, "storage_path": str(runs), "name": "ap"})
+    with pytest.raises(RemoteError) as info:  # found by the worker, as it builds the stage
+        run_config(ap, printer=QUIET)
+    assert "holds a resnet_tiny; model.name 'ap_resnet18' needs its full-precision twin" in info.value.message
     assert error_line(info.value).count("\n") == 0 and Path(info.value.log).exists()
