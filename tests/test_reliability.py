@@ -4,10 +4,7 @@ import io
 import json
 import os
 import shutil
-import signal
-import threading
 import time
-from pathlib import Path
 
 import lmdb
 import msgpack
@@ -127,54 +124,6 @@ def test_worker_groups_the_cluster_cannot_schedule_are_refused(ray_local, tiny_v
     with pytest.raises(StorageError, match="ray.storage_path: cannot write to"):
         run_config(_fp(tiny_videos, ray={"storage_path": str(tmp_path / "a_file"), "num_workers": 1}),
                          printer=QUIET)
-
-
-def train_worker_pids():
-    """PIDs of this machine's Ray Train worker processes (their process titles name the actor)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"RayTrainWorker" in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def kill_a_worker_after(metrics: Path, epochs: int, kills: list, timeout: float = 300) -> threading.Thread:
-    """A thread that SIGKILLs one Ray Train worker once ``metrics`` holds ``epochs`` lines, and appends
-    ``(pid, epochs done then)`` to ``kills``."""
-    def watch():
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
-            pids = train_worker_pids()
-            if done >= epochs and pids:
-                os.kill(pids[-1], signal.SIGKILL)
-                kills.append((pids[-1], done))
-                return
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
-@pytest.mark.ray
-def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, tiny_videos, tmp_path):
-    from videoiq.runner import run_config
-
-    ray = {"storage_path": str(tmp_path), "name": "fp", "num_workers": 2, "max_failures": 1}
-    cfg = _fp(tiny_videos, ray=ray, optim={"epochs": 3})
-    kills = []
-    kill_a_worker_after(tmp_path / "fp" / "metrics.jsonl", epochs=1, kills=kills)
-    path, metrics = run_config(cfg, printer=QUIET).values()
-    assert len(kills) == 1 and kills[0][1] < 3  # a worker died mid-run, and the run still finished
-    assert load_checkpoint(path)["epoch"] == 3 and metrics["epoch"] == 3.0
-    lines = [json.loads(x) for x in (tmp_path / "fp" / "metrics.jsonl").read_text().splitlines()]
-    assert [x["epoch"] for x in lines] == [1.0, 2.0, 3.0]  # none lost, none counted twice
-    assert all(x["train/videos"] == 16.0 for x in lines)  # every epoch saw the whole training set
 
 
 @pytest.mark.ray

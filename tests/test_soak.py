@@ -6,17 +6,30 @@ import random
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from videoiq.train.checkpoint import load_checkpoint
 
 from helpers import QUIET, stage_config
-from test_reliability import train_worker_pids
 
 pytestmark = [pytest.mark.soak, pytest.mark.ray]
 
 EPOCHS, KILLS = 12, 4
+
+
+def train_worker_pids():
+    """PIDs of this machine's Ray Train worker processes (their process titles name the actor)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"RayTrainWorker" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 def _run(tiny_videos, storage, name, max_failures):
