@@ -47,6 +47,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
             ValueError, KeyError, OSError)
 
 
+def first_few(names: list[str], shown: int = 4) -> str:
+    """``a, b, c, d, ...``: the first few names of a list, for a message."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def error_line(error: BaseException) -> str:
     """``videoiq: error: <cause>`` (a KeyError's key without the quotes ``str`` adds)."""
     message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -47,7 +47,7 @@ from ..distributed import is_main, rank, world_size
 from ..errors import RemoteError, find_remote, keep_traceback, user_cause
 from ..logs import configure_logging, quiet_ray_train_reports
 from ..tracking import resolve_mode, wandb_env
-from ..train.checkpoint import FILENAME, check_storage, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..train.checkpoint import FILENAME, check_storage, load_checkpoint, save_checkpoint
 from ..train.lineage import check_run
 from ..train.logbook import StageLog, start_tracker
 from ..train.run import run_epochs
@@ -220,8 +220,7 @@ def train_on_ray(cfg: StageConfig, run_dir: Path, printer: Callable[[str], None]
     check_resources(cfg)
     storage, name = str(run_dir.parent), run_dir.name
     check_storage(storage)  # writable at all; rank 0 checks the space once it knows the models' size
-    lineage = check_run(cfg, run_dir, printer)
-    finished = latest_checkpoint(run_dir)
+    lineage, finished = check_run(cfg, run_dir, printer)
     if finished is not None and finished[1]["epoch"] >= cfg.optim.epochs:
         printer(f"{cfg.STAGE}: {finished[0]} already has all {finished[1]['epoch']} epochs; nothing to do")
         return str(finished[0]), dict(finished[1]["metrics"])

@@ -148,11 +148,14 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_identity(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+def checkpoint_identity(path: str | os.PathLike, what: str = "checkpoint",
+                        ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{"id", "stage", "epoch", "path"}`` of a checkpoint (file, or run folder: its newest), what a stage built
-    on it records. A checkpoint from before ids were written is known by the SHA-256 of its file."""
+    on it records; ``ckpt`` is its content when the caller has already loaded it. A checkpoint from before ids
+    were written is known by the SHA-256 of its file."""
     p = resolve(path)
-    ckpt = load_checkpoint(p, what=what, mmap=True)
+    if ckpt is None:
+        ckpt = load_checkpoint(p, what=what, mmap=True)
     ident = ckpt.get("id")
     if ident is None:
         ident = "sha256:" + file_sha256(p)
@@ -182,14 +185,15 @@ def load_role(ckpt: dict[str, Any], role: str, source: str) -> nn.Module:
 
 
 def latest_checkpoint(run: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint with the most epochs in a run directory, and its content: ``checkpoint.pt`` of an
-    in-process run, or the newest of a Ray run's ``checkpoint_*/checkpoint.pt``; ``None`` if it has none."""
+    """The checkpoint with the most epochs in a run directory, and its content (memory-mapped: its metadata is
+    read, its tensors only when used): ``checkpoint.pt`` of an in-process run, or the newest of a Ray run's
+    ``checkpoint_*/checkpoint.pt``; ``None`` if it has none."""
     best = None
     for path in [Path(run) / FILENAME, *sorted(Path(run).glob(f"checkpoint_*/{FILENAME}"))]:
         if not path.is_file():
             continue
         try:
-            ckpt = load_checkpoint(path, what="resume")
+            ckpt = load_checkpoint(path, what="resume", mmap=True)
         except CheckpointError as e:  # a copy cut short when its run was killed; Ray never registered it
             log.warning("skipping %s", e)
             continue

@@ -98,7 +98,7 @@ def results_folder(checkpoint: Path, ckpt: dict[str, Any]) -> Path:
     in-process ``checkpoint.pt``, or the run folder above a Ray ``checkpoint_*`` folder; the id tells apart
     the checkpoints one ``checkpoint.pt`` held over time."""
     run = checkpoint.parent.parent if checkpoint.parent.name.startswith("checkpoint_") else checkpoint.parent
-    ident = checkpoint_identity(checkpoint)["id"].removeprefix("sha256:")
+    ident = checkpoint_identity(checkpoint, ckpt=ckpt)["id"].removeprefix("sha256:")
     return run / "eval" / f"epoch{int(ckpt['epoch'])}-{ident[:8]}"
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..config import StageConfig, config_to_dict
 from ..data.records import VideoDB
+from ..errors import first_few
 from .checkpoint import CheckpointError, checkpoint_identity, file_sha256, latest_checkpoint
 
 # dotted keys (or whole sections, with a trailing dot) that do not enter the identity of a run
@@ -81,16 +82,17 @@ def stage_lineage(cfg: StageConfig) -> dict[str, Any]:
     return {"config": identity_config(cfg), "inputs": inputs, "data": data}
 
 
+def _ident(entry: dict[str, Any] | None) -> str | None:
+    """What identifies an input file: a checkpoint's id, or a weights file's SHA-256."""
+    return None if entry is None else entry.get("id", entry.get("sha256"))
+
+
 def _input_text(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "none"
     if "sha256" in entry:
         return f"{entry['path']} (sha256 {entry['sha256'][:12]})"
     return f"{entry['stage']} checkpoint {entry['id'][:12]} after epoch {entry['epoch']} ({entry['path']})"
-
-
-def _few(names: list[str], shown: int = 3) -> str:
-    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def changes(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
@@ -106,15 +108,15 @@ def changes(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[st
     before, now = recorded.get("inputs", {}), current["inputs"]
     for key in sorted(set(before) | set(now)):
         old, new = before.get(key), now.get(key)
-        if (old or {}).get("id", (old or {}).get("sha256")) != (new or {}).get("id", (new or {}).get("sha256")):
+        if _ident(old) != _ident(new):
             out.append(f"{key} {_input_text(old)} -> {_input_text(new)}")
     for split, new in current["data"].items():
         old = recorded.get("data", {}).get(split)
         if old is None or old["fingerprint"] == new["fingerprint"]:
             continue
         if old["classes"] != new["classes"]:
-            out.append(f"{split} data: {len(old['classes'])} classes ({_few(old['classes'])}) -> "
-                       f"{len(new['classes'])} ({_few(new['classes'])})")
+            out.append(f"{split} data: {len(old['classes'])} classes ({first_few(old['classes'])}) -> "
+                       f"{len(new['classes'])} ({first_few(new['classes'])})")
         else:
             out.append(f"{split} data rebuilt or replaced: {old['path']} ({old['videos']} videos, {old['frames']} "
                        f"frames) -> {new['path']} ({new['videos']} videos, {new['frames']} frames)")
@@ -122,18 +124,19 @@ def changes(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[st
 
 
 def check_run(cfg: StageConfig, run_dir: str | os.PathLike, printer: Callable[[str], None] = print
-              ) -> dict[str, Any]:
+              ) -> tuple[dict[str, Any], tuple[Path, dict[str, Any]] | None]:
     """Before training ``cfg`` into ``run_dir``: compare its newest checkpoint's lineage with ``cfg``'s and do
     what ``ray.changed_inputs`` says (see the module's docstring). Returns the current lineage, for the
-    stage's checkpoints to record."""
+    stage's checkpoints to record, and the newest checkpoint the run goes on from (as
+    :func:`~videoiq.train.checkpoint.latest_checkpoint` gives it; None when there is none or it was moved aside)."""
     current = stage_lineage(cfg)
     found = latest_checkpoint(run_dir)
     if found is None:
-        return current
+        return current, None
     path, ckpt = found
     differences = changes(ckpt.get("lineage"), current)
     if not differences:
-        return current
+        return current, found
     what = f"{cfg.STAGE}: {path} was trained from other inputs than this config's: " + "; ".join(differences)
     mode = cfg.ray.changed_inputs
     classes_changed = ckpt["extra"].get("classes") not in (None, current["data"]["train"]["classes"])
@@ -144,9 +147,9 @@ def check_run(cfg: StageConfig, run_dir: str | os.PathLike, printer: Callable[[s
                            "or train in another run folder (ray.name)")
     if mode == "keep":
         printer(f"{what}; going on from it as it is (ray.changed_inputs=keep)")
-        return current
+        return current, found
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     aside = Path(run_dir).with_name(f"{Path(run_dir).name}.replaced-{stamp}")
     os.rename(run_dir, aside)
     printer(f"{what}; training it again from scratch (ray.changed_inputs=retrain); the old run is now {aside}")
-    return current
+    return current, None

@@ -77,7 +77,7 @@ def train_in_process(cfg: StageConfig, out_dir: str | os.PathLike, device: str =
     cfg.check_inputs()
     out = Path(out_dir)
     dev = torch.device(device)
-    lineage = check_run(cfg, out, printer)
+    lineage, _ = check_run(cfg, out, printer)  # what goes on is reloaded below, whole and checked for this stage
     torch.manual_seed(cfg.seed)
     stage = build_stage(cfg, dev)
     stage.lineage = lineage

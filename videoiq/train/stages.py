@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..config import APConfig, ConfigError, FPConfig, PolicyConfig, PolicyPretrainConfig, StageConfig, config_to_dict
 from ..data.records import VideoDB
+from ..errors import first_few
 from ..flops import video_cost
 from ..models import VideoIQ, create_model, load_fp_weights, load_fp_weights_file
 from .checkpoint import CheckpointError, load_checkpoint, load_role, model_entry, state_bytes
@@ -79,8 +80,8 @@ class Stage:
         saved = list(ckpt["extra"].get("classes", self.classes))
         if saved != list(self.classes):
             raise CheckpointError(
-                f"resume: {source} was trained on {len(saved)} classes ({_few(saved)}), data.root's databases have "
-                f"{len(self.classes)} ({_few(self.classes)}); train in another run folder (ray.name or "
+                f"resume: {source} was trained on {len(saved)} classes ({first_few(saved)}), data.root's databases "
+                f"have {len(self.classes)} ({first_few(self.classes)}); train in another run folder (ray.name or "
                 "ray.storage_path), or point data.root at the data it was trained on")
         for role, entry in self.entries.items():
             try:
@@ -93,11 +94,6 @@ class Stage:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.global_step = int(ckpt["extra"].get("global_step", 0))
         return int(ckpt["epoch"])
-
-
-def _few(names: list[str], shown: int = 4) -> str:
-    """``a, b, c, d, ...``: the first few names of a list."""
-    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def dataset_classes(cfg: StageConfig) -> tuple[list[str], tuple[tuple[int, ...], ...]]:
