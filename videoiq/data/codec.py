@@ -173,7 +173,6 @@ class VideoFrames:
             raise VideoDecodeError(f"{self.path}: no frames decoded"
                                    + (f" in {start:.2f}..{end:.2f} s" if self.span is not None else ""))
 
-
     def _frames_from(self, container: Any, stream: Any, at: float, rate: float) -> Iterator[Any]:
         """Decoded frames from the keyframe at or before stream time ``at``, or from the file's start where
         the demuxer's seek lands past ``at`` (MPEG-TS seeks are approximate)."""
@@ -236,9 +235,7 @@ def _decoded_frames(container: Any, stream: Any) -> Iterator[Any]:
     while True:
         try:
             packet = next(packets)
-        except StopIteration:
-            return
-        except Exception:  # a demuxer error is where a truncated or damaged file ends
+        except Exception:  # the end, or a demuxer error where a truncated or damaged file ends
             return
         try:
             frames = packet.decode()
