@@ -1,6 +1,14 @@
-"""The policy learns per-frame choices: trained for a few steps on videos where some frames carry no signal,
-it skips those frames and keeps the others. The test fails when the classification loss stops reaching the
-policy, when the policy's frame features are zeroed, or when its decisions ignore the frame."""
+"""The policy learns per-frame choices: trained on videos where one frame shows the class and the others carry
+no signal, it skips the blank frames and keeps the one that answers. The test fails when the classification
+loss stops reaching the policy, when the policy's frame features are zeroed, or when its decisions ignore the
+frame.
+
+The policy chooses between 32 bits and skipping, the choice the data settles: a skipped blank frame saves a
+whole frame's cost and loses nothing, a skipped signal frame loses the class. (The lower widths read these
+frames as well as 32 bits do, and what 2 bits cost over a skip, 6% of a frame, pulls too weakly to decide
+within a test's few hundred steps.) The backbone is trained on videos with blank frames too: one that never
+saw them reads them with large logits of a class that changes with the seed and the machine's float
+rounding, which made the outcome of an earlier version of this test a matter of chance."""
 import pytest
 import torch
 
@@ -15,14 +23,14 @@ FRAMES, SIZE = 4, 32
 COLOURS = torch.tensor([[1.8, -1.0, -1.0], [-1.0, -1.0, 1.8]])  # normalised red and blue discs
 
 
-def _videos(n: int, seed: int, blanks: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``n`` videos, a disc of the class colour on grey in some frames; the others ("blank") are plain grey,
-    with one to three blank frames per video. Returns (videos, labels, blank mask (n, FRAMES))."""
+def _videos(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` videos, a disc of the class colour on grey in one frame; the others ("blank") are plain grey.
+    Returns (videos, labels, blank mask (n, FRAMES))."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 2, (n,), generator=g)
     blank = torch.zeros(n, FRAMES, dtype=torch.bool)
     for i in range(n):
-        blank[i, torch.randperm(FRAMES, generator=g)[: int(torch.randint(1, FRAMES, (1,), generator=g))]] = blanks
+        blank[i, torch.randperm(FRAMES, generator=g)[1:]] = True
     yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
     video = 0.1 * torch.randn(n, FRAMES, 3, SIZE, SIZE, generator=g)
     for i in range(n):
@@ -35,13 +43,13 @@ def _videos(n: int, seed: int, blanks: bool = True) -> tuple[torch.Tensor, torch
 
 
 def _backbone() -> torch.nn.Module:
-    """An any-precision tiny ResNet that tells the colours apart at every width, trained on videos without
-    blank frames (so their features mislead it when averaged in)."""
+    """An any-precision tiny ResNet that tells the colours apart at every width, trained on the same kind of
+    videos (blank frames included) at a learning rate that keeps its logits moderate."""
     ap = create_model("ap_resnet_tiny", num_classes=2, dropout=0.0)
     task = AnyPrecisionTask(ap, (32, 4, 2), teacher=None, kind="ce")
-    opt = torch.optim.SGD(ap.parameters(), lr=0.05, momentum=0.9)
-    video, labels, _ = _videos(64, seed=1, blanks=False)
-    for step in range(20):  # confident but not saturated: the policy's CE signal is not zero yet
+    opt = torch.optim.SGD(ap.parameters(), lr=0.01, momentum=0.9)
+    video, labels, _ = _videos(64, seed=1)
+    for step in range(80):
         j = torch.arange(16) + 16 * (step % 4)
         train_step(task, task.module, video[j], labels[j], opt)
     return ap.eval()
@@ -53,19 +61,19 @@ def backbone():
     return _backbone()
 
 
-def _train_policy(backbone, *, steps=120, lr=0.1, break_gradient=False, zero_features=False, ignore_frames=False):
-    """Train a tiny policy (CE + efficiency, the small-model recipe) on the frozen backbone; return its
-    skip probability on blank and on signal frames of held-out videos."""
+def _train_policy(backbone, *, steps=240, lr=0.1, break_gradient=False, zero_features=False, ignore_frames=False):
+    """Train a tiny policy (32 bits or skip; CE + efficiency) on the frozen backbone; return its skip
+    probability on blank and on signal frames of held-out videos."""
     torch.manual_seed(0)
-    policy = create_model("policy_mobilenet_v2_tiny", num_precisions=3, skip_choices=[1], hidden_size=32,
+    policy = create_model("policy_mobilenet_v2_tiny", num_precisions=1, skip_choices=[1], hidden_size=32,
                           input_size=16, dropout=0.0)
-    model = VideoIQ(backbone, policy)
+    model = VideoIQ(backbone, policy, precisions=(32,))
     if zero_features:
         policy.frame_features = lambda video: torch.zeros(*video.shape[:2], policy.rnn.input_size)
     if ignore_frames:  # every step reads the first frame only
         features = policy.frame_features
         policy.frame_features = lambda video: features(video)[:, :1].expand(-1, video.shape[1], -1)
-    task = PolicyTask(model, LossSection(kind="ce", efficiency_weight=0.5), temperature_init=5.0, temperature_decay=0.9)
+    task = PolicyTask(model, LossSection(kind="ce", efficiency_weight=1.0), temperature_init=5.0, temperature_decay=0.9)
     if break_gradient:
         forward = model.forward
         model.forward = lambda video, **kw: forward(video, **kw)._replace(
@@ -88,7 +96,7 @@ def _train_policy(backbone, *, steps=120, lr=0.1, break_gradient=False, zero_fea
 
 def test_policy_skips_frames_without_signal_and_keeps_the_others(backbone):
     on_blank, on_signal = _train_policy(backbone)
-    assert on_blank > 0.6 and on_signal < 0.3, (on_blank, on_signal)
+    assert on_blank > 0.9 and on_signal < 0.1, (on_blank, on_signal)
 
 
 @pytest.mark.parametrize("broken", ["break_gradient", "zero_features", "ignore_frames"])
