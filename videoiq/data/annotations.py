@@ -86,15 +86,17 @@ def parse_activitynet(path: str, root: str, subset: str, trim: bool = False,
         raise ListFileError(f"{path}: not JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
         raise ListFileError(f"{path}: expected an ActivityNet JSON object with a 'database' of videos by id")
+    entries = [(n, vid, video) for n, (vid, video) in enumerate(data["database"].items(), 1)
+               if isinstance(video, dict) and video.get("subset") == subset]
+    if not entries:  # said before the root is searched (a walk over a large video folder)
+        raise ListFileError(f"{path}: no videos in subset {subset!r}")
     names = activitynet_classes(data) if classes is None else classes
     ids = {name: i for i, name in enumerate(names)}
     index = index_videos(root)
     numbered: list[tuple[int, SourceVideo]] = []
     problems: list[tuple[int, str]] = []
     out = Annotated([], names)
-    for n, (vid, video) in enumerate(data["database"].items(), 1):
-        if not isinstance(video, dict) or video.get("subset") != subset:
-            continue
+    for n, vid, video in entries:
         segments, why = _activitynet_segments(video, ids)
         if why:
             problems.append((n, f"video {vid!r}: {why}"))
@@ -114,8 +116,6 @@ def parse_activitynet(path: str, root: str, subset: str, trim: bool = False,
             else:
                 numbered.append((n, item))
                 out.seconds.append(seconds)
-    if not numbered and not problems and not out.missing:
-        raise ListFileError(f"{path}: no videos in subset {subset!r}")
     out.items = finish_items(path, numbered, problems, what="entry") if numbered or problems else []
     return out
 
@@ -161,6 +161,8 @@ def parse_kinetics_csv(path: str, root: str, split: str | None = None,
             rows = [(reader.line_num, row) for row in reader if split is None or row.get("split") == split]
     except OSError as e:
         raise ListFileError(f"{path}: cannot read the annotation file ({e.strerror})") from None
+    if not rows:  # said before the root is searched (a walk over a large video folder)
+        raise ListFileError(f"{path}: no clips" + (f" in split {split!r}" if split is not None else ""))
     names = sorted({row["label"] for _, row in rows if row.get("label")}) if classes is None else classes
     ids = {name: i for i, name in enumerate(names)}
     index = index_videos(root)
@@ -188,7 +190,5 @@ def parse_kinetics_csv(path: str, root: str, split: str | None = None,
         span = (float(start), float(end)) if found[0] == ytid else None  # a whole video: only the clip's seconds
         numbered.append((n, SourceVideo(clip, found[1], (ids[label],), span=span)))
         out.seconds.append(float(end - start))
-    if not rows:
-        raise ListFileError(f"{path}: no clips" + (f" in split {split!r}" if split is not None else ""))
     out.items = finish_items(path, numbered, problems) if numbered or problems else []
     return out
