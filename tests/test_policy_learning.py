@@ -8,7 +8,7 @@ whole frame's cost and loses nothing, a skipped signal frame loses the class. (T
 frames as well as 32 bits do, and what 2 bits cost over a skip, 6% of a frame, pulls too weakly to decide
 within a test's few hundred steps.) The backbone is trained on videos with blank frames too: one that never
 saw them reads them with large logits of a class that changes with the seed and the machine's float
-rounding, which made the outcome of an earlier version of this test a matter of chance."""
+rounding, and what the policy learns would change with it."""
 import pytest
 import torch
 
