@@ -45,6 +45,6 @@ echo "==> 3/4 submitting launch/pipeline.py with ray job submit"
 D=launch/configs/demo
 "$BIN/ray" job submit --address "http://127.0.0.1:$DASH" --working-dir . -- \
     "$BIN/python" launch/pipeline.py --fp $D/fp.yaml --ap $D/ap.yaml --policy-pretrain $D/policy_pretrain.yaml \
-    --policy $D/policy.yaml --eval $D/eval.yaml --set "data.root=$OUT/data" "ray.storage_path=$OUT/runs"
+    --policy $D/policy.yaml --eval $D/eval.yaml --set "data.root=$OUT/data" "run.storage_path=$OUT/runs"
 
 echo "==> 4/4 done: the table is above; everything is in $OUT/runs (pipeline_summary.json, checkpoints, metrics.jsonl)"

@@ -24,8 +24,8 @@ echo "==> 1/3 the tiny pipeline on one GPU worker (nccl, bf16 autocast, one epoc
 "$BIN/videoiq" data synth "$OUT/data" --source frames --train-per-class 4 --val-per-class 2
 D=launch/configs/demo
 "$BIN/python" launch/pipeline.py --fp $D/fp.yaml --ap $D/ap.yaml --policy-pretrain $D/policy_pretrain.yaml \
-    --policy $D/policy.yaml --eval $D/eval.yaml --set "data.root=$OUT/data" "ray.storage_path=$OUT/runs" \
-    ray.num_workers=1 ray.use_gpu=true speed.amp=bf16 optim.epochs=1
+    --policy $D/policy.yaml --eval $D/eval.yaml --set "data.root=$OUT/data" "run.storage_path=$OUT/runs" \
+    ray.num_workers=1 run.use_gpu=true speed.amp=bf16 optim.epochs=1
 
 echo "==> 2/3 videoiq bench train on CUDA (bf16)"
 "$BIN/videoiq" bench train --device cuda --amp bf16 --ray-workers 1

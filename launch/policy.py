@@ -1,5 +1,5 @@
 """Run the `policy` stage: `python launch/policy.py --config launch/configs/<file>.yaml [--set KEY=VALUE ...]`."""
-from videoiq.runner import stage_main
+from videoiq.launchers import stage_main
 
 if __name__ == "__main__":
     raise SystemExit(stage_main("policy"))

@@ -2,7 +2,7 @@
 
     python launch/tune.py --sweep tune_configs/<file>.yaml [--storage-path DIR]
 """
-from videoiq.runner import tune_main
+from videoiq.launchers import tune_main
 
 if __name__ == "__main__":
     raise SystemExit(tune_main())

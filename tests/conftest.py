@@ -58,7 +58,7 @@ def ray_local():
 def trained_stages(tiny_videos, tmp_path_factory):
     """fp -> ap, policy_pretrain, policy on tiny models, in-process, one epoch each (fp two), once per session:
     ``(runs folder, {stage: final metrics})`` with the checkpoints in ``runs/{fp,ap,pp,policy}``."""
-    from videoiq.train.run import train_in_process
+    from videoiq.train.session import train_in_process
 
     runs = tmp_path_factory.mktemp("runs")
     out = {"fp": train_in_process(stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}, optim={"epochs": 2}),

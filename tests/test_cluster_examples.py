@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from videoiq.runner import load_stage_config
+from videoiq.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "launch" / "cluster"
@@ -45,14 +45,14 @@ def test_the_rayjob_runs_an_existing_launcher_and_config_with_shared_storage():
     config = args[args.index("--config") + 1]
     assert (ROOT / os.path.relpath(config, "/app")).is_file(), config
     stage = Path(launcher).stem
-    cfg = load_stage_config(str(ROOT / os.path.relpath(config, "/app")), _overrides(args), stage)
+    cfg = load_config(str(ROOT / os.path.relpath(config, "/app")), _overrides(args), stage)
     # the run folder and the data on the volume every pod mounts at the same path
     groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
     mounts = [{m["mountPath"] for c in g["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])}
               for g in groups]
     shared = set.intersection(*mounts)
     assert shared, mounts
-    for path in (cfg.ray.storage_path, cfg.data.root):
+    for path in (cfg.run.storage_path, cfg.data.root):
         assert any(Path(path).is_relative_to(m) for m in shared), (path, shared)
     # one Train worker per worker pod
     assert cfg.ray.placement_strategy == "STRICT_SPREAD" and cfg.ray.max_failures >= 1

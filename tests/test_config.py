@@ -184,9 +184,9 @@ def test_path_fields_are_made_absolute_against_the_working_directory(tmp_path, m
     monkeypatch.chdir(tmp_path)
     data = {"stage": "policy", "data": {"root": "data", "batch_size": 8},
             "init": {"backbone_checkpoint": "/abs/ap", "policy_backbone_checkpoint": None, "imagenet_weights": ""},
-            "ray": {"storage_path": "runs/x"}}
+            "run": {"storage_path": "runs/x"}}
     assert absolute_paths(data) is data
     assert data == {"stage": "policy", "data": {"root": str(tmp_path / "data"), "batch_size": 8},
                     "init": {"backbone_checkpoint": "/abs/ap", "policy_backbone_checkpoint": None,
                              "imagenet_weights": ""},
-                    "ray": {"storage_path": str(tmp_path / "runs/x")}}
+                    "run": {"storage_path": str(tmp_path / "runs/x")}}

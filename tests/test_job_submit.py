@@ -39,7 +39,7 @@ def test_ray_job_submit_runs_a_stage(tiny_videos, tmp_path):
             [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
              sys.executable, "launch/fp.py", "--config", "launch/configs/demo/fp.yaml", "--set",
              f"data.root={tiny_videos}", "data.num_frames=4", "data.input_size=32", "optim.epochs=1",
-             "ray.cpus_per_worker=1", f"ray.storage_path={tmp_path}", "logging.log_every=1"],
+             "ray.cpus_per_worker=1", f"run.storage_path={tmp_path}", "logging.log_every=1"],
             env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         out = job.stdout + job.stderr

@@ -9,7 +9,7 @@ import pytest
 
 from videoiq.cli import main
 from videoiq.config import ConfigError
-from videoiq.runner import run_pipeline, shared_overrides
+from videoiq.pipeline import run_pipeline, shared_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "launch" / "configs" / "demo"
@@ -19,7 +19,7 @@ CONFIGS = {s: str(DEMO / f"{s}.yaml") for s in ("fp", "ap", "policy_pretrain", "
 @pytest.mark.slow
 def test_pipeline_hands_checkpoints_on_and_prints_the_table(tiny_videos, tmp_path, capsys):
     overrides = [f"data.root={tiny_videos}", "data.num_frames=4", "optim.epochs=1", "ray.num_workers=0",
-                 f"ray.storage_path={tmp_path}"]
+                 f"run.storage_path={tmp_path}"]
     command = ["pipeline", *(f"--{s.replace('_', '-')}={f}" for s, f in CONFIGS.items()), "--set", *overrides]
     assert main(command) == 0
     out = capsys.readouterr().out
@@ -42,11 +42,11 @@ def test_pipeline_hands_checkpoints_on_and_prints_the_table(tiny_videos, tmp_pat
     assert main(["pipeline", *command[1:6], "--set", *more]) == 2
     assert re.search(r"^videoiq: error: ap: .*ap/checkpoint.pt was trained from other inputs than this config's: "
                      r"init.backbone_checkpoint fp checkpoint \w+ after epoch 1 \(.*\) -> fp checkpoint \w+ after "
-                     r"epoch 2 .*ray.changed_inputs=retrain", capsys.readouterr().err, re.M)
+                     r"epoch 2 .*run.changed_inputs=retrain", capsys.readouterr().err, re.M)
     assert json.loads((tmp_path / "pipeline_summary.json").read_text())["checkpoints"]["fp"]["kept"] is False
     # with retrain, ap and policy (built on the old ap) train again; their old runs are moved aside, not deleted
     lines = []
-    retrained = run_pipeline(CONFIGS, [*more, "ray.changed_inputs=retrain"], printer=lines.append)
+    retrained = run_pipeline(CONFIGS, [*more, "run.changed_inputs=retrain"], printer=lines.append)
     assert sum("training it again from scratch" in line for line in lines) == 2, lines
     assert [line.split(":")[0] for line in lines if "nothing to do" in line] == ["fp"]
     assert len(list(tmp_path.glob("ap.replaced-*/checkpoint.pt"))) == 1
@@ -69,7 +69,7 @@ def _printed_result(out):
 @pytest.mark.slow
 def test_videoiq_run_trains_a_stage_and_resumes_it(tiny_videos, tmp_path, capsys):
     common = ["--config", CONFIGS["policy_pretrain"], "--set", f"data.root={tiny_videos}", "data.num_frames=4",
-              "ray.num_workers=0", f"ray.storage_path={tmp_path}", "model.name=mobilenet_v2_tiny",
+              "ray.num_workers=0", f"run.storage_path={tmp_path}", "model.name=mobilenet_v2_tiny",
               "logging.log_every=1"]
     assert main(["run", *common, "optim.epochs=1"]) == 0
     out = capsys.readouterr().out
@@ -117,8 +117,8 @@ def test_gpu_check_says_in_one_line_that_this_machine_has_no_cuda(tmp_path):
     from videoiq.config import load_config
 
     script = (ROOT / "launch" / "gpu_check.sh").read_text().replace("\\\n", " ")  # continuation lines joined
-    overrides = [w for w in script.split("ray.storage_path=$OUT/runs\"", 1)[1].split("\n", 1)[0].split() if "=" in w]
-    assert "ray.use_gpu=true" in overrides and "speed.amp=bf16" in overrides
+    overrides = [w for w in script.split("run.storage_path=$OUT/runs\"", 1)[1].split("\n", 1)[0].split() if "=" in w]
+    assert "run.use_gpu=true" in overrides and "speed.amp=bf16" in overrides
     for stage in ("fp", "ap", "policy_pretrain", "policy", "eval"):
         cfg = load_config(str(DEMO / f"{stage}.yaml"), shared_overrides(stage, overrides))
-        assert cfg.ray.use_gpu and cfg.speed.amp == "bf16"
+        assert cfg.run.use_gpu and cfg.speed.amp == "bf16"

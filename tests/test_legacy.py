@@ -10,7 +10,7 @@ from legacy_commands import README_COMMANDS, command
 
 CONFIGS = Path(__file__).resolve().parents[1] / "launch" / "configs"
 # Values that are paths or run names in a command and are set with --set on a shipped YAML.
-RUN_SPECIFIC = ("data.root", "ray.storage_path", "ray.name", "init.backbone_checkpoint",
+RUN_SPECIFIC = ("data.root", "run.storage_path", "run.name", "init.backbone_checkpoint",
                 "init.policy_backbone_checkpoint", "init.imagenet_weights", "eval.checkpoint")
 
 

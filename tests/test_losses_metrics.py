@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from videoiq.losses import action_costs, balance_loss, efficiency_loss, entropy_loss, soft_cross_entropy
 from videoiq.metrics import average_precision, multi_hot, softmax, topk_accuracy, uniform_line
-from videoiq.runner import summary_rows, summary_table
+from videoiq.summary import summary_rows, summary_table
 
 
 def test_kd_equals_ce_for_a_one_hot_teacher_and_has_no_teacher_gradient():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from videoiq.cli import build_parser
-from videoiq.runner import add_pipeline_arguments, add_stage_arguments, add_sweep_arguments
+from videoiq.launchers import add_pipeline_arguments, add_stage_arguments, add_sweep_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

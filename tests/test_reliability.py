@@ -17,7 +17,7 @@ from videoiq.data.records import DatabaseError, VideoDB, forget
 from videoiq.train import checkpoint as ckpt_module
 from videoiq.train.checkpoint import CheckpointError, StorageError, load_checkpoint, save_checkpoint
 from videoiq.train.loop import NonFiniteLoss
-from videoiq.train.run import train_in_process
+from videoiq.train.session import train_in_process
 
 from helpers import QUIET, TINY_POLICY, copy_data, stage_config
 
@@ -107,22 +107,22 @@ def test_labels_outside_the_classes_and_empty_sets_are_refused(tiny_videos, tmp_
 
 @pytest.mark.ray
 def test_worker_groups_the_cluster_cannot_schedule_are_refused(ray_local, tiny_videos, tmp_path):
-    from videoiq.runner import run_config
+    from videoiq.dispatch import run_config
 
-    ray = {"storage_path": str(tmp_path)}
+    run = {"storage_path": str(tmp_path)}
     with pytest.raises(ConfigError, match="= 5 CPUs, but the Ray cluster has 4"):
-        run_config(_fp(tiny_videos, ray={**ray, "num_workers": 5}), printer=QUIET)
+        run_config(_fp(tiny_videos, run=run, ray={"num_workers": 5}), printer=QUIET)
     with pytest.raises(ConfigError, match="= 4 CPUs of the cluster's 4 leaves none for the Ray Data readers"):
-        run_config(_fp(tiny_videos, ray={**ray, "num_workers": 2, "cpus_per_worker": 2}), printer=QUIET)
+        run_config(_fp(tiny_videos, run=run, ray={"num_workers": 2, "cpus_per_worker": 2}), printer=QUIET)
     with pytest.raises(ConfigError, match="STRICT_SPREAD puts each of ray.num_workers=2 on its own node, but the "
                                           "Ray cluster has 1"):
-        run_config(_fp(tiny_videos, ray={**ray, "num_workers": 2, "placement_strategy": "STRICT_SPREAD"}),
+        run_config(_fp(tiny_videos, run=run, ray={"num_workers": 2, "placement_strategy": "STRICT_SPREAD"}),
                    printer=QUIET)
     with pytest.raises(ConfigError, match="has 0 GPUs"):
-        run_config(_fp(tiny_videos, ray={**ray, "num_workers": 1, "use_gpu": True}), printer=QUIET)
+        run_config(_fp(tiny_videos, run={**run, "use_gpu": True}, ray={"num_workers": 1}), printer=QUIET)
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(StorageError, match="ray.storage_path: cannot write to"):
-        run_config(_fp(tiny_videos, ray={"storage_path": str(tmp_path / "a_file"), "num_workers": 1}),
+    with pytest.raises(StorageError, match="run.storage_path: cannot write to"):
+        run_config(_fp(tiny_videos, run={"storage_path": str(tmp_path / "a_file")}, ray={"num_workers": 1}),
                          printer=QUIET)
 
 
@@ -202,7 +202,7 @@ def test_a_run_on_rebuilt_data_is_refused_or_trained_again_never_silently_resume
     said = []
     train_in_process(stage_config("fp", rebuilt, model={"name": "resnet_tiny"}, optim={"epochs": 2}),
                      tmp_path / "fp", printer=said.append)
-    assert "fp: resuming from" in said[0]
+    assert said[0] == f"fp: resuming {tmp_path / 'fp'} after epoch 1"
     # rebuilt from other videos (one fewer): refused, naming the database and the counts
     rebuilt = tmp_path / "rebuilt2"
     shutil.copytree(tiny_videos / "val.lmdb", rebuilt / "val.lmdb")
@@ -214,9 +214,9 @@ def test_a_run_on_rebuilt_data_is_refused_or_trained_again_never_silently_resume
                                               r"\(16 videos, \d+ frames\) -> .*rebuilt2/train.lmdb \(15 videos"):
         train_in_process(cfg, tmp_path / "fp", printer=QUIET)
     said = []
-    cfg.ray.changed_inputs = "retrain"
+    cfg.run.changed_inputs = "retrain"
     assert train_in_process(cfg, tmp_path / "fp", printer=said.append)["epoch"] == 3
-    assert "training it again from scratch (ray.changed_inputs=retrain)" in said[0]
+    assert "training it again from scratch (run.changed_inputs=retrain)" in said[0]
     aside = next(tmp_path.glob("fp.replaced-*"))
     assert load_checkpoint(aside)["epoch"] == 2  # the old run, moved aside whole
     assert [json.loads(x)["epoch"] for x in (tmp_path / "fp" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

@@ -33,10 +33,11 @@ def train_worker_pids():
 
 
 def _run(tiny_videos, storage, name, max_failures):
-    from videoiq.runner import run_config
+    from videoiq.dispatch import run_config
 
     cfg = stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}, optim={"epochs": EPOCHS},
-                       ray={"storage_path": str(storage), "name": name, "num_workers": 2, "max_failures": max_failures})
+                       run={"storage_path": str(storage), "name": name},
+                       ray={"num_workers": 2, "max_failures": max_failures})
     path, metrics = run_config(cfg, printer=QUIET).values()
     lines = [json.loads(x) for x in (storage / name / "metrics.jsonl").read_text().splitlines()]
     return load_checkpoint(path), metrics, lines

@@ -11,7 +11,7 @@ from videoiq.config import ConfigError, config_from_dict
 from videoiq.losses import soft_cross_entropy
 from videoiq.models import create_model
 from videoiq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from videoiq.train.run import train_in_process
+from videoiq.train.session import train_in_process
 from videoiq.train.tasks import AnyPrecisionTask
 
 from helpers import QUIET, TINY_POLICY, stage_config as _cfg
@@ -49,7 +49,7 @@ def test_resume_continues_at_the_next_epoch(trained_stages, tiny_videos, tmp_pat
     import shutil
     shutil.copytree(runs / "pp", tmp_path / "pp")  # one epoch done
     final = train_in_process(cfg, tmp_path / "pp", printer=lines.append)
-    assert lines[0].startswith("policy_pretrain: resuming from") and "after epoch 1" in lines[0]
+    assert lines[0] == f"policy_pretrain: resuming {tmp_path / 'pp'} after epoch 1"
     assert final["epoch"] == 2.0 and load_checkpoint(tmp_path / "pp")["epoch"] == 2
     again = []
     assert train_in_process(cfg, tmp_path / "pp", printer=again.append) == final

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from videoiq.dispatch import run_config
 from videoiq.errors import RemoteError, error_line, run_guarded
-from videoiq.runner import run_config
 from videoiq.train.checkpoint import CheckpointError, load_checkpoint
 from videoiq.train.lineage import LineageError
 
@@ -34,7 +34,7 @@ def _configs(tmp_path, data_root):
     for stage in ("fp", "ap", "policy_pretrain", "policy", "eval"):
         cfg = yaml.safe_load((DEMO / f"{stage}.yaml").read_text())
         cfg["data"].update(root=str(data_root), num_frames=4, input_size=32, batch_size=8)
-        cfg["ray"].update(storage_path=str(tmp_path / "runs"))
+        cfg["run"].update(storage_path=str(tmp_path / "runs"))
         if stage in WORKERS:
             cfg["ray"].update(num_workers=WORKERS[stage], cpus_per_worker=1)
             cfg["optim"].update(epochs=EPOCHS[stage], val_every=1)  # every epoch's line carries its validation
@@ -79,7 +79,7 @@ def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, t
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
-    resumed = [line for line in log.splitlines() if "fp: resuming from the checkpoint after epoch" in line]
+    resumed = [line for line in log.splitlines() if f"fp: resuming {runs / 'fp'} after epoch" in line]
     assert resumed, log[-4000:]
     resumed_after = int(resumed[0].rsplit(" ", 1)[-1])  # the last checkpoint Ray had registered
     assert resumed_after in written and 1 <= resumed_after < EPOCHS["fp"]
@@ -126,9 +126,9 @@ def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, t
     fp_cfg = yaml.safe_load(files["fp"].read_text())
     fp_cfg["optim"]["epochs"] = EPOCHS["fp"] + 1
     files["fp"].write_text(yaml.safe_dump(fp_cfg))
-    from videoiq.runner import load_stage_config
+    from videoiq.config import load_config
 
-    run_config(load_stage_config(str(files["fp"]), ["ray.num_to_keep=1"]), printer=QUIET)
+    run_config(load_config(str(files["fp"]), ["ray.num_to_keep=1"]), printer=QUIET)
     assert not Path(summary["checkpoints"]["fp"]["path"]).exists()
     for name, ev in summary["eval"].items():
         assert json.loads(Path(ev["file"]).read_text())["metrics"] == ev["metrics"], name
@@ -138,18 +138,19 @@ def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, t
     # and ap, built on the fp of before, is no longer "nothing to do": the driver refuses it, naming why
     with pytest.raises(LineageError, match=r"^ap: .* init.backbone_checkpoint fp checkpoint \w+ after epoch 3 .* -> "
                                            r"fp checkpoint \w+ after epoch 4"):
-        run_config(load_stage_config(str(files["ap"]), [f"init.backbone_checkpoint={runs / 'fp'}"]), printer=QUIET)
+        run_config(load_config(str(files["ap"]), [f"init.backbone_checkpoint={runs / 'fp'}"]), printer=QUIET)
 
 
 def test_seeded_runs_on_ray_repeat_exactly_and_relative_paths_reach_the_workers(ray_local, tiny_videos, tmp_path):
-    from videoiq.runner import run_config
+    from videoiq.dispatch import run_config
 
     runs = []
     for name, workers in (("first", 2), ("again", 2), ("in_process", 0)):
         # relative to the test's working directory, which the Train workers do not share
-        ray = {"storage_path": os.path.relpath(tmp_path), "name": name, "num_workers": workers}
+        run = {"storage_path": os.path.relpath(tmp_path), "name": name}
         # 16 videos in batches of 6 (3 per worker): the last batch of an epoch is partial
-        cfg = stage_config("fp", os.path.relpath(tiny_videos), model={"name": "resnet_tiny"}, ray=ray,
+        cfg = stage_config("fp", os.path.relpath(tiny_videos), model={"name": "resnet_tiny"}, run=run,
+                           ray={"num_workers": workers},
                            optim={"epochs": 2}, data={"batch_size": 6})
         run_config(cfg, printer=QUIET)
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
@@ -171,7 +172,7 @@ def test_a_users_error_in_a_train_worker_is_its_own_line_with_the_traceback_kept
 
     def fp(root, name, epochs=1):
         return stage_config("fp", root, model={"name": "resnet_tiny"}, optim={"epochs": epochs},
-                            ray={"num_workers": 1, "storage_path": str(runs), "name": name})
+                            run={"storage_path": str(runs), "name": name}, ray={"num_workers": 1})
 
     bad = copy_data(tiny_videos, tmp_path / "bad")
     key = garble_record(bad / "train.lmdb", 0)
@@ -191,7 +192,8 @@ def test_a_users_error_in_a_train_worker_is_its_own_line_with_the_traceback_kept
 
     fp_of_another_width = trained_stages[0] / "fp"  # a resnet_tiny
     ap = stage_config("ap", tiny_videos, model={"name": "ap_resnet18"}, init={"backbone_checkpoint": str(
-        fp_of_another_width)}, ray={"num_workers": 1, "storage_path": str(runs), "name": "ap"})
+        fp_of_another_width)}, run={"storage_path": str(runs), "name": "ap"},
+        ray={"num_workers": 1})
     with pytest.raises(RemoteError) as info:  # found by the worker, as it builds the stage
         run_config(ap, printer=QUIET)
     assert "holds a resnet_tiny; model.name 'ap_resnet18' needs its full-precision twin" in info.value.message

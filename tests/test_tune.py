@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from videoiq.config import ConfigError
-from videoiq.runner import run_config
+from videoiq.dispatch import run_config
 from videoiq.sweeps.report import Report, TrialRecord, pareto_fronts, read_state
 from videoiq.sweeps.spec import load_sweep
 

@@ -83,8 +83,8 @@ def test_a_stage_on_two_nodes_survives_losing_one(two_nodes, tiny_videos, tmp_pa
     shared = tmp_path / "shared"  # both nodes' storage: a cluster's NFS mount
     cfg = stage_config("fp", tiny_videos, model={"name": "resnet_tiny"}, optim={"epochs": EPOCHS},
                        logging={"wandb": "disabled"},  # no wandb service process to start on a busy machine
-                       ray={"num_workers": 2, "placement_strategy": "STRICT_SPREAD", "max_failures": 1,
-                            "storage_path": str(shared / "runs"), "name": "fp"})
+                       run={"storage_path": str(shared / "runs"), "name": "fp"},
+                       ray={"num_workers": 2, "placement_strategy": "STRICT_SPREAD", "max_failures": 1})
     config = tmp_path / "fp.yaml"
     config.write_text(yaml.safe_dump(config_to_dict(cfg)))
     run = shared / "runs" / "fp"
@@ -112,7 +112,7 @@ def test_a_stage_on_two_nodes_survives_losing_one(two_nodes, tiny_videos, tmp_pa
     assert sorted(workers[:2]) == sorted([head, first_worker]), workers
     assert sorted(workers[2:]) == sorted([head, lost["added"]]), workers
     # the kill came mid-run: the new group resumed from the checkpoint of an epoch before the last
-    resumed = re.findall(r"fp: resuming from the checkpoint after epoch (\d+)", out)
+    resumed = re.findall(rf"fp: resuming {re.escape(str(run))} after epoch (\d+)", out)
     assert len(resumed) == 1 and 1 <= int(resumed[0]) < EPOCHS, out[-4000:]
     # each epoch once, nothing lost: the last checkpoint has every epoch and loads
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -54,110 +54,19 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gmacs(value: float) -> str:
-    """Two decimals for paper-sized models, four significant digits for tiny ones."""
-    return f"{value:.2f}" if value >= 0.1 else f"{value:.4g}"
-
-
 def _flops(args: argparse.Namespace) -> int:
-    from .flops import PAPER_COSTS, video_cost
-    from .models import action_names, create_model
+    from .flops import cost_report
 
-    backbone = create_model(args.backbone, num_classes=args.classes)
-    precisions = tuple(args.precisions)
-    actions = action_names(precisions, args.skips, args.fp_action)
-    sizes = {k: v for k, v in (("input_size", args.policy_size), ("hidden_size", args.policy_hidden)) if v}
-    policy = create_model(args.policy, num_precisions=len(precisions) + int(args.fp_action), skip_choices=args.skips,
-                          **sizes)
-    cost = video_cost(backbone, policy, num_frames=args.frames, input_size=args.size)
-    full = cost.fp_macs + cost.quantized_macs
-    print(f"backbone {args.backbone} at {args.size}x{args.size}: {full / args.frames / 1e9:.4f} GMACs per frame at "
-          "full precision")
-    print(f"  full-precision layers (stem conv, fc): {cost.fp_macs / 1e9:.4f} GMACs per {args.frames}-frame video, "
-          f"{100 * cost.fp_macs / full:.1f}% of a 32-bit pass")
-    policy_macs = cost.policy_cnn_macs + cost.policy_rnn_macs
-    print(f"policy {args.policy} at {policy.input_size}x{policy.input_size}: {cost.policy_cnn_macs / 1e9:.4f} (CNN) + "
-          f"{cost.policy_rnn_macs / 1e9:.4f} (LSTM, heads) GMACs per video, {100 * policy_macs / full:.1f}% of a "
-          "32-bit pass")
-    paper = PAPER_COSTS.get(args.backbone.removeprefix("ap_")) if (args.frames, args.size) == (16, 224) else None
-    header = f"{'every frame at':16s} {'GMACs/video':>12s} {'(frames run)':>13s}"
-    print("\n" + header + (f" {'paper formula':>14s}" if paper else ""))
-    for action in actions:
-        usage = {action: 1.0}
-        frames_run = cost.gmacs(usage, charge_skipped=False).total
-        row = f"{action:16s} {_gmacs(cost.gmacs(usage).total):>12s} {_gmacs(frames_run):>13s}"
-        if paper:
-            row += f" {_gmacs(paper.gmacs(usage).total):>14s}"
-        print(row)
-    print(
-        "\nGMACs/video charges the full-precision stem and fc for skipped frames (the paper's convention); "
-        "'frames run' charges them only for frames that run."
-    )
+    print(cost_report(args.backbone, args.policy, frames=args.frames, size=args.size, classes=args.classes,
+                      precisions=tuple(args.precisions), skips=tuple(args.skips), fp_action=args.fp_action,
+                      policy_size=args.policy_size, policy_hidden=args.policy_hidden))
     return 0
 
 
-def _class_names(args: argparse.Namespace) -> list[str] | None:
-    """The names of --classes, read before the list so that its parser can name out-of-range lines."""
-    from .data.lists import read_class_names
-
-    return read_class_names(args.classes) if args.classes else None
-
-
-def _checked_classes(args: argparse.Namespace, names: list[str] | None, items_labels: list[tuple[int, ...]],
-                     source: str | None = None) -> list[str]:
-    """Names from --classes (or an annotation file's ``source``), else ``0..max label``; checked against a named
-    dataset's class count."""
-    from .data.specs import dataset_spec
-
-    if names is None:
-        names = [str(c) for c in range(1 + max((x for labels in items_labels for x in labels), default=-1))]
-    expected = dataset_spec(args.dataset).num_classes
-    if expected is not None and len(names) != expected:
-        source = args.classes or source or "the largest label in the list"
-        raise ValueError(f"{source}: {len(names)} classes, but {args.dataset} has {expected}")
-    return names
-
-
 def _data_build(args: argparse.Namespace) -> int:
-    from .data import annotations, build, lists
-    from .data.specs import dataset_spec
+    from .data.convert import build_from_options
 
-    spec = dataset_spec(args.dataset)
-    sep = args.sep if getattr(args, "sep", None) is not None else spec.separator
-    common = dict(dataset=args.dataset, split=args.split or getattr(args, "subset", None) or "", workers=args.workers,
-                  strict=args.strict, overwrite=args.overwrite, map_size=int(args.map_size_gib * (1 << 30)))
-    names = _class_names(args)
-    limit = len(names) if names is not None else spec.num_classes
-    if args.source == "frames":
-        items = lists.parse_frame_list(args.list, args.root, sep, args.layout, num_classes=limit)
-        classes = _checked_classes(args, names, [it.labels for it in items])
-        template = args.template or spec.frame_template
-        report = build.build_frames(args.out, items, classes, template, verify=not args.no_verify, **common)
-        print(report.summary())
-        return 0
-    seconds, missing = None, []
-    if args.source == "videos" and args.list:
-        items = lists.parse_video_list(args.list, args.root, sep, num_classes=limit)
-        classes = _checked_classes(args, names, [it.labels for it in items])
-    elif args.source == "videos":
-        items, classes = lists.scan_video_folders(args.root)
-    else:
-        if args.source == "activitynet":
-            annotation_file = args.json
-            found = annotations.parse_activitynet(args.json, args.root, args.subset, args.trim, names)
-        else:
-            annotation_file = args.csv
-            found = annotations.parse_kinetics_csv(args.csv, args.root, args.subset, names)
-        items, seconds, missing = found.items, found.seconds, found.missing
-        classes = _checked_classes(args, found.classes, [], source=f"the labels of {annotation_file}")
-    fps = args.fps if args.fps > 0 else None
-    if items:
-        estimate = build.estimate_size(items, seconds, fps, args.short_side, args.quality)
-        if estimate is not None:
-            print(estimate.describe(args.short_side, args.quality), flush=True)
-    report = build.build_videos(args.out, items, classes, fps, args.short_side, args.quality,
-                                max_loss=args.max_loss, missing=missing, **common)
-    print(report.summary())
+    build_from_options(args.source, args)
     return 0
 
 
@@ -215,7 +124,7 @@ def _add_predict_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
-    from .runner import add_sweep_arguments, run_sweep_command
+    from .launchers import add_sweep_arguments, run_sweep_command
 
     tune = sub.add_parser("tune", help="Ray Tune sweeps of the policy stage and their Pareto reports")
     tsub = tune.add_subparsers(dest="tune_command", required=True)
@@ -322,7 +231,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
-    from .runner import add_pipeline_arguments, add_stage_arguments, run_pipeline_command, run_stage_command
+    from .launchers import add_pipeline_arguments, add_stage_arguments, run_pipeline_command, run_stage_command
 
     run = sub.add_parser("run", help="run one stage from its config: in this process (ray.num_workers: 0) or on "
                          "Ray Train workers; re-running resumes it")

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .models import action_names, create_model
+
 FP_BIT_COST_CAP = 8
 """Widths above 8 bits cost as much as 8 bits (the original's ``min(bits, 8)``)."""
 
@@ -187,3 +189,42 @@ def video_cost(
         cnn = pol.part(POLICY_CNN_MODULES)
         rnn = pol.total - cnn
     return VideoCost(num_frames, fp_macs=fp, quantized_macs=bb.total - fp, policy_cnn_macs=cnn, policy_rnn_macs=rnn)
+
+
+def _gmacs(value: float) -> str:
+    """Two decimals for paper-sized models, four significant digits for tiny ones."""
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.4g}"
+
+
+def cost_report(backbone_name: str, policy_name: str, *, frames: int, size: int, classes: int,
+                precisions: tuple[int, ...], skips: tuple[int, ...], fp_action: bool = False, policy_size: int = 0,
+                policy_hidden: int = 0) -> str:
+    """``videoiq flops``: a backbone's and a policy's GMACs per video, counted from the models built by name,
+    and the cost of a video with every frame at each action (with the paper's formula beside it at 16x224)."""
+    backbone = create_model(backbone_name, num_classes=classes)
+    actions = action_names(precisions, list(skips), fp_action)
+    sizes = {k: v for k, v in (("input_size", policy_size), ("hidden_size", policy_hidden)) if v}
+    policy = create_model(policy_name, num_precisions=len(precisions) + int(fp_action), skip_choices=list(skips),
+                          **sizes)
+    cost = video_cost(backbone, policy, num_frames=frames, input_size=size)
+    full = cost.fp_macs + cost.quantized_macs
+    policy_macs = cost.policy_cnn_macs + cost.policy_rnn_macs
+    lines = [f"backbone {backbone_name} at {size}x{size}: {full / frames / 1e9:.4f} GMACs per frame at full precision",
+             f"  full-precision layers (stem conv, fc): {cost.fp_macs / 1e9:.4f} GMACs per {frames}-frame video, "
+             f"{100 * cost.fp_macs / full:.1f}% of a 32-bit pass",
+             f"policy {policy_name} at {policy.input_size}x{policy.input_size}: {cost.policy_cnn_macs / 1e9:.4f} (CNN) "
+             f"+ {cost.policy_rnn_macs / 1e9:.4f} (LSTM, heads) GMACs per video, {100 * policy_macs / full:.1f}% of a "
+             "32-bit pass"]
+    paper = PAPER_COSTS.get(backbone_name.removeprefix("ap_")) if (frames, size) == (16, 224) else None
+    header = f"{'every frame at':16s} {'GMACs/video':>12s} {'(frames run)':>13s}"
+    lines += ["", header + (f" {'paper formula':>14s}" if paper else "")]
+    for action in actions:
+        usage = {action: 1.0}
+        run = cost.gmacs(usage, charge_skipped=False).total
+        row = f"{action:16s} {_gmacs(cost.gmacs(usage).total):>12s} {_gmacs(run):>13s}"
+        if paper:
+            row += f" {_gmacs(paper.gmacs(usage).total):>14s}"
+        lines.append(row)
+    lines += ["", "GMACs/video charges the full-precision stem and fc for skipped frames (the paper's convention); "
+              "'frames run' charges them only for frames that run."]
+    return "\n".join(lines)

@@ -74,7 +74,7 @@ _BACKBONES = {
 # Notes for flags whose effect videoiq provides in another way; shown when the flag is present.
 _NOTES = {
     "--multiprocessing-distributed":
-        "--multiprocessing-distributed: DDP comes from Ray Train; set ray.num_workers and ray.use_gpu",
+        "--multiprocessing-distributed: DDP comes from Ray Train; set ray.num_workers and run.use_gpu",
     "--workers": "-j: the original's loader count was global; videoiq's data.num_workers is per training worker "
                  "(kept at its default)",
     "--without_t_stride": "--without_t_stride: always so; videoiq's TSN ResNet has no temporal pooling",
@@ -216,13 +216,13 @@ def translate_legacy(argv: Sequence[str] | str) -> Translation:
     if "--datadir" in given:
         data["root"] = given["--datadir"]
     cfg: dict[str, Any] = {"stage": stage, "data": data}
-    ray: dict[str, Any] = {}
+    run: dict[str, Any] = {}
     if "--logdir" in given:
-        ray["storage_path"] = given["--logdir"]
+        run["storage_path"] = given["--logdir"]
     if "--prefix" in given:
-        ray["name"] = given["--prefix"]
-    if ray:
-        cfg["ray"] = ray
+        run["name"] = given["--prefix"]
+    if run:
+        cfg["run"] = run
     optim = {
         "epochs": int(opt["--epochs"]),
         "lr": _num(opt["--lr"], "--lr"),

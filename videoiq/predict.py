@@ -18,31 +18,32 @@ from typing import Any
 
 import torch
 
+from .config import config_from_dict
+from .data.clips import ClipSpec, clip_indices
 from .data.codec import VideoDecodeError, read_frames_at, scan_video
-from .data.sampling import eval_indices
 from .data.transforms import EvalTransform, normalize
+from .errors import UsageError
 from .flops import action_usage, video_cost
 from .models.int8 import check_engine
 from .strips import decision_strip, save_strip
-from .train.checkpoint import load_checkpoint
-from .train.evaluate import videoiq_from_checkpoint
+from .train.checkpoint import load_checkpoint, videoiq_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
 def check_device(device: str) -> torch.device:
-    """``device`` as a torch device, or a ValueError saying why it cannot run here."""
+    """``device`` as a torch device, or a UsageError saying why it cannot run here."""
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--device {device!r}: expected cpu, cuda or cuda:<index>") from None
+        raise UsageError(f"--device {device!r}: expected cpu, cuda or cuda:<index>") from None
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: expected cpu, cuda or cuda:<index>")
+        raise UsageError(f"--device {device!r}: expected cpu, cuda or cuda:<index>")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device!r}: no CUDA device is available here (use --device cpu)")
+            raise UsageError(f"--device {device!r}: no CUDA device is available here (use --device cpu)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -60,14 +61,14 @@ def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu
     dev = check_device(device)
     check_engine(engine, dev)
     if top < 1:
-        raise ValueError(f"top must be >= 1, got {top}")
+        raise UsageError(f"--top: expected >= 1, got {top}")
     ckpt = load_checkpoint(checkpoint, stages=("policy",), what="checkpoint")
     model = videoiq_from_checkpoint(ckpt, str(checkpoint)).to(dev).eval()
-    data = ckpt["config"]["data"]
-    segments, per_segment, size = data["num_frames"], data["frames_per_segment"], data["input_size"]
-    scale = int(round(size / 0.875)) if data["scale_up"] else size
+    spec = ClipSpec.from_config(config_from_dict(ckpt["config"], str(checkpoint), warn_renamed=False).data,
+                                train=False)
+    size, scale = spec.size, spec.scale_size
     classes = ckpt["extra"]["classes"]
-    cost = video_cost(model.backbone, model.policy, num_frames=segments * per_segment, input_size=size)
+    cost = video_cost(model.backbone, model.policy, num_frames=spec.frames, input_size=size)
     fp_cost = cost.gmacs({"32bit": 1.0}, with_policy=False).total
     results, pictures = [], []
     for path in videos:
@@ -76,7 +77,7 @@ def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu
                 raise VideoDecodeError(f"{path}: no such file")
             check = scan_video(path)
             n = check.decoded_frames
-            indices = eval_indices(n, segments, per_segment).tolist()
+            indices = clip_indices(spec, n, rng=None)
             frames = read_frames_at(path, indices, short_side=scale)
         except VideoDecodeError as e:
             if on_error is None:

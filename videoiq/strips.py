@@ -2,24 +2,18 @@
 
 :func:`decision_strip` draws one row per video (its title above: the label and the prediction), the
 frames in order, and under each frame its action in a colour of its own (skips grey, low widths light,
-high widths dark). The policy stage and the eval of a policy checkpoint log it to wandb; ``videoiq
-predict --strip out.png`` writes it for the videos scored.
+high widths dark). It only draws: ``videoiq predict --strip out.png`` draws the videos it scored, and
+:mod:`videoiq.train.pictures` the validation videos of a policy stage or eval (logged to wandb).
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .flops import is_skip
-
-if TYPE_CHECKING:
-    from .data.clips import ClipSpec
-    from .data.records import VideoDB
-    from .train.scoring import Predictions
 
 CELL = 64  # frames are scaled to this side (nearest neighbour: small frames stay sharp)
 LABEL_H = 14
@@ -75,31 +69,3 @@ def save_strip(image: Image.Image, path: str | os.PathLike) -> str:
         os.makedirs(folder, exist_ok=True)
     image.save(path, format="PNG")
     return path
-
-
-def validation_strip(db: "VideoDB", spec: "ClipSpec", pred: "Predictions", actions: Sequence[str],
-                     videos: int = 8) -> Image.Image:
-    """The strip of up to ``videos`` scored videos of ``db`` (one per class first), from the frames evaluation
-    sampled (its first view) and the decisions in ``pred.extra["decisions"]``; titled key, label, prediction."""
-    from .data.clips import decode_clip, read_clip
-
-    classes = db.classes
-    chosen, seen = [], set()
-    for row, position in enumerate(pred.index):  # one video of each class first, then the rest in order
-        label = db.index.labels[position][0] if db.index.labels[position] else -1
-        if label not in seen:
-            chosen.append(row)
-            seen.add(label)
-    first = set(chosen)
-    chosen += [r for r in range(len(pred.index)) if r not in first]
-    chosen = sorted(chosen[:videos])
-    frames, acts, titles = [], [], []
-    for row in chosen:
-        position = int(pred.index[row])
-        clip = decode_clip(spec, read_clip(db, position, spec, rng=None), rng=None)  # (views, T, 3, S, S)
-        frames.append(clip[0].permute(0, 2, 3, 1).numpy())
-        acts.append([actions[a] for a in pred.extra["decisions"][row].argmax(axis=-1)])
-        label = db.index.labels[position]
-        truth = classes[label[0]] if label else "?"
-        titles.append(f"{db.index.keys[position].split('/')[-1]}: {truth} -> {classes[int(pred.logits[row].argmax())]}")
-    return decision_strip(frames, acts, titles)

@@ -23,11 +23,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import VideoiqError
+
 MODES = ("online", "offline", "disabled")
 log = logging.getLogger("videoiq.tracking")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(VideoiqError, RuntimeError):
     """wandb cannot be used as configured (e.g. online without an API key)."""
 
 

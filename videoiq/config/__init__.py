@@ -3,14 +3,17 @@
 Stages and their config classes (every ``*Config`` is a stage, every ``*Section`` a part of one): ``fp``
 :class:`FPConfig`, ``ap`` :class:`APConfig`, ``policy_pretrain`` :class:`PolicyPretrainConfig`, ``policy``
 :class:`PolicyConfig` and ``eval`` :class:`EvalConfig`. Each is made of shared sections (``model``,
-``quant``, ``data``, ``optim``, ``loss``, ``policy``, ``init``, ``logging``, ``ray``, ``speed``, ``eval``)
+``quant``, ``data``, ``optim``, ``loss``, ``policy``, ``init``, ``logging``, ``run``, ``ray``, ``speed``, ``eval``)
 whose defaults are the paper's values, so a stage YAML only states what differs.
 
 * :func:`load_config` reads a YAML file whose ``stage:`` key picks the class, then applies dotted
   ``--set`` overrides (``optim.lr=0.001``, ``quant.bit_widths=[32,4,2]``; values are YAML).
 * Every key is checked: an unknown key is an error naming the nearest valid one, a value of the
   wrong type names the field and the expected type, an impossible value (bit width 0, a negative
-  weight) names the field and the allowed range. All problems are reported at once.
+  weight) names the field and the allowed range. All problems are reported at once, each blamed on
+  the file or the ``--set`` override that set its key.
+* Keys that moved (``ray.storage_path`` is now ``run.storage_path``, see ``RENAMED``) still work under
+  their old names, with one warning per key.
 * :func:`config_to_dict` gives the plain nested dict that goes to Ray and into checkpoints;
   :func:`config_from_dict` rebuilds the same object from it.
 
@@ -39,10 +42,12 @@ from .sections import (
     PolicySection,
     QuantSection,
     RaySection,
+    RunSection,
     SpeedSection,
 )
 from .stages import (
     PATH_FIELDS,
+    RENAMED,
     STAGES,
     APConfig,
     EvalConfig,
@@ -54,12 +59,14 @@ from .stages import (
     config_from_dict,
     config_to_dict,
     default_config,
+    renamed_key,
 )
 
 __all__ = [
     "ConfigError", "plain", "apply_overrides", "config_changes", "dump_yaml", "load_config", "parse_override",
     "read_yaml", "save_config", "set_value", "DataSection", "EvalSection", "InitSection", "LoggingSection",
-    "LossSection", "ModelSection", "OptimSection", "PolicySection", "QuantSection", "RaySection", "SpeedSection",
-    "PATH_FIELDS", "STAGES", "APConfig", "EvalConfig", "FPConfig", "PolicyConfig", "PolicyPretrainConfig",
-    "StageConfig", "absolute_paths", "config_from_dict", "config_to_dict", "default_config",
+    "LossSection", "ModelSection", "OptimSection", "PolicySection", "QuantSection", "RaySection", "RunSection",
+    "SpeedSection",
+    "PATH_FIELDS", "RENAMED", "STAGES", "APConfig", "EvalConfig", "FPConfig", "PolicyConfig", "PolicyPretrainConfig",
+    "StageConfig", "absolute_paths", "config_from_dict", "config_to_dict", "default_config", "renamed_key",
 ]

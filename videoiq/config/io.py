@@ -12,7 +12,7 @@ import yaml
 
 from ..atomic import write_text_atomic
 from ._typed import ConfigError, suggest
-from .stages import STAGES, StageConfig, config_from_dict, config_to_dict
+from .stages import STAGES, StageConfig, config_from_dict, config_to_dict, renamed_key
 
 
 def _schema_check(cls: type, path: list[str], source: str) -> None:
@@ -44,19 +44,22 @@ def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str = "--set") -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides to a raw config dict; values are parsed as YAML."""
+    """Apply ``a.b=value`` overrides to a raw config dict; values are parsed as YAML. The first bad one raises
+    (:func:`load_config` gathers them all instead)."""
     for item in overrides:
         key, value = parse_override(item, source)
         set_value(data, key, value, f"{source} {item!r}")
     return data
 
 
-def set_value(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+def set_value(data: dict[str, Any], key: str, value: Any, source: str) -> str:
     """Set the dotted ``key`` of a raw config dict to ``value``, checking the key against the stage's
-    schema (``source`` names where the key came from in errors)."""
+    schema (``source`` names where the key came from in errors); returns the key as set (its current name,
+    if it moved)."""
     stage = data.get("stage")
     cls = STAGES.get(stage) if isinstance(stage, str) else None
-    path = key.strip().split(".")
+    key = renamed_key(key.strip(), source)
+    path = key.split(".")
     if not all(path):
         raise ConfigError(f"{source}: empty key segment")
     if path == ["stage"]:
@@ -69,6 +72,7 @@ def set_value(data: dict[str, Any], key: str, value: Any, source: str) -> None:
             node[part] = {}
         node = node[part]
     node[path[-1]] = value
+    return key
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -87,10 +91,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> StageConfig:
-    """Load a stage config from YAML (its ``stage:`` key picks the class) and apply ``--set`` overrides."""
-    data = apply_overrides(read_yaml(path), overrides)
-    return config_from_dict(data, str(path))
+def load_config(path: str | Path, overrides: Iterable[str] = (), stage: str | None = None) -> StageConfig:
+    """Load a stage config from YAML (its ``stage:`` key picks the class) and apply ``--set`` overrides. Every
+    problem, of the file and of the overrides, is reported at once, each blamed on where it was set.
+    ``stage`` (a launcher's, a pipeline step's) must be the file's ``stage:``."""
+    data = read_yaml(path)
+    if stage is not None and data.get("stage") != stage:
+        raise ConfigError(f"{path}: is a {data.get('stage')!r} config; this runs the {stage!r} stage")
+    problems, origins = [], {}
+    for item in overrides:
+        source = f"--set {item!r}"
+        try:
+            key, value = parse_override(item)
+            origins[set_value(data, key, value, source)] = source
+        except ConfigError as e:
+            problems.append(str(e))
+    return config_from_dict(data, str(path), origins, problems)
 
 
 def config_changes(cfg: StageConfig) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The sections a stage config is made of (``model``, ``quant``, ``data``, ``optim``, ``loss``, ``policy``,
-``init``, ``logging``, ``ray``, ``speed``, ``eval``): one dataclass each, defaults from the paper, and each
+``init``, ``logging``, ``run``, ``ray``, ``speed``, ``eval``): one dataclass each, defaults from the paper, and each
 one's own checks (``problems()``: every value out of range, named by field).
 """
 from __future__ import annotations
@@ -197,22 +197,31 @@ class LoggingSection:
 
 
 @dataclass
+class RunSection:
+    """Where a stage's run lives and how it treats an earlier run there: the same in-process and on Ray."""
+
+    storage_path: str = "runs"  # runs live in <storage_path>/<name>
+    name: str | None = None  # run name; None: derived from the stage and dataset
+    use_gpu: bool = False  # train and evaluate on CUDA (on Ray: one GPU per Train worker)
+    # a run folder whose checkpoint was built from other data, input checkpoints or settings (train/lineage.py):
+    # refuse naming the changes, retrain from scratch (the old folder moved aside), or keep going from it as it is
+    changed_inputs: Literal["refuse", "retrain", "keep"] = "refuse"
+
+    def problems(self) -> list[str]:
+        return [] if self.storage_path else ["storage_path: must name a folder"]
+
+
+@dataclass
 class RaySection:
-    """Ray Train scaling, storage, checkpoints and fault tolerance."""
+    """Ray Train scaling, checkpoints kept and fault tolerance (``num_workers: 0`` runs in-process, without Ray)."""
 
     num_workers: int = 1  # 0: run in-process without Ray
-    use_gpu: bool = False
     cpus_per_worker: float = 1.0
     # Ray's layout of the worker group over nodes: PACK (Ray's default) fills as few nodes as it can;
     # STRICT_SPREAD gives each worker a node of its own (each machine's CPUs/GPU and network to one worker)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    storage_path: str = "runs"
-    name: str | None = None  # run name; None: derived from the stage and dataset
     num_to_keep: int = 2
     max_failures: int = 0
-    # a run folder whose checkpoint was built from other data, input checkpoints or settings (train/lineage.py):
-    # refuse naming the changes, retrain from scratch (the old folder moved aside), or keep going from it as it is
-    changed_inputs: Literal["refuse", "retrain", "keep"] = "refuse"
 
     def problems(self) -> list[str]:
         out = _below(self, 0, "num_workers", "max_failures") + _below(self, 1, "num_to_keep")

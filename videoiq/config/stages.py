@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,8 +26,27 @@ from .sections import (
     PolicySection,
     QuantSection,
     RaySection,
+    RunSection,
     SpeedSection,
 )
+
+log = logging.getLogger("videoiq.config")
+
+# keys that moved: the run-wide keys apply in-process too, so they left the ``ray`` section. The old spelling
+# still works, in files, --set, sweeps and the configs of older checkpoints, and says once which key to use.
+RENAMED = {f"ray.{key}": f"run.{key}" for key in ("storage_path", "name", "use_gpu", "changed_inputs")}
+_told: set[str] = set()
+
+
+def renamed_key(key: str, source: str) -> str:
+    """The current name of dotted ``key`` (the same key unless it moved), saying once per key that it moved."""
+    new = RENAMED.get(key)
+    if new is None:
+        return key
+    if key not in _told:
+        _told.add(key)
+        log.warning("%s: %s is now %s; the old name still works, but use the new one", source, key, new)
+    return new
 
 
 @dataclass
@@ -40,6 +60,7 @@ class StageConfig:
     seed: int = 0
     data: DataSection = field(default_factory=DataSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    run: RunSection = field(default_factory=RunSection)
     ray: RaySection = field(default_factory=RaySection)
     speed: SpeedSection = field(default_factory=SpeedSection)
 
@@ -55,7 +76,7 @@ class StageConfig:
                 problems += [f"{f.name}.{p}" for p in section.problems()]
         problems += self.stage_problems()
         if problems:
-            raise ConfigError(f"invalid {self.STAGE} config:\n  - " + "\n  - ".join(problems))
+            raise ConfigError(f"invalid {self.STAGE} config:\n  - " + "\n  - ".join(problems), problems)
 
     def stage_problems(self) -> list[str]:
         """Checks that involve several sections."""
@@ -256,20 +277,63 @@ STAGES: dict[str, type[StageConfig]] = {
 }
 
 
-def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> StageConfig:
-    """Build and validate a stage config from a nested dict with a ``stage`` key."""
+def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", origins: Mapping[str, str] | None = None,
+                     problems: list[str] | None = None, warn_renamed: bool = True) -> StageConfig:
+    """Build and validate a stage config from a nested dict with a ``stage`` key.
+
+    Every problem is reported at once, in one :class:`ConfigError`: ``problems`` already found (overrides that
+    could not be applied) and each unknown key, wrong type and value out of range. Each is blamed on where its
+    key was set: ``origins`` maps dotted keys to the override that set them, anything else is ``source``'s.
+    Keys under an old name are moved to the new one, saying so once unless ``warn_renamed`` is off (a config
+    a checkpoint recorded, which the user does not edit).
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: a config must be a mapping of sections, got {type(data).__name__}")
-    body = dict(data)
+    body = _current_names(dict(data), source, warn_renamed)
     stage = body.pop("stage", None)
     if stage is None:
         raise ConfigError(f"{source}: missing the 'stage' key (one of {', '.join(STAGES)})")
     if stage not in STAGES:
         raise ConfigError(f"{source}: unknown stage {stage!r}{suggest(str(stage), STAGES)} Stages: {', '.join(STAGES)}")
-    try:
-        return build(STAGES[stage], body, "")
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+    found = list(problems or [])
+    cfg = build(STAGES[stage], body, "", found)
+    if found:
+        lines = [_blame(p, source, origins or {}) for p in found]
+        if len(lines) == 1:
+            raise ConfigError(lines[0], lines)
+        raise ConfigError(f"invalid {stage} config ({len(lines)} problems):\n  - " + "\n  - ".join(lines), lines)
+    return cfg
+
+
+def _current_names(body: dict[str, Any], source: str, warn: bool = True) -> dict[str, Any]:
+    """``body`` with the keys that moved (:data:`RENAMED`) under their current names (a new dict where any moved)."""
+    for old, new in RENAMED.items():
+        (old_section, key), (new_section, _) = old.split("."), new.split(".")
+        section = body.get(old_section)
+        if not isinstance(section, Mapping) or key not in section:
+            continue
+        target = body.get(new_section) if isinstance(body.get(new_section), Mapping) else {}
+        if key in target:
+            raise ConfigError(f"{source}: both {old} and {new} are set; keep {new} only")
+        body[old_section] = {k: v for k, v in section.items() if k != key}
+        body[new_section] = {**target, key: section[key]}
+        if warn:
+            renamed_key(old, source)
+    return body
+
+
+def _blame(problem: str, source: str, origins: Mapping[str, str]) -> str:
+    """``<where it was set>: <problem>``: the override that set the problem's key (or a section above it),
+    else the config's source. A problem that already names its override is left as it is."""
+    if problem.startswith("--set"):
+        return problem
+    key = problem.split(":", 1)[0].strip()
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        origin = origins.get(".".join(parts[:n]))
+        if origin is not None:
+            return f"{origin}: {problem}"
+    return f"{source}: {problem}"
 
 
 def config_to_dict(cfg: StageConfig) -> dict[str, Any]:
@@ -279,7 +343,7 @@ def config_to_dict(cfg: StageConfig) -> dict[str, Any]:
 
 # The fields that name files or folders: relative ones mean the launching process's working directory.
 PATH_FIELDS = (("data", "root"), ("init", "imagenet_weights"), ("init", "backbone_checkpoint"),
-               ("init", "policy_backbone_checkpoint"), ("eval", "checkpoint"), ("ray", "storage_path"))
+               ("init", "policy_backbone_checkpoint"), ("eval", "checkpoint"), ("run", "storage_path"))
 
 
 def absolute_paths(data: dict[str, Any]) -> dict[str, Any]:

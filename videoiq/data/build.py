@@ -26,6 +26,7 @@ import lmdb
 import msgpack
 
 from .._version import __version__
+from ..errors import VideoiqError
 from ..progress import Progress
 from .codec import (
     DEFAULT_MAX_LOSS,
@@ -43,11 +44,11 @@ from .records import BUILD_KEY, FORMAT, INDEX_KEY, META_KEY, VERSION, decode_hea
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file only grows as records are written
 
 
-class BuildError(RuntimeError):
+class BuildError(VideoiqError, RuntimeError):
     """A conversion that cannot start or produced nothing."""
 
 
-class InputError(ValueError):
+class InputError(VideoiqError, ValueError):
     """One input video or frame folder that cannot be converted (skipped unless strict)."""
 
 

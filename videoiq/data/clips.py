@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .codec import DECODERS, Decoder, FrameError, decode_jpeg
-from .records import RecordError, VideoDB
+from .records import DatabaseError, RecordError, VideoDB
 from .sampling import SegmentOffsets, eval_indices, train_indices
 from .transforms import EvalTransform, TrainTransform
 
@@ -133,14 +133,15 @@ class VideoClipDataset(torch.utils.data.Dataset):
     for fresh clips that are still reproducible.
     """
 
-    def __init__(self, path: str, spec: ClipSpec, seed: int = 0):
-        self.db = VideoDB(path)
+    def __init__(self, db: VideoDB | str, spec: ClipSpec, seed: int = 0):
+        self.db = db if isinstance(db, VideoDB) else VideoDB(db)
         self.spec, self.seed, self.epoch = spec, seed, 0
         counts = self.db.index.num_frames
         self.positions = ([i for i, n in enumerate(counts) if n >= spec.min_frames] if spec.train
                           else list(range(len(counts))))
         if not self.positions:
-            raise ValueError(f"{path}: no videos to read (of {len(counts)}, none has >= {spec.min_frames} frames)")
+            raise DatabaseError(f"{self.db.path}: no videos to read (of {len(counts)}, none has >= {spec.min_frames} "
+                                "frames)")
 
     def __len__(self) -> int:
         return len(self.positions)

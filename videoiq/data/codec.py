@@ -16,16 +16,18 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
+from ..errors import VideoiqError
+
 Decoder = Literal["simplejpeg", "pil"]
 DECODERS: tuple[str, ...] = ("simplejpeg", "pil")
 JPEG_QUALITY = 90  # converters' default; about 5 KiB per 112x112 frame
 
 
-class FrameError(ValueError):
+class FrameError(VideoiqError, ValueError):
     """Bytes that are not a decodable image."""
 
 
-class VideoDecodeError(ValueError):
+class VideoDecodeError(VideoiqError, ValueError):
     """A video file that cannot be opened or decoded, or has no frames."""
 
 
@@ -88,46 +90,89 @@ ROUNDING_SLACK = 2  # frames: a count derived from a duration rounds, and muxers
 
 @dataclass(frozen=True)
 class DecodeCheck:
-    """How much of a video decoded: the frames its container declares against the frames that came out.
+    """How much of a video decoded: what its container declares against what came out.
 
     ``declared_frames`` is the stream's frame count, or where the container counts no frames (webm, mkv)
     the stream's duration (else the container's) times the frame rate; 0 when it says neither.
     For a time span, it is the span's share of that. Frames are counted before any fps resampling.
+    ``decoded_seconds`` is the time the decoded frames' timestamps cover (None when they have none) and
+    ``damaged_packets`` the packets the decoder rejected.
+
+    A variable-frame-rate file holds fewer frames than its frame rate times its duration, all of them whole:
+    so where no packet was damaged and the frames have timestamps, the loss is the share of the declared time
+    the frames do not cover; otherwise the share of the declared frames that did not decode.
     """
 
     declared_frames: int
     decoded_frames: int
     fps: float
+    decoded_seconds: float | None = None
+    damaged_packets: int = 0
+
+    @property
+    def declared_seconds(self) -> float:
+        return self.declared_frames / (self.fps or 1.0)
 
     @property
     def lost(self) -> float:
-        """The share of the declared frames that did not decode (0 when nothing is declared)."""
+        """The share of the video that did not decode (0 when nothing is declared)."""
         if self.declared_frames <= 0:
             return 0.0
+        if self.damaged_packets == 0 and self.decoded_seconds is not None and self.fps > 0:
+            return max(0.0, 1.0 - self.decoded_seconds / self.declared_seconds)
         return max(0.0, 1.0 - self.decoded_frames / self.declared_frames)
 
     def short(self, max_loss: float = DEFAULT_MAX_LOSS) -> bool:
         """Whether more than ``max_loss`` of the video, and more than rounding explains, failed to decode."""
-        return self.lost > max_loss and self.declared_frames - self.decoded_frames > ROUNDING_SLACK
+        missing = self.lost * self.declared_frames  # in frames at the declared rate
+        return self.lost > max_loss and missing > ROUNDING_SLACK
 
     def describe(self) -> str:
         """e.g. ``decoded 22 of 44 frames (0.9 of 1.8 s, 50% lost)``."""
-        rate = self.fps or 1.0
-        return (f"decoded {self.decoded_frames} of {self.declared_frames} frames ({self.decoded_frames / rate:.1f} "
-                f"of {self.declared_frames / rate:.1f} s, {100 * self.lost:.0f}% lost)")
+        seconds = self.decoded_seconds if self.decoded_seconds is not None else self.decoded_frames / (self.fps or 1.0)
+        damaged = f", {self.damaged_packets} damaged packets" if self.damaged_packets else ""
+        return (f"decoded {self.decoded_frames} of {self.declared_frames} frames ({seconds:.1f} "
+                f"of {self.declared_seconds:.1f} s, {100 * self.lost:.0f}% lost{damaged})")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DecodeCheck:
-        """The check back from :meth:`as_dict`'s figures."""
-        return cls(int(d["declared_frames"]), int(d["decoded_frames"]), float(d["fps"]))
+        """The check back from :meth:`as_dict`'s figures (older records have no packet count: none damaged)."""
+        seconds = d.get("decoded_seconds")
+        return cls(int(d["declared_frames"]), int(d["decoded_frames"]), float(d["fps"]),
+                   None if seconds is None else float(seconds), int(d.get("damaged_packets", 0)))
 
     def as_dict(self) -> dict[str, Any]:
-        """The figures as stored in a record header and ``__meta__`` (seconds at the stream's frame rate)."""
-        rate = self.fps or 1.0
+        """The figures as stored in a record header and ``__meta__``."""
+        seconds = self.decoded_seconds if self.decoded_seconds is not None else self.decoded_frames / (self.fps or 1.0)
         return {"declared_frames": self.declared_frames, "decoded_frames": self.decoded_frames,
-                "declared_seconds": round(self.declared_frames / rate, 3),
-                "decoded_seconds": round(self.decoded_frames / rate, 3), "fps": round(self.fps, 3),
-                "lost": round(self.lost, 4)}
+                "declared_seconds": round(self.declared_seconds, 3), "decoded_seconds": round(seconds, 3),
+                "fps": round(self.fps, 3), "damaged_packets": self.damaged_packets, "lost": round(self.lost, 4)}
+
+
+class _Damage:
+    """How many packets a decode passed over."""
+
+    def __init__(self) -> None:
+        self.packets = 0
+
+
+class _Span:
+    """The time the decoded frames cover, from their timestamps (None once a frame has none)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.first, self.last, self.known = rate, None, None, True
+
+    def add(self, t: float | None) -> None:
+        if t is None:
+            self.known = False
+            return
+        self.first = t if self.first is None else min(self.first, t)
+        self.last = t if self.last is None else max(self.last, t)
+
+    def seconds(self) -> float | None:
+        if not self.known or self.first is None or not self.rate:
+            return None
+        return self.last - self.first + 1.0 / self.rate  # the last frame shows for one frame's time
 
 
 class VideoFrames:
@@ -155,39 +200,47 @@ class VideoFrames:
             # spans and ticks count from the stream's first timestamp, which some containers (MPEG-TS) put late
             origin = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
             next_tick, decoded, kept = start, 0, 0
-            for frame in self._frames_from(container, stream, origin + start, rate):
+            damage, covered = _Damage(), _Span(rate)
+            for frame in self._frames_from(container, stream, origin + start, rate, damage):
                 t = float(frame.time) - origin if frame.time is not None else decoded / (rate or 1.0)
                 if t + 1e-6 < start:
                     continue
                 if t + 1e-6 >= end:
                     break
                 decoded += 1
+                covered.add(None if frame.time is None else t)
                 if self.fps is not None:
                     if t + 1e-6 < next_tick:
                         continue
                     next_tick = start + (int((t - start) * self.fps + 1e-6) + 1) / self.fps
                 kept += 1
                 yield frame.to_ndarray(format="rgb24", width=width, height=height)
-        self.check = DecodeCheck(declared, decoded, rate)
+        self.check = DecodeCheck(declared, decoded, rate, covered.seconds(), damage.packets)
         if kept == 0:
             raise VideoDecodeError(f"{self.path}: no frames decoded"
                                    + (f" in {start:.2f}..{end:.2f} s" if self.span is not None else ""))
 
-    def _frames_from(self, container: Any, stream: Any, at: float, rate: float) -> Iterator[Any]:
+    def _frames_from(self, container: Any, stream: Any, at: float, rate: float, damage: _Damage) -> Iterator[Any]:
         """Decoded frames from the keyframe at or before stream time ``at``, or from the file's start where
         the demuxer's seek lands past ``at`` (MPEG-TS seeks are approximate)."""
         if at <= 0:
-            return _decoded_frames(container, stream)
+            return _decoded_frames(container, stream, damage)
         try:
             container.seek(int(at / stream.time_base), stream=stream)
         except Exception as e:
             raise VideoDecodeError(f"{self.path}: cannot seek to {at:.2f} s ({type(e).__name__})") from None
-        frames = _decoded_frames(container, stream)
+        frames = _decoded_frames(container, stream, damage)
         first = next(frames, None)
         if first is None or first.time is None or float(first.time) <= at + 1.0 / (rate or 1.0):
             return itertools.chain([first] if first is not None else [], frames)
         container.seek(0)
-        return _decoded_frames(container, stream)
+        damage.packets = 0
+        return _decoded_frames(container, stream, damage)
+
+
+# FFmpeg's demuxers that open still images (png_pipe, jpeg_pipe, image2, ...) and text files (tty) as a
+# video stream; classifying one would give a confident answer about something that is not a video
+NOT_VIDEO_FORMATS = ("_pipe", "image2", "tty")
 
 
 def _open_video(path: str) -> tuple[Any, Any, float]:
@@ -201,6 +254,10 @@ def _open_video(path: str) -> tuple[Any, Any, float]:
     if not container.streams.video:
         container.close()
         raise VideoDecodeError(f"{path}: no video stream")
+    if container.format.name.endswith(NOT_VIDEO_FORMATS):
+        name = container.format.name
+        container.close()
+        raise VideoDecodeError(f"{path}: not a video (FFmpeg reads it as {name}: an image or text file)")
     stream = container.streams.video[0]
     # frame threading also decides how many frames survive a damaged packet, so every reader of a file uses it
     stream.thread_type = "AUTO"
@@ -229,8 +286,9 @@ def _declared_frames(container: Any, stream: Any, rate: float, span: tuple[float
     return stream.frames if stream.frames > 0 else round(seconds * rate)
 
 
-def _decoded_frames(container: Any, stream: Any) -> Iterator[Any]:
-    """Every frame that decodes, packet by packet, passing over packets the decoder rejects."""
+def _decoded_frames(container: Any, stream: Any, damage: _Damage) -> Iterator[Any]:
+    """Every frame that decodes, packet by packet, passing over (and counting in ``damage``) packets the
+    decoder rejects."""
     packets = container.demux(stream)
     while True:
         try:
@@ -240,6 +298,7 @@ def _decoded_frames(container: Any, stream: Any) -> Iterator[Any]:
         try:
             frames = packet.decode()
         except Exception:  # av.error.InvalidDataError and friends: a damaged packet, counted as lost frames
+            damage.packets += 1
             continue
         yield from frames
 
@@ -276,8 +335,12 @@ def scan_video(path: str) -> DecodeCheck:
     """How many frames a video file decodes to, against what it declares (decoded without converting pixels)."""
     container, stream, rate = _open_video(path)
     with container:
-        check = DecodeCheck(_declared_frames(container, stream, rate, None),
-                            sum(1 for _ in _decoded_frames(container, stream)), rate)
+        damage, covered, decoded = _Damage(), _Span(rate), 0
+        for frame in _decoded_frames(container, stream, damage):
+            decoded += 1
+            covered.add(None if frame.time is None else float(frame.time))
+        check = DecodeCheck(_declared_frames(container, stream, rate, None), decoded, rate, covered.seconds(),
+                            damage.packets)
     if check.decoded_frames == 0:
         raise VideoDecodeError(f"{path}: no frames decoded")
     return check

@@ -15,16 +15,20 @@ prediction falls in the label's group). ``videos`` gives, per record key, one di
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import VideoiqError
 from .records import VideoDB
 from .sampling import eval_indices
 
+log = logging.getLogger("videoiq.data")
 
-class FrameKindsError(ValueError):
+
+class FrameKindsError(VideoiqError, ValueError):
     """A frame kinds file that does not fit its database; the message names the file and the problem."""
 
 
@@ -100,3 +104,23 @@ def find_frame_kinds(root: str, split: str, db: VideoDB) -> FrameKinds | None:
     if not os.path.isfile(path):
         return None
     return load_frame_kinds(path, db.num_classes)
+
+
+@dataclass(frozen=True)
+class SampledKinds:
+    """The frame kinds of the frames evaluation samples: kind ids ``(videos, frames)`` in database order."""
+
+    kinds: FrameKinds
+    ids: np.ndarray
+
+    @classmethod
+    def of(cls, root: str, split: str, db: VideoDB, segments: int, frames_per_segment: int = 1,
+           num_clips: int = 1) -> "SampledKinds | None":
+        """For a split's database when it has a frame kinds file and evaluation takes one clip per video."""
+        kinds = find_frame_kinds(root, split, db)
+        if kinds is None:
+            return None
+        if num_clips != 1:
+            log.warning("frame kinds: reported only for one clip per video (eval.num_clips is %d)", num_clips)
+            return None
+        return cls(kinds, kinds.sampled(db, segments, frames_per_segment))

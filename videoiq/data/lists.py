@@ -7,13 +7,14 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import VideoiqError
 from .records import RESERVED_PREFIX
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 ListLayout = Literal["start_end", "count"]
 
 
-class ListFileError(ValueError):
+class ListFileError(VideoiqError, ValueError):
     """A list file with malformed lines (every bad line is named, with its number)."""
 
 

@@ -39,6 +39,8 @@ from typing import Any, Iterator
 import lmdb
 import msgpack
 
+from ..errors import VideoiqError
+
 FORMAT = "videoiq-lmdb"
 VERSION = 1
 MAGIC = b"VIQR"
@@ -49,11 +51,11 @@ RESERVED_PREFIX = "__"
 _FIXED = struct.Struct("<4sII")  # magic, version, header length
 
 
-class DatabaseError(ValueError):
+class DatabaseError(VideoiqError, ValueError):
     """A database that is missing, of another format or version, unfinished or inconsistent."""
 
 
-class RecordError(ValueError):
+class RecordError(VideoiqError, ValueError):
     """A video record that cannot be read; names the database and the key."""
 
     def __init__(self, db: str, key: str, reason: str):
@@ -152,9 +154,25 @@ def open_readonly(path: str) -> lmdb.Environment:
         cached[1].close()
     if not os.path.exists(os.path.join(real, "data.mdb")):
         raise DatabaseError(f"{path}: no LMDB database here (expected {os.path.join(path, 'data.mdb')})")
-    env = lmdb.open(real, readonly=True, lock=False, readahead=False, meminit=False, max_readers=1024)
+    try:
+        env = lmdb.open(real, readonly=True, lock=False, readahead=False, meminit=False, max_readers=1024)
+    except lmdb.Error as e:
+        raise DatabaseError(f"{path}: LMDB cannot open it ({e})") from None
+    _check_whole(path, env)
     _ENVS[real] = (os.getpid(), env)
     return env
+
+
+def _check_whole(path: str, env: lmdb.Environment) -> None:
+    """Refuse a ``data.mdb`` shorter than the pages its header says are in use (a copy cut short, a full disk):
+    reading such a map past the file's end would kill the process with SIGBUS, not raise."""
+    data = os.path.join(path, "data.mdb")
+    used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = os.path.getsize(data)
+    if used > size:
+        env.close()
+        raise DatabaseError(f"{data}: truncated: the database uses {used:,} bytes, the file has {size:,}; copy it "
+                            "again from where it was built, or rebuild it with `videoiq data build`")
 
 
 def _unpack_reserved(path: str, name: str, value: bytes | None) -> Any:

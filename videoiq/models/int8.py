@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import VideoiqError
 from ..quant import (
     MIN_CLIP,
     PACT,
@@ -56,7 +57,7 @@ INT8_MAX_BITS = 7
 ENGINES = ("float", "int8")
 
 
-class EngineUnavailable(ValueError):
+class EngineUnavailable(VideoiqError, ValueError):
     """The integer engine cannot run here (device, build or model); the message is one line saying why."""
 
 

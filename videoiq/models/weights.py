@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..errors import VideoiqError
+
 _SWITCHABLE_BN = re.compile(r"\.bn\.\d+\.")
 _PACT_CLIP = re.compile(r"(^|\.)alpha\.(\d+|shared)$")
 _BN_COUNTER = "num_batches_tracked"
@@ -28,7 +30,7 @@ _HEADS = ("fc.", "classifier.")
 _SHOWN = 8
 
 
-class WeightLoadError(ValueError):
+class WeightLoadError(VideoiqError, ValueError):
     """A weight file or state dict that does not fit the model; the message names the keys."""
 
 

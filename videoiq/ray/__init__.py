@@ -6,6 +6,6 @@
 * ``_placement_groups``: a private workaround for a Ray Train clean-up gap, with the version it was seen on.
 
 The core below it (``videoiq.data``, ``videoiq.models``, ``videoiq.train``, ...) is plain PyTorch; the
-entry points (:mod:`videoiq.runner`, :mod:`videoiq.cli`) import this package only when a run needs Ray.
+entry points (:mod:`videoiq.dispatch`, :mod:`videoiq.cli`) import this package only when a run needs Ray.
 Inside it, ``import ray`` is Ray itself (absolute imports).
 """

@@ -32,7 +32,7 @@ def idle_groups(before: set[str], cfg: StageConfig) -> tuple[list[str], bool]:
     worker group, count.
     """
     job = ray.get_runtime_context().get_job_id()
-    shape = [{"CPU": float(cfg.ray.cpus_per_worker), **({"GPU": 1.0} if cfg.ray.use_gpu else {})}] * cfg.ray.num_workers
+    shape = [{"CPU": float(cfg.ray.cpus_per_worker), **({"GPU": 1.0} if cfg.run.use_gpu else {})}] * cfg.ray.num_workers
     total, free = ray.cluster_resources(), ray.available_resources()
     idle, busy = [], False
     for pg_id, info in placement_group_table().items():

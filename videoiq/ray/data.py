@@ -41,7 +41,7 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
 from ..data.clips import ClipSpec, clip_indices, decode_clip, invalid_sample, primary_label
-from ..data.records import RecordError, VideoDB
+from ..data.records import DatabaseError, RecordError, VideoDB
 
 _DBS: dict[tuple[int, str], VideoDB] = {}
 
@@ -57,18 +57,20 @@ def _db(path: str) -> VideoDB:
 class LMDBVideoDatasource(Datasource):
     """Rows ``{"jpeg", "sizes", "label", "index", "error"}``: one video's sampled JPEG frames per row."""
 
-    def __init__(self, path: str, spec: ClipSpec, videos_per_block: int = 8, shuffle: bool | None = None,
+    def __init__(self, db: VideoDB | str, spec: ClipSpec, videos_per_block: int = 8, shuffle: bool | None = None,
                  positions: list[int] | None = None, seed: int | None = None, read_log: str | None = None):
         super().__init__()
         self.seed, self.executions, self.read_log = seed, 0, read_log
-        db = VideoDB(path)  # fail in the driver, with the database's own message, before any task runs
+        # opened here, in the driver: a damaged database fails with its own message before any task runs
+        db = db if isinstance(db, VideoDB) else VideoDB(db)
+        path = db.path
         self.path, self.spec, self.videos_per_block = os.path.abspath(path), spec, videos_per_block
         self.shuffle = spec.train if shuffle is None else shuffle
         counts = db.index.num_frames
         candidates = range(len(counts)) if positions is None else positions
         self.positions = [i for i in candidates if counts[i] >= spec.min_frames]
         if not self.positions:
-            raise ValueError(f"{path}: no videos to read (none has >= {spec.min_frames} frames)")
+            raise DatabaseError(f"{path}: no videos to read (none has >= {spec.min_frames} frames)")
         mean_frame = os.path.getsize(os.path.join(path, "data.mdb")) / max(1, db.meta["num_frames"])
         self._row_bytes = int(mean_frame * spec.frames * spec.num_clips)
 
@@ -167,13 +169,13 @@ def decode_batch(batch: dict[str, np.ndarray], spec: ClipSpec, path: str) -> dic
             "valid": np.array(valid)}
 
 
-def clip_dataset(path: str, spec: ClipSpec, videos_per_block: int = 8, read_tasks: int | None = None,
+def clip_dataset(db: VideoDB | str, spec: ClipSpec, videos_per_block: int = 8, read_tasks: int | None = None,
                  shuffle: bool | None = None, positions: list[int] | None = None,
                  seed: int | None = None, read_log: str | None = None) -> ray.data.Dataset:
-    """A Ray Dataset of clip samples from the LMDB at ``path`` (see the module docstring for the stages);
-    ``positions`` limits it to those videos of the index; ``seed`` makes every execution reproducible;
+    """A Ray Dataset of clip samples from a database (or the LMDB at that path; see the module docstring for
+    the stages); ``positions`` limits it to those videos of the index; ``seed`` makes every execution reproducible;
     ``read_log`` is a folder where the read tasks record their node (:func:`read_counts`)."""
-    source = LMDBVideoDatasource(path, spec, videos_per_block, shuffle, positions, seed, read_log)
+    source = LMDBVideoDatasource(db, spec, videos_per_block, shuffle, positions, seed, read_log)
     n = len(source.positions)
     blocks = read_tasks or min(n, max(8, -(-n // 64)))
     ds = ray.data.read_datasource(source, override_num_blocks=blocks)

@@ -3,9 +3,10 @@
 :func:`run_sweep` runs a validated :class:`~videoiq.sweeps.spec.Sweep`. Each trial is a Tune function trial
 (the Train V2 pattern; a ``Tuner`` over a ``TorchTrainer`` fails under Train V2) that trains the policy
 stage on the base config's frozen ap backbone and policy_pretrain checkpoints, read once per trial and
-never retrained: in the trial's own process when ``ray.num_workers`` is 0, else on Ray Train workers
-whose reports are forwarded to Tune (both through the dispatcher the caller passes,
-:func:`videoiq.runner.run_config`, as a stage runs anywhere else). A trial that fails keeps its traceback in
+never retrained: in the trial's own process when ``ray.num_workers`` is 0, else on Ray Train workers (both
+through the dispatcher the caller passes, :func:`videoiq.dispatch.run_config`, as a stage runs anywhere else,
+whose one epoch hook reports to Tune). Each trial's lines reach the sweep's terminal through its relay file,
+prefixed with the trial's id. A trial that fails keeps its traceback in
 ``<trial>/errors/`` and its cause in the trial's state, which the report shows. Every validated epoch
 (``optim.val_every``) reports accuracy, mAP, GFLOPs per video and the share of frames at each action. A
 trial's run lives in ``<experiment>/trials/<trial id>`` and resumes from its own checkpoint whenever Tune
@@ -26,14 +27,15 @@ from ray import tune
 
 from ..atomic import write_text_atomic
 from ..config import ConfigError, config_to_dict
-from ..errors import RemoteError, keep_traceback, user_errors
+from ..errors import RemoteBug, RemoteError, is_user_error, keep_traceback
 from ..logs import configure_logging
 from ..sweeps.report import SWEEP_FILE, Report, build_report, read_state, trial_dir, update_state
 from ..sweeps.spec import COST, Sweep
 from ..tracking import Tracker, resolve_mode
+from .relay import RELAY_FOLDER, Follower, Relay, run_following
 from .train import connect
 
-RunStage = Callable[..., dict[str, Any]]  # (cfg, on_epoch=..., callbacks=...) -> {"checkpoint", "metrics"}
+RunStage = Callable[..., dict[str, Any]]  # (cfg, printer, on_epoch=...) -> {"checkpoint", "metrics"}
 
 
 def param_space(sweep: Sweep) -> dict[str, Any]:
@@ -73,32 +75,37 @@ def trial_scheduler(sweep: Sweep, epochs: int) -> Any:
 
 def _trial(params: dict[str, Any], *, sweep: Sweep, base: dict[str, Any], experiment: str, wandb_mode: str,
            run_stage: RunStage) -> None:
-    """One Tune trial: the policy stage with the trial's values, reporting every epoch.
+    """One Tune trial: the policy stage with the trial's values, reporting every validated epoch to Tune from the
+    stage's one epoch hook (in this process whether the stage trains here or on Ray Train workers).
 
     The last epoch is reported only once the stage is over (checkpoint written, wandb run closed), as
-    the trial's very last act: Tune may end a trial as soon as it has a report it wants to stop at.
+    the trial's very last act: Tune may end a trial as soon as it has a report it wants to stop at. What the
+    trial says goes to the sweep's driver through its relay file (``<trial>/relay/trial.jsonl``).
     """
-    configure_logging()
     trial_id = tune.get_context().get_trial_id()
     folder = trial_dir(experiment, trial_id)
+    relay = Relay(folder / RELAY_FOLDER / "trial.jsonl")
+    configure_logging(handler=relay.handler())
     cfg = sweep.trial_config(params, base)
-    cfg.ray.storage_path, cfg.ray.name = str(folder.parent), trial_id
+    cfg.run.storage_path, cfg.run.name = str(folder.parent), trial_id
     cfg.logging.wandb = wandb_mode  # resolved in the driver: trial processes may not have its environment
     cfg.logging.group = cfg.logging.group or sweep.name
     epochs = cfg.optim.epochs
     attempts = int(read_state(folder).get("attempts", 0)) + 1
     update_state(folder, trial_id=trial_id, params=params, status="running", attempts=attempts, error="")
+
     def report(epoch: int, metrics: dict[str, float]) -> None:
         if epoch < epochs and _validated(metrics):
             tune.report(metrics)
 
     try:
-        final = run_stage(cfg, on_epoch=report, callbacks=[_train_reports_to_tune(epochs)])["metrics"]
+        final = run_stage(cfg, relay.say, on_epoch=report)["metrics"]
     except Exception as e:
-        log = keep_traceback(folder, "trial", e)
-        cause = (e.message if isinstance(e, RemoteError) else str(e) if isinstance(e, user_errors())
+        log = e.log if isinstance(e, (RemoteError, RemoteBug)) else keep_traceback(folder, "trial", e)
+        cause = (e.message if isinstance(e, (RemoteError, RemoteBug)) else str(e) if is_user_error(e)
                  else f"{type(e).__name__}: {e}")
         update_state(folder, status="error", error=f"{cause} (full traceback: {log})")
+        relay.say(f"videoiq: error: {cause}" if is_user_error(e) else f"videoiq: internal error: {cause} ({log})")
         raise
     update_state(folder, status="finished")
     tune.report(final)
@@ -108,18 +115,6 @@ def _validated(metrics: dict[str, Any]) -> bool:
     """Whether an epoch's metrics hold a validation (``optim.val_every`` skips some): Tune sees only those,
     so every report it gets carries the sweep's metric."""
     return any(k.startswith("val/") for k in metrics)
-
-
-def _train_reports_to_tune(epochs: int) -> Any:
-    """Forward the Ray Train workers' reports of every epoch but the last to this Tune trial."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    class AllButLast(TuneReportCallback):
-        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-            if metrics and metrics[0].get("epoch", epochs) < epochs and _validated(metrics[0]):
-                super().after_report(run_context, metrics, checkpoint)
-
-    return AllButLast()
 
 
 def _check_resumable(sweep: Sweep, spec: dict[str, Any]) -> None:
@@ -136,7 +131,7 @@ def _check_resumable(sweep: Sweep, spec: dict[str, Any]) -> None:
 
 def run_sweep(sweep: Sweep, run_stage: RunStage, printer: Callable[[str], None] = print) -> Report:
     """Run (or continue) a sweep to the end; write, log and return its Pareto report. ``run_stage`` runs each
-    trial's stage (:func:`videoiq.runner.run_config`, passed in so that this package stays below the entry points)."""
+    trial's stage (:func:`videoiq.dispatch.run_config`, passed in so that this package stays below the entry points)."""
     base = sweep.base_config()
     base_cfg = sweep.trial_config({}, base)
     base_cfg.check_inputs(f"{sweep.source} (the base config)")
@@ -161,9 +156,12 @@ def run_sweep(sweep: Sweep, run_stage: RunStage, printer: Callable[[str], None] 
             tune_config=tune.TuneConfig(search_alg=search_algorithm(sweep),
                                         scheduler=trial_scheduler(sweep, base_cfg.optim.epochs),
                                         num_samples=sweep.num_samples),
-            run_config=tune.RunConfig(name=sweep.name, storage_path=str(exp.parent),
+            run_config=tune.RunConfig(name=sweep.name, storage_path=str(exp.parent), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=sweep.max_failures)))
-    tuner.fit()
+    # every trial's lines, each after its id (Tune's own progress table is off: verbose=0)
+    follower = Follower(exp / "trials", f"*/{RELAY_FOLDER}/trial.jsonl",
+                        prefix=lambda path: f"trial {path.parent.parent.name}: ")
+    run_following(tuner.fit, follower, printer)
     for folder in (exp / "trials").glob("*"):
         if read_state(folder).get("status") == "running":  # fit() is over: the scheduler ended it early
             update_state(folder, status="stopped")

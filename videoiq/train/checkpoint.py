@@ -11,9 +11,10 @@ lists and dicts only; no pickled classes)::
 
 Roles: ``model`` (what the stage trains; for ``policy`` the any-precision backbone), ``teacher``
 (the frozen full-precision model, ap and policy), ``policy`` (the policy network). Each role carries
-the registry name and arguments that rebuild it, so a checkpoint alone is enough to rebuild its
-models, and the precision family of an ap backbone is read from it, never guessed. The ``id`` is what later
-stages record as their input (see ``lineage.py``), so that a checkpoint rewritten in place is told apart.
+the registry name and arguments that rebuild it, so a checkpoint alone is enough to rebuild its models
+(:func:`load_role`, :func:`videoiq_from_checkpoint`), and the precision family of an ap backbone is read from it,
+never guessed. The ``id`` is what later stages record as their input (see ``lineage.py``), so that a checkpoint
+rewritten in place is told apart.
 """
 from __future__ import annotations
 
@@ -33,18 +34,19 @@ from torch import nn
 
 from .._version import __version__
 from ..config import plain
-from ..models import create_model
+from ..errors import VideoiqError
+from ..models import VideoIQ, create_model
 
 FORMAT = "videoiq-ckpt/1"
 log = logging.getLogger("videoiq.train")
 FILENAME = "checkpoint.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VideoiqError, ValueError):
     """A checkpoint that is missing, unreadable, of another format or stage, or that does not fit."""
 
 
-class StorageError(RuntimeError):
+class StorageError(VideoiqError, RuntimeError):
     """A run folder that cannot be written, or lacks the space for the stage's checkpoints."""
 
 
@@ -84,7 +86,7 @@ def state_bytes(modules: Iterable[nn.Module], optimizer: torch.optim.Optimizer |
     return size
 
 
-def check_storage(folder: str | os.PathLike, need_bytes: int = 0, what: str = "ray.storage_path") -> None:
+def check_storage(folder: str | os.PathLike, need_bytes: int = 0, what: str = "run.storage_path") -> None:
     """Fail before training, naming ``what``, when ``folder`` cannot be written or has less than
     ``need_bytes`` free (instead of failing at the first checkpoint, an epoch later)."""
     folder = Path(folder)
@@ -182,6 +184,14 @@ def load_role(ckpt: dict[str, Any], role: str, source: str) -> nn.Module:
     if entry is None:
         raise CheckpointError(f"{source}: a {ckpt.get('stage')!r} checkpoint without a {role!r} model")
     return build_from_entry(entry, role, source)
+
+
+def videoiq_from_checkpoint(ckpt: dict[str, Any], source: str) -> VideoIQ:
+    """The VideoIQ model of a ``policy`` checkpoint (backbone, policy and teacher as trained)."""
+    teacher = load_role(ckpt, "teacher", source) if "teacher" in ckpt["models"] else None
+    return VideoIQ(load_role(ckpt, "model", source), load_role(ckpt, "policy", source),
+                   precisions=tuple(ckpt["extra"]["precisions"]), teacher=teacher,
+                   fp_action=ckpt["extra"]["actions"][0] == "fp")
 
 
 def latest_checkpoint(run: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:

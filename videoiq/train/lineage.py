@@ -14,7 +14,7 @@ data and input files are (``data.root``, ``init.*``), how fast or how visibly it
 training the same run.
 
 Before a stage trains into a run folder that already has a checkpoint, :func:`check_run` compares that
-record with the current config's. ``ray.changed_inputs`` says what a difference does: ``refuse`` (the default)
+record with the current config's. ``run.changed_inputs`` says what a difference does: ``refuse`` (the default)
 stops with one line naming every change; ``retrain`` moves the old run folder aside, to
 ``<name>.replaced-<UTC time>``, and trains from scratch; ``keep`` goes on from the old checkpoint as it is.
 Checkpoints written before lineage was recorded are taken as they are.
@@ -31,10 +31,11 @@ from ..config import StageConfig, config_to_dict
 from ..data.records import VideoDB
 from ..errors import first_few
 from .checkpoint import CheckpointError, checkpoint_identity, file_sha256, latest_checkpoint
+from .stage_data import StageData
 
 # dotted keys (or whole sections, with a trailing dot) that do not enter the identity of a run
 NOT_IDENTITY = ("optim.epochs", "optim.val_every", "data.root", "data.num_workers", "data.decoder",
-                "data.on_error", "init.", "ray.", "logging.", "speed.", "eval.")
+                "data.on_error", "init.", "run.", "ray.", "logging.", "speed.", "eval.")
 INPUT_FILES = ("backbone_checkpoint", "policy_backbone_checkpoint", "imagenet_weights")
 
 
@@ -59,15 +60,15 @@ def identity_config(cfg: StageConfig) -> dict[str, Any]:
                                                      for x in NOT_IDENTITY)}
 
 
-def database_identity(path: str) -> dict[str, Any]:
+def database_identity(db: VideoDB) -> dict[str, Any]:
     """What a stage records about one of its databases: where, its fingerprint, counts and classes."""
-    db = VideoDB(path)
-    return {"path": os.path.abspath(path), "fingerprint": db.fingerprint, "videos": len(db),
+    return {"path": os.path.abspath(db.path), "fingerprint": db.fingerprint, "videos": len(db),
             "frames": int(db.meta.get("num_frames", 0)), "classes": db.classes}
 
 
-def stage_lineage(cfg: StageConfig) -> dict[str, Any]:
-    """The lineage a checkpoint of ``cfg``'s stage records: its identity config, input files and databases."""
+def stage_lineage(cfg: StageConfig, data: StageData) -> dict[str, Any]:
+    """The lineage a checkpoint of ``cfg``'s stage records: its identity config, input files and ``data``'s
+    databases."""
     inputs: dict[str, Any] = {}
     for key in INPUT_FILES:
         source = getattr(cfg.init, key, None)
@@ -77,9 +78,9 @@ def stage_lineage(cfg: StageConfig) -> dict[str, Any]:
             inputs[f"init.{key}"] = {"sha256": file_sha256(source), "path": os.path.abspath(source)}
         else:
             inputs[f"init.{key}"] = checkpoint_identity(source, what=f"init.{key}")
-    data = {split: database_identity(cfg.data.lmdb_path(getattr(cfg.data, f"{split}_split")))
-            for split in ("train", "val")}
-    return {"config": identity_config(cfg), "inputs": inputs, "data": data}
+    dbs = {"train": data.train, "val": data.val}
+    return {"config": identity_config(cfg), "inputs": inputs,
+            "data": {split: database_identity(db) for split, db in dbs.items() if db is not None}}
 
 
 def _ident(entry: dict[str, Any] | None) -> str | None:
@@ -123,13 +124,13 @@ def changes(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[st
     return out
 
 
-def check_run(cfg: StageConfig, run_dir: str | os.PathLike, printer: Callable[[str], None] = print
-              ) -> tuple[dict[str, Any], tuple[Path, dict[str, Any]] | None]:
+def check_run(cfg: StageConfig, run_dir: str | os.PathLike, data: StageData,
+              printer: Callable[[str], None] = print) -> tuple[dict[str, Any], tuple[Path, dict[str, Any]] | None]:
     """Before training ``cfg`` into ``run_dir``: compare its newest checkpoint's lineage with ``cfg``'s and do
-    what ``ray.changed_inputs`` says (see the module's docstring). Returns the current lineage, for the
+    what ``run.changed_inputs`` says (see the module's docstring). Returns the current lineage, for the
     stage's checkpoints to record, and the newest checkpoint the run goes on from (as
     :func:`~videoiq.train.checkpoint.latest_checkpoint` gives it; None when there is none or it was moved aside)."""
-    current = stage_lineage(cfg)
+    current = stage_lineage(cfg, data)
     found = latest_checkpoint(run_dir)
     if found is None:
         return current, None
@@ -138,18 +139,18 @@ def check_run(cfg: StageConfig, run_dir: str | os.PathLike, printer: Callable[[s
     if not differences:
         return current, found
     what = f"{cfg.STAGE}: {path} was trained from other inputs than this config's: " + "; ".join(differences)
-    mode = cfg.ray.changed_inputs
+    mode = cfg.run.changed_inputs
     classes_changed = ckpt["extra"].get("classes") not in (None, current["data"]["train"]["classes"])
     if mode == "refuse" or (mode == "keep" and classes_changed):
         why = (" (it cannot go on: its classifier has other classes)" if mode == "keep" else "")
-        raise LineageError(f"{what}{why}. Set ray.changed_inputs=retrain to train it again from scratch (the old run "
-                           "folder is moved aside, not deleted), ray.changed_inputs=keep to go on from it as it is, "
-                           "or train in another run folder (ray.name)")
+        raise LineageError(f"{what}{why}. Set run.changed_inputs=retrain to train it again from scratch (the old run "
+                           "folder is moved aside, not deleted), run.changed_inputs=keep to go on from it as it is, "
+                           "or train in another run folder (run.name)")
     if mode == "keep":
-        printer(f"{what}; going on from it as it is (ray.changed_inputs=keep)")
+        printer(f"{what}; going on from it as it is (run.changed_inputs=keep)")
         return current, found
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     aside = Path(run_dir).with_name(f"{Path(run_dir).name}.replaced-{stamp}")
     os.rename(run_dir, aside)
-    printer(f"{what}; training it again from scratch (ray.changed_inputs=retrain); the old run is now {aside}")
+    printer(f"{what}; training it again from scratch (run.changed_inputs=retrain); the old run is now {aside}")
     return current, None

@@ -6,8 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import StageConfig, config_to_dict
+from ..data.clips import ClipSpec
 from ..tracking import Tracker
-from .scoring import Evaluation, class_ap_table, decisions_picture
+from .pictures import decisions_picture
+from .scoring import Evaluation, class_ap_table
 from .stages import Stage
 from .tasks import PolicyTask
 
@@ -56,7 +58,9 @@ class StageLog:
             self.tracker.table("val/per_class_ap", *class_ap_table({"AP %": evaluation.predictions},
                                                                    self.stage.val_labels, self.stage.classes))
             if isinstance(self.stage.task, PolicyTask) and self.tracker.active:
-                self.tracker.image("val/decisions", decisions_picture(cfg, evaluation.predictions,
+                self.tracker.image("val/decisions", decisions_picture(self.stage.data.val,
+                                                                      ClipSpec.from_config(cfg.data, train=False),
+                                                                      evaluation.predictions,
                                                                       self.stage.task.model.actions,
                                                                       self.path.parent / "decisions_val.png"))
 

@@ -15,10 +15,11 @@ from torch import Tensor, nn
 
 from ..data.transforms import normalize
 from ..distributed import all_reduce_sum
+from ..errors import VideoiqError
 from .tasks import Task
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(VideoiqError, RuntimeError):
     """A NaN or infinite loss: training stops before the step can touch the weights."""
 
 

@@ -1,31 +1,31 @@
 """Scoring: predictions over evaluation batches, and the metrics of each kind of model on them.
 
-* :func:`predict` runs a predictor over evaluation batches (views averaged, gathered from every rank);
+* :func:`gather_predictions` runs a predictor over evaluation batches (views averaged, gathered from every rank);
 * :func:`score` gives top-1/top-5/mAP, :func:`class_ap_table` the per-class AP;
-* :func:`evaluate_recognition`, :func:`evaluate_widths` and :func:`evaluate_policy` are the validation
-  passes of the fp, ap and policy stages (each an :class:`Evaluation`); the ``eval`` stage scores a policy
-  checkpoint with the same :func:`evaluate_policy` (argmax or sampled decisions) and :class:`SampledKinds`;
-* :func:`decisions_picture` draws a few validation videos' frames with the action taken on each.
+* :func:`evaluate_widths` and :func:`evaluate_policy` are the validation passes of the recognition models
+  (fp, ap, policy_pretrain) and of VideoIQ (policy) (each an :class:`Evaluation`); the ``eval`` stage scores a policy
+  checkpoint with the same :func:`evaluate_policy` (argmax or sampled decisions) and
+  :class:`~videoiq.data.frame_kinds.SampledKinds`; pictures of predictions are in :mod:`.pictures`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import StageConfig
-from ..data.frame_kinds import FrameKinds, find_frame_kinds
-from ..data.records import VideoDB
+from ..data.frame_kinds import FrameKinds, SampledKinds
 from ..distributed import all_gather_objects
+from ..errors import VideoiqError
 from ..flops import action_usage
 from ..metrics import APResult, average_precision, multi_hot, softmax, topk_accuracy
-from ..models import VideoIQ
+from ..models import Int8ResNet, VideoIQ
+from ..models.resnet import fold_frames
 from ..quant import bit_width
 from .loop import autocast, valid_batch
 
@@ -43,7 +43,7 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(predictor: Callable[[Tensor], dict[str, Tensor]], batches: Iterable[dict[str, Tensor]],
+def gather_predictions(predictor: Callable[[Tensor], dict[str, Tensor]], batches: Iterable[dict[str, Tensor]],
             device: torch.device, amp: str = "off") -> Predictions:
     """Run ``predictor(video (B, T, 3, S, S)) -> {"logits": (B, C), ...}`` over evaluation batches whose
     videos carry a views axis; every output is averaged over a video's views (logits, as the original
@@ -68,7 +68,7 @@ def predict(predictor: Callable[[Tensor], dict[str, Tensor]], batches: Iterable[
     parts = all_gather_objects(local)
     index = np.concatenate([p[0] for p in parts])
     if len(index) == 0:
-        raise ValueError("evaluation produced no predictions (every record was skipped, or the set is empty)")
+        raise VideoiqError("evaluation produced no predictions (every record was skipped, or the set is empty)")
     order = np.unique(index, return_index=True)[1]  # shards can repeat videos to even out; keep one each
     cat = lambda arrays: np.concatenate([a for a in arrays if a is not None])[order]  # noqa: E731
     return Predictions(index[order], cat([p[1] for p in parts]),
@@ -107,46 +107,87 @@ def score(pred: Predictions, labels: tuple[tuple[int, ...], ...], num_classes: i
 
 
 class Evaluation(NamedTuple):
-    """One validation pass: the metrics and the predictions they were scored from (the main model's)."""
+    """One validation pass: the metrics and the predictions they were scored from (``logits``: the main model's)."""
 
     metrics: dict[str, float]
     predictions: Predictions
 
 
-def evaluate_recognition(model: nn.Module, batches: Iterable[dict[str, Tensor]], device: torch.device,
-                         labels: tuple[tuple[int, ...], ...], num_classes: int, amp: str = "off") -> Evaluation:
-    """The validation pass of a full-precision model (fp and policy_pretrain stages)."""
-    pred = predict(lambda v: {"logits": model(v)}, batches, device, amp)
-    return Evaluation(score(pred, labels, num_classes), pred)
+def frame_logits(model: nn.Module, video: Tensor, bits: int | None = None,
+                 integer: Int8ResNet | None = None) -> Tensor:
+    """Each frame's own logits ``(B, T, C)`` of a TSN model (its video logits are their mean); with ``integer``
+    (the model's :class:`~videoiq.models.Int8ResNet`) at width ``bits`` on integer kernels."""
+    if integer is None:
+        return model.frame_logits(model.forward_features(video))
+    frames, b, t = fold_frames(video, "eval")
+    return integer.model.frame_logits(integer.frame_features(frames, bits).view(b, t, -1))
 
 
-def evaluate_widths(model: nn.Module, bit_widths: Sequence[int], batches: Iterable[dict[str, Tensor]],
+def at_width(pred: Predictions, bits: int | None) -> Predictions:
+    """The predictions of one width of an :func:`evaluate_widths` pass (``None``: a full-precision model's)."""
+    frames = pred.extra.get(f"b{bits}/frames")
+    return Predictions(pred.index, pred.extra[f"b{bits}"], {} if frames is None else {"frame_logits": frames},
+                       pred.skipped)
+
+
+def kind_accuracy(pred: Predictions, kinds: SampledKinds, labels: tuple[tuple[int, ...], ...]) -> dict[str, float]:
+    """``val/frames/<kind>``: % of the frames of each kind that show something whose own prediction falls in
+    the label's group (what a frame of that kind can tell), from ``frame_logits``."""
+    predicted = pred.extra["frame_logits"].argmax(axis=-1)  # (N, T)
+    truth = np.array([labels[i][0] for i in pred.index])[:, None].repeat(predicted.shape[1], axis=1)
+    ids = kinds.ids[pred.index]
+    out = {}
+    for k, name in enumerate(kinds.kinds.names):
+        mask = ids == k
+        if kinds.kinds.groups[k] is not None and mask.any():
+            correct = kinds.kinds.reads_correctly(k, predicted[mask], truth[mask])
+            out[f"val/frames/{name}"] = 100.0 * float(correct.mean())
+    return out
+
+
+def evaluate_widths(model: nn.Module, bit_widths: Sequence[int] | None, batches: Iterable[dict[str, Tensor]],
                     device: torch.device, labels: tuple[tuple[int, ...], ...], num_classes: int,
-                    amp: str = "off") -> Evaluation:
-    """The validation pass of an any-precision model: one pass over the data, every width scoring the same
-    clips; the main metrics are the first (max) width's, plus ``val/b<bits>/top1`` and ``/mAP`` of each."""
+                    amp: str = "off", *, engine: str = "float", kinds: SampledKinds | None = None,
+                    cost: Any = None) -> Evaluation:
+    """The validation pass of a TSN recognition model: an any-precision model at every width of ``bit_widths``
+    in one pass over the data (every width scores the same clips; ``val/b<bits>/...`` of each, the main
+    ``val/...`` metrics the first (max) width's), or a full-precision model with ``bit_widths=None``.
+
+    ``engine="int8"`` runs the quantized widths on integer kernels; with ``kinds`` each width also gets its
+    frames' accuracy per frame kind (``frames/<kind>``), with ``cost`` (:func:`~videoiq.flops.video_cost`)
+    its GMACs per video (``gflops``)."""
+    widths: tuple[int | None, ...] = tuple(bit_widths) if bit_widths else (None,)
+    integer = Int8ResNet(model) if engine == "int8" else None
+
     def all_widths(v: Tensor) -> dict[str, Tensor]:
         out = {}
-        for bits in bit_widths:
-            with bit_width(model, bits):
-                out[f"b{bits}"] = model(v)
-        return {"logits": out[f"b{bit_widths[0]}"], **out}
+        for bits in widths:
+            with bit_width(model, bits) if bits is not None else contextlib.nullcontext():
+                frames = frame_logits(model, v, bits, integer)
+            out[f"b{bits}"] = frames.mean(dim=1)
+            if kinds is not None:
+                out[f"b{bits}/frames"] = frames
+        return {"logits": out[f"b{widths[0]}"], **out}
 
-    pred = predict(all_widths, batches, device, amp)
+    pred = gather_predictions(all_widths, batches, device, amp)
     metrics = score(pred, labels, num_classes)
-    for bits in bit_widths:
-        per = Predictions(pred.index, pred.extra[f"b{bits}"], {}, pred.skipped)
-        metrics.update({k.replace("val/", f"val/b{bits}/"): v for k, v in score(per, labels, num_classes).items()
-                        if k.endswith(("top1", "mAP"))})
-    return Evaluation(metrics, pred)
+    for bits in widths:
+        per = at_width(pred, bits)
+        m = score(per, labels, num_classes)
+        if cost is not None:
+            m["val/gflops"] = cost.gmacs({f"{bits or 32}bit": 1.0}, with_policy=False).total
+        if kinds is not None:
+            m.update(kind_accuracy(per, kinds, labels))
+        metrics.update(m if bits is None else {k.replace("val/", f"val/b{bits}/"): v for k, v in m.items()})
+    return Evaluation(metrics, pred)  # its logits are the first width's; :func:`at_width` gives each
 
 
-def evaluate_policy(model: VideoIQ, cost: Any, kinds: "SampledKinds | None", batches: Iterable[dict[str, Tensor]],
+def evaluate_policy(model: VideoIQ, cost: Any, kinds: SampledKinds | None, batches: Iterable[dict[str, Tensor]],
                     device: torch.device, labels: tuple[tuple[int, ...], ...], num_classes: int,
                     amp: str = "off", deterministic: bool = True, engine: str = "float") -> Evaluation:
     """A validation pass of VideoIQ, argmax decisions (or Gumbel samples with ``deterministic=False``):
     :func:`policy_metrics`."""
-    pred = predict(lambda v: decide(model, v, deterministic, engine), batches, device, amp)
+    pred = gather_predictions(lambda v: decide(model, v, deterministic, engine), batches, device, amp)
     return Evaluation(policy_metrics(pred, model.actions, cost, labels, num_classes, kinds=kinds), pred)
 
 
@@ -158,25 +199,6 @@ def decide(model: VideoIQ, video: Tensor, deterministic: bool = True, engine: st
         return {"logits": out.logits, "decisions": out.decisions}
     logits, decisions = model.infer(video, deterministic=deterministic, engine=engine)
     return {"logits": logits, "decisions": decisions}
-
-
-@dataclass(frozen=True)
-class SampledKinds:
-    """The frame kinds of the frames evaluation samples: kind ids ``(videos, frames)`` in database order."""
-
-    kinds: FrameKinds
-    ids: np.ndarray
-
-    @classmethod
-    def of(cls, cfg: StageConfig, split: str, db: VideoDB, num_clips: int = 1) -> "SampledKinds | None":
-        """For a split's database when it has a frame kinds file and evaluation takes one clip per video."""
-        kinds = find_frame_kinds(cfg.data.root, split, db)
-        if kinds is None:
-            return None
-        if num_clips != 1:
-            log.warning("frame kinds: reported only for one clip per video (eval.num_clips is %d)", num_clips)
-            return None
-        return cls(kinds, kinds.sampled(db, cfg.data.num_frames, cfg.data.frames_per_segment))
 
 
 def kind_usage(decisions: np.ndarray, kind_ids: np.ndarray, kinds: FrameKinds, actions: tuple[str, ...],
@@ -204,12 +226,3 @@ def policy_metrics(pred: Predictions, actions: tuple[str, ...], cost: Any, label
     metrics.update({f"{prefix}/gflops": g.total, f"{prefix}/gflops_backbone": g.backbone,
                     f"{prefix}/gflops_run": cost.gmacs(usage, charge_skipped=False).total})
     return metrics
-
-
-def decisions_picture(cfg: StageConfig, pred: Predictions, actions: tuple[str, ...], path: Path) -> Path:
-    """Write the strip of a few validation videos' frames with the action taken on each (``videoiq.strips``)."""
-    from ..data.clips import ClipSpec
-    from ..strips import save_strip, validation_strip
-
-    db = VideoDB(cfg.data.lmdb_path(cfg.data.val_split))
-    return Path(save_strip(validation_strip(db, ClipSpec.from_config(cfg.data, train=False), pred, actions), path))

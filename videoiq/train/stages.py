@@ -21,13 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from ..config import APConfig, ConfigError, FPConfig, PolicyConfig, PolicyPretrainConfig, StageConfig, config_to_dict
-from ..data.records import VideoDB
 from ..errors import first_few
 from ..flops import video_cost
 from ..models import VideoIQ, create_model, load_fp_weights, load_fp_weights_file
 from .checkpoint import CheckpointError, load_checkpoint, load_role, model_entry, state_bytes
 from .optim import any_precision_groups, build_optimizer, build_scheduler, policy_groups, single_group
-from .scoring import Evaluation, SampledKinds, evaluate_policy, evaluate_recognition, evaluate_widths
+from .scoring import Evaluation, evaluate_policy, evaluate_widths
+from .stage_data import StageData
 from .tasks import AnyPrecisionTask, FPTask, PolicyTask, Task
 
 log = logging.getLogger("videoiq.train")
@@ -50,13 +50,20 @@ class Stage:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     entries: dict[str, ModelEntry]  # by role: model, teacher, policy
-    classes: list[str]
-    val_labels: tuple[tuple[int, ...], ...]
+    data: StageData
     evaluate: Callable[[Iterable[dict[str, Tensor]], torch.device], Evaluation]
     extra: dict[str, Any] = field(default_factory=dict)
     global_step: int = 0  # optimizer steps so far (rank 0's), the x axis of progress records
     last_saved: str = ""  # where the newest checkpoint is, for messages (set by whoever writes or restores it)
     lineage: dict[str, Any] = field(default_factory=dict)  # what it is built from (lineage.check_run gives it)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.data.classes
+
+    @property
+    def val_labels(self) -> tuple[tuple[int, ...], ...]:
+        return self.data.val_labels
 
     def payload(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         """The checkpoint of this stage after ``epoch`` completed epochs."""
@@ -81,40 +88,19 @@ class Stage:
         if saved != list(self.classes):
             raise CheckpointError(
                 f"resume: {source} was trained on {len(saved)} classes ({first_few(saved)}), data.root's databases "
-                f"have {len(self.classes)} ({first_few(self.classes)}); train in another run folder (ray.name or "
-                "ray.storage_path), or point data.root at the data it was trained on")
+                f"have {len(self.classes)} ({first_few(self.classes)}); train in another run folder (run.name or "
+                "run.storage_path), or point data.root at the data it was trained on")
         for role, entry in self.entries.items():
             try:
                 entry.module.load_state_dict(ckpt["models"][role]["state_dict"])
             except RuntimeError as e:  # torch names every mismatched tensor; the first line is enough here
                 raise CheckpointError(f"resume: {source}: its {role} does not fit this config's model "
                                       f"({str(e).strip().splitlines()[-1].strip()}); train in another run folder "
-                                      "(ray.name or ray.storage_path)") from None
+                                      "(run.name or run.storage_path)") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.global_step = int(ckpt["extra"].get("global_step", 0))
         return int(ckpt["epoch"])
-
-
-def dataset_classes(cfg: StageConfig) -> tuple[list[str], tuple[tuple[int, ...], ...]]:
-    """Class names (from the training database) and the validation labels; the two must agree."""
-    from ..data.specs import dataset_spec
-
-    train = VideoDB(cfg.data.lmdb_path(cfg.data.train_split))
-    val = VideoDB(cfg.data.lmdb_path(cfg.data.val_split))
-    shortest = dataset_spec(cfg.data.dataset).min_train_frames
-    if not any(n >= shortest for n in train.index.num_frames):
-        raise ConfigError(f"data.root: {train.path} has no training video"
-                          + (f" with >= {shortest} frames" if shortest else ""))
-    if len(val) == 0:
-        raise ConfigError(f"data.root: {val.path} has no videos to validate on")
-    if train.classes != val.classes:
-        raise ConfigError(f"{train.path} and {val.path} list different classes")
-    expected = dataset_spec(cfg.data.dataset).num_classes
-    if expected is not None and train.num_classes != expected:
-        raise ConfigError(f"data.dataset: {cfg.data.dataset} has {expected} classes, "
-                          f"{train.path} has {train.num_classes}")
-    return train.classes, val.index.labels
 
 
 def _recognition_model(cfg: FPConfig | PolicyPretrainConfig, num_classes: int) -> ModelEntry:
@@ -200,45 +186,45 @@ class _Parts(NamedTuple):
     extra: dict[str, Any]
 
 
-def _build_recognition(cfg: FPConfig | PolicyPretrainConfig, num_classes: int) -> _Parts:
-    entry = _recognition_model(cfg, num_classes)
+def _build_recognition(cfg: FPConfig | PolicyPretrainConfig, data: StageData) -> _Parts:
+    entry = _recognition_model(cfg, data.num_classes)
     return _Parts({"model": entry}, FPTask(entry.module), single_group(entry.module, cfg.optim),
-                  functools.partial(evaluate_recognition, entry.module), {})
+                  functools.partial(evaluate_widths, entry.module, None), {})
 
 
-def _build_any_precision(cfg: APConfig, num_classes: int) -> _Parts:
-    entries = _any_precision_models(cfg, num_classes)
+def _build_any_precision(cfg: APConfig, data: StageData) -> _Parts:
+    entries = _any_precision_models(cfg, data.num_classes)
     model, teacher = entries["model"].module, entries["teacher"].module if "teacher" in entries else None
     task = AnyPrecisionTask(model, cfg.quant.bit_widths, teacher, cfg.loss.kind, cfg.loss.kd_weight)
     return _Parts(entries, task, any_precision_groups(model, cfg.optim),
                   functools.partial(evaluate_widths, model, tuple(cfg.quant.bit_widths)), {})
 
 
-def _build_policy(cfg: PolicyConfig, num_classes: int) -> _Parts:
-    entries, model = _policy_models(cfg, num_classes)
+def _build_policy(cfg: PolicyConfig, data: StageData) -> _Parts:
+    entries, model = _policy_models(cfg, data.num_classes)
     task = PolicyTask(model, cfg.loss, cfg.policy.temperature_init, cfg.policy.temperature_decay)
     cost = video_cost(model.backbone, model.policy, num_frames=cfg.data.num_frames * cfg.data.frames_per_segment,
                       input_size=cfg.data.input_size)
-    kinds = SampledKinds.of(cfg, cfg.data.val_split, VideoDB(cfg.data.lmdb_path(cfg.data.val_split)))
     return _Parts(entries, task, policy_groups(model.policy, cfg.optim),
-                  functools.partial(evaluate_policy, model, cost, kinds),
+                  functools.partial(evaluate_policy, model, cost, data.kinds),
                   {"actions": list(model.actions), "precisions": list(model.precisions)})
 
 
-BUILDERS: dict[str, Callable[[Any, int], _Parts]] = {
+BUILDERS: dict[str, Callable[[Any, StageData], _Parts]] = {
     "fp": _build_recognition, "policy_pretrain": _build_recognition, "ap": _build_any_precision,
     "policy": _build_policy}
 
 
-def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
-    """Models, task, optimizer, schedule and validation pass of a training stage (fp, ap, policy_pretrain, policy)."""
+def build_stage(cfg: StageConfig, device: torch.device | str = "cpu", data: StageData | None = None) -> Stage:
+    """Models, task, optimizer, schedule and validation pass of a training stage (fp, ap, policy_pretrain, policy)
+    on its ``data`` (opened here when not given)."""
     if cfg.STAGE not in BUILDERS:
         raise ConfigError(f"stage {cfg.STAGE!r} does not train; run it with the eval launcher")
-    classes, val_labels = dataset_classes(cfg)
-    num_classes = len(classes)
+    data = data if data is not None else StageData.open(cfg)
+    num_classes, val_labels = data.num_classes, data.val_labels
     if getattr(getattr(cfg, "model", None), "num_classes", None) not in (None, num_classes):
         raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the data has {num_classes} classes")
-    parts = BUILDERS[cfg.STAGE](cfg, num_classes)
+    parts = BUILDERS[cfg.STAGE](cfg, data)
     optimizer = build_optimizer(parts.groups, cfg.optim)
     memory_format = torch.channels_last if cfg.speed.channels_last else torch.preserve_format
     for entry in parts.entries.values():
@@ -247,5 +233,5 @@ def build_stage(cfg: StageConfig, device: torch.device | str = "cpu") -> Stage:
     def evaluate(batches: Iterable[dict[str, Tensor]], dev: torch.device) -> Evaluation:
         return parts.evaluate(batches, dev, val_labels, num_classes, cfg.speed.amp)
 
-    return Stage(cfg, parts.task, optimizer, build_scheduler(optimizer, cfg.optim), parts.entries, classes, val_labels,
-                 evaluate, parts.extra)
+    return Stage(cfg, parts.task, optimizer, build_scheduler(optimizer, cfg.optim), parts.entries, data, evaluate,
+                 parts.extra)

@@ -14,12 +14,11 @@ Frozen parts (teachers, the policy stage's backbone) are kept in eval mode whene
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config.sections import LossSection
 from ..losses import action_costs, balance_loss, efficiency_loss, entropy_loss, soft_cross_entropy
 from ..models import VideoIQ
 from ..models.resnet import ResNet, fold_frames
@@ -160,9 +159,9 @@ class _VideoIQStep(nn.Module):
 class PolicyTask(Task):
     """Policy training on a frozen any-precision backbone."""
 
-    def __init__(self, model: VideoIQ, weights: Any, temperature_init: float, temperature_decay: float):
+    def __init__(self, model: VideoIQ, loss: LossSection, temperature_init: float, temperature_decay: float):
         model.backbone.requires_grad_(False)
-        self.model, self.weights = model, weights
+        self.model, self.loss = model, loss
         self.temperature_init, self.temperature_decay = temperature_init, temperature_decay
         self.costs = action_costs(model.actions)
         self.module = _VideoIQStep(model)
@@ -171,7 +170,7 @@ class PolicyTask(Task):
         self.model.policy.set_temperature(self.temperature_init * self.temperature_decay ** epoch)
 
     def losses(self, out: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
-        w = self.weights
+        w = self.loss  # the loss section: which terms, and their weights
         parts = {"loss/ce": F.cross_entropy(out["logits"], labels)}
         if w.kd_frames == "kept":
             kd_target = out["kept_target_logits"]
