@@ -190,3 +190,41 @@ def test_path_fields_are_made_absolute_against_the_working_directory(tmp_path, m
                     "init": {"backbone_checkpoint": "/abs/ap", "policy_backbone_checkpoint": None,
                              "imagenet_weights": ""},
                     "run": {"storage_path": str(tmp_path / "runs/x")}}
+
+
+def test_every_problem_of_file_and_set_is_listed_at_once_and_blamed_on_its_source(tmp_path):
+    path = tmp_path / "fp.yaml"
+    path.write_text("stage: fp\ndat: {root: x}\noptim: {lr: 0.1}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["dat.root=x", "optim.epochs=two"])
+    lines = str(e.value).splitlines()
+    assert lines[0] == "invalid fp config (3 problems):"
+    assert sorted(lines[1:]) == sorted([
+        f"  - {path}: dat: unknown key; did you mean 'data'? Valid keys: seed, data, logging, run, ray, speed, "
+        "model, optim, loss, init",
+        "  - --set 'dat.root=x': unknown key 'dat'; did you mean 'data'? Valid here: seed, data, logging, run, ray, "
+        "speed, model, optim, loss, init",
+        "  - --set 'optim.epochs=two': optim.epochs: expected an integer, got 'two'"])
+    path.write_text("stage: fp\noptim: {lr: 0.1, epochs: x}\n")  # one problem: one line, blamed on the file
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: optim.epochs: expected an integer, got 'x'"
+
+
+def test_the_old_ray_spelling_of_run_keys_still_works_and_says_once_what_to_use(tmp_path, caplog, monkeypatch):
+    import videoiq.config.stages
+
+    monkeypatch.setattr(videoiq.config.stages, "_told", set())  # once per process: forget earlier tests' notices
+    path = tmp_path / "fp.yaml"
+    path.write_text(f"stage: fp\nray: {{storage_path: {tmp_path / 'runs'}, num_workers: 0}}\n")
+    with caplog.at_level("WARNING", logger="videoiq.config"):
+        cfg = load_config(path, ["ray.name=old_name", "ray.use_gpu=false"])
+        again = load_config(path, ["ray.name=old_name"])
+    assert (cfg.run.storage_path, cfg.run.name, cfg.run.use_gpu) == (str(tmp_path / "runs"), "old_name", False)
+    assert again.run == cfg.run and cfg.ray.num_workers == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count(f"{path}: ray.storage_path is now run.storage_path; the old name still works, but use the "
+                      "new one") == 1
+    assert sum("ray.name is now run.name" in line for line in said) == 1
+    assert sum("ray.use_gpu is now run.use_gpu" in line for line in said) == 1
+    assert not any("num_workers" in line for line in said)  # ray.num_workers is a Ray key and stays

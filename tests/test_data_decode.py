@@ -94,6 +94,30 @@ def test_a_longer_audio_track_is_not_counted_as_lost(tmp_path):
     assert (check.declared_frames, check.decoded_frames, check.short()) == (50, 50, False)
 
 
+def test_a_variable_frame_rate_video_is_judged_by_its_timestamps(tmp_path):
+    """An AVI that holds 14 frames at irregular times over 10 s declares 151 frame slots (one per 1/15 s);
+    every packet is whole, so nothing is lost: the decoded time span is the file's whole length."""
+    path = str(tmp_path / "vfr.avi")
+    times = [0, 1, 2, 10, 20, 21, 40, 60, 80, 100, 101, 102, 130, 150]
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=15)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 15)
+        for t in times:
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), t, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 15)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    check = scan_video(path)
+    assert check.decoded_frames == len(times) and check.declared_frames > 100
+    assert not check.short() and check.damaged_packets == 0
+    assert "0% lost" in check.describe() and f"decoded {len(times)} of" in check.describe()
+    items = [lists.SourceVideo(key="vfr", path=path, labels=(0,))]
+    report = build.build_videos(str(tmp_path / "o.lmdb"), items, ["a"], short_side=32, strict=True, stream=QUIET)
+    assert report.converted == 1 and not report.short  # --strict keeps an intact file
+
+
 def test_damaged_videos_are_kept_measured_and_named(tmp_path):
     root = damaged_set(tmp_path / "v")
     half, garbage = scan_video(str(root / "half.mp4")), scan_video(str(root / "garbage.mp4"))

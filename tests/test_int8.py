@@ -72,8 +72,10 @@ def _fake_codes(model, frames, bits):
                                               ("ap_resnet_tiny", (8, 7, 3))])
 def test_integer_engine_computes_what_fake_quantization_computes(monkeypatch, name, bit_widths):
     """Every code of every activation layer equals fake quantization's, except where a value falls within float
-    rounding of a rounding boundary (then one code may differ, and later layers see that input); with no such
-    flip, the logits agree to float rounding. A wrong scale, bias, zero point or box term fails this."""
+    rounding of a rounding boundary: then one code differs by one, and that frame's later layers and logits see
+    a slightly different input. Frames with no such flip agree to float rounding in every code and logit; flips
+    are counted and must stay rare, and a flipped frame's logits still close. A wrong scale, bias, zero point
+    or box term fails this."""
     model = _calibrated(name, bit_widths)
     engine = Int8ResNet(model, compiled=False)
     frames = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(5))
@@ -81,21 +83,28 @@ def test_integer_engine_computes_what_fake_quantization_computes(monkeypatch, na
         recorder = _Recorder(monkeypatch)
         got = model.fc(engine.frame_features(frames, bits))
         fake, expected = _fake_codes(model, frames, bits)
-        flipped = False
+        flipped = torch.zeros(len(frames), dtype=torch.bool)  # frames whose input already differed at a boundary
+        flips, compared = 0, 0
         if bits <= int8.INT8_MAX_BITS:
             assert len(recorder.layers) == len(fake)
             for (values, codes), want in zip(recorder.layers, fake, strict=True):
-                differ = codes.float() != want
+                clean = ~flipped
+                differ = codes[clean].float() != want[clean]
+                compared += differ.numel()
                 if differ.any():
-                    frac = values[differ] - values[differ].floor()
+                    frac = values[clean][differ] - values[clean][differ].floor()
                     assert (frac - 0.5).abs().max() < 1e-3, f"{bits} bits: codes differ away from a rounding boundary"
-                    assert (codes.float() - want).abs().max() == 1
-                    flipped = True
-                    break
+                    assert (codes[clean].float() - want[clean]).abs().max() == 1
+                    flips += int(differ.sum())
+                    flipped[clean.nonzero().squeeze(1)[differ.flatten(1).any(1)]] = True
+            assert flips <= max(2, 1e-4 * compared), f"{bits} bits: {flips} flips in {compared} codes"
         else:
             assert recorder.layers == []  # 8 bits and more: float kernels
-        if not flipped:
-            assert (got - expected).abs().max() <= 1e-4 * expected.abs().max(), f"{bits} bits"
+        scale = expected.abs().max()
+        error = (got - expected).abs().amax(1)
+        assert (error[~flipped] <= 1e-4 * scale).all(), f"{bits} bits"
+        assert (error[flipped] <= 0.05 * scale).all(), f"{bits} bits: a flipped frame's logits drifted"
+        assert flipped.sum() <= len(frames) // 4, f"{bits} bits: {int(flipped.sum())} frames flipped"
 
 
 def test_seven_bits_is_the_widest_integer_width():

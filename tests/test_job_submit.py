@@ -1,4 +1,5 @@
 """`ray job submit` of a launcher to a real `ray start --head` cluster, as the README and `make demo` do it."""
+import json
 import os
 import re
 import signal
@@ -46,6 +47,14 @@ def test_ray_job_submit_runs_a_stage(tiny_videos, tmp_path):
         assert "succeeded" in out and "fp: epoch=1 " in out
         assert re.search(r"fp: epoch 1 step 1/\d+ loss=\S+ lr=\S+ [\d.]+ videos/s, epoch ends in \d+ s",
                          out), out[-3000:]
+        # the job's own log is the stage's lines and its result: nothing of Ray Data, Train or wandb
+        lines = job.stdout.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("Running entrypoint for job "))
+        end = next(i for i, line in enumerate(lines) if "succeeded" in line) - 1  # Ray's rule above its verdict
+        said = lines[start + 1:end]
+        result = next(i for i, line in enumerate(said) if line == "{")
+        assert all(line.startswith("fp: ") for line in said[:result]) and result == 3, "\n".join(said)
+        assert json.loads("\n".join(said[result:]))["metrics"]["epoch"] == 1
         # a log a person reads: no Ray Data progress bars or execution banners, no wandb banners
         assert "Running Dataset" not in out and "row/s" not in out and "wandb:" not in out, out[-3000:]
         assert "Reporting training result" not in out and "Checkpoint successfully created" not in out, out[-3000:]

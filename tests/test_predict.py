@@ -5,11 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from videoiq.data.codec import VideoDecodeError
 from videoiq.flops import video_cost
 from videoiq.predict import predict_videos
-from videoiq.train.checkpoint import CheckpointError, load_checkpoint
-from videoiq.train.evaluate import videoiq_from_checkpoint
+from videoiq.train.checkpoint import CheckpointError, load_checkpoint, videoiq_from_checkpoint
 
 pytestmark = pytest.mark.slow  # every test reads the session's trained_stages
 
@@ -72,6 +73,17 @@ def test_predict_refuses_other_checkpoints_and_unreadable_videos(trained_stages,
     errors = [line for line in done.stderr.splitlines() if line.startswith("videoiq: error: ")]
     assert len(errors) == 2 and "broken.mp4: cannot open" in errors[0] and "missing.mp4: no such file" in errors[1]
     assert "2 of 3 videos could not be read" in done.stderr
+
+
+def test_predict_says_not_a_video_for_images_and_text(trained_stages, tmp_path):
+    """FFmpeg opens a PNG, a JPEG and a text file as one-frame 'videos'; predict must not classify them."""
+    runs, _ = trained_stages
+    Image.new("RGB", (48, 48), (200, 30, 30)).save(tmp_path / "frame.png")
+    Image.new("RGB", (48, 48), (30, 200, 30)).save(tmp_path / "frame.jpg")
+    (tmp_path / "list.txt").write_text("hello world\n" * 100)
+    for name in ("frame.png", "frame.jpg", "list.txt"):
+        with pytest.raises(VideoDecodeError, match=rf"{name}: not a video \(FFmpeg reads it as "):
+            predict_videos(str(runs / "policy"), [str(tmp_path / name)], printer=None)
 
 
 @pytest.mark.parametrize("device, message", [("gpu", "expected cpu, cuda or cuda:<index>"),

@@ -3,6 +3,7 @@ checkpoint, resume after the driver is killed mid-run, and final numbers equal t
 repeat exactly; a user's error in a worker reaches the driver as its own one-line message."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,6 +80,15 @@ def test_pipeline_on_ray_resumes_after_a_killed_driver(ray_local, tiny_videos, t
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
+    # the log is the stages' own lines and the result: nothing of Ray Data, Train or Tune in between
+    lines = log.splitlines()
+    table = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    said = ("==> ", "fp: ", "ap: ", "policy_pretrain: ", "policy: ", "eval: ", "videoiq: ")
+    assert all(line.startswith(said) for line in lines[:table]), "\n".join(line for line in lines[:table]
+                                                                        if not line.startswith(said))
+    assert [line for line in lines[:table] if line.startswith("videoiq: ")] == [
+        line for line in lines[:table] if re.match(r"videoiq: \S+checkpoint.pt: loaded \d+ tensors", line)]
+    assert lines[-1].startswith("summary: ")
     resumed = [line for line in log.splitlines() if f"fp: resuming {runs / 'fp'} after epoch" in line]
     assert resumed, log[-4000:]
     resumed_after = int(resumed[0].rsplit(" ", 1)[-1])  # the last checkpoint Ray had registered

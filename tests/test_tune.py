@@ -117,7 +117,7 @@ def test_a_killed_sweep_resumes_and_reports_its_pareto_front(ray_local, trained_
 
 
 @pytest.mark.ray
-def test_a_crashing_trial_is_retried_and_reported(ray_local, trained_stages, tiny_videos, tmp_path):
+def test_a_crashing_trial_is_retried_and_reported(ray_local, trained_stages, tiny_videos, tmp_path, capfd):
     from videoiq.ray.tune import run_sweep
 
     # a policy learning rate of 1e30 makes the loss NaN in epoch 2: that trial fails, twice
@@ -135,6 +135,13 @@ def test_a_crashing_trial_is_retried_and_reported(ray_local, trained_stages, tin
     assert log.parent.parent.name == bad.trial_id and "NonFiniteLoss" in log.read_text()
     assert any(f"error in {bad.trial_id} (after 2 attempts): policy: epoch 2 step 1: the loss is nan" in line
                for line in lines)
+    # the terminal: each trial's own lines after its id, none folded by Ray; no Tune tables or Ray tracebacks
+    for trial in (good, bad):
+        epochs = [line for line in lines if line.startswith(f"trial {trial.trial_id}: policy: epoch=")]
+        assert len(epochs) >= (2 if trial is good else 1), "\n".join(lines)
+    assert not any("[repeated" in line for line in lines)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "Configuration for experiment" not in out + err, out + err
     # the report rebuilds from the folder alone
     (tmp_path / "tune" / "lr" / "pareto.csv").unlink()
     done = subprocess.run([sys.executable, "-m", "videoiq", "tune", "report", str(tmp_path / "tune" / "lr")],

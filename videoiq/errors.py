@@ -34,6 +34,14 @@ class UsageError(VideoiqError, ValueError):
     """A command-line flag or argument value that cannot be used (the message names the flag)."""
 
 
+class UnknownNameError(VideoiqError, KeyError):
+    """A name (model, dataset) that is not registered; the message lists the known ones."""
+
+
+class MissingFileError(VideoiqError, FileNotFoundError):
+    """A file or folder the user named that does not exist (or is not the kind expected)."""
+
+
 class RemoteError(VideoiqError):
     """A user error raised where the driver cannot see it (a Ray Train worker): its message and the file
     that holds its traceback."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from ..models import Int8ResNet, create_model
 from ..models.resnet import ResNet, fold_frames
 from ..quant import bit_width, bit_widths_of, clip_parameters
@@ -85,7 +86,7 @@ def bench_exactness(backbone: str = "ap_resnet50", size: int = 224, frames: int 
     torch.set_num_threads(threads)
     if checkpoint:
         if not data_root:
-            raise ValueError("--checkpoint needs --data: the data root whose validation split it scores")
+            raise UsageError("--checkpoint needs --data: the data root whose validation split it scores")
         model, batches = _checkpoint_model(checkpoint, data_root)
         what = f"{checkpoint} on {sum(len(v) for v, _ in batches)} validation videos of {data_root}"
     else:

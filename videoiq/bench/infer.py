@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from ..flops import video_cost
 from ..models import VideoIQ, create_model
 from ..models.int8 import check_engine, int8_unavailable_reason
@@ -125,7 +126,7 @@ def bench_infer(backbone: str = "ap_resnet50", policy: str = "policy_mobilenet_v
     threads = threads or torch.get_num_threads()
     unknown = [m for m in mixes if m not in MIXES]
     if unknown:
-        raise ValueError(f"--mixes: unknown {unknown}; known: {', '.join(MIXES)}")
+        raise UsageError(f"--mixes: unknown {unknown}; known: {', '.join(MIXES)}")
     if engines is None:
         engines = ("float",) + (() if int8_unavailable_reason(device) else ("int8",))
     for engine in engines:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..config import default_config
+from ..errors import UsageError
 from ..models import VideoIQ, create_model
 from ..train.loop import train_step
 from ..train.tasks import AnyPrecisionTask, FPTask, PolicyTask, Task
@@ -126,7 +127,7 @@ def bench_train(backbone: str = "resnet18", policy: str = "policy_mobilenet_v2",
     ``{stage: {"bare_samples_per_s", "peak_mib", "ray_<w>w_samples_per_s", "ray_<w>w_vs_bare" per w}}``."""
     threads = threads or torch.get_num_threads()
     if any(batch % w for w in ray_workers):
-        raise ValueError(f"--batch {batch} must split evenly over {list(ray_workers)} workers")
+        raise UsageError(f"--batch {batch} must split evenly over {list(ray_workers)} workers")
     cfg = {"backbone": backbone, "policy": policy, "frames": frames, "size": size, "batch": batch, "steps": steps,
            "classes": classes, "threads": threads, "device": device, "amp": amp, "channels_last": channels_last,
            "storage": os.path.abspath(storage or os.path.join(os.getcwd(), "runs", "bench"))}

@@ -66,7 +66,7 @@ class FrameKinds:
         """Whether frames of ``kind`` predicted as ``predicted`` fall in their label's group."""
         groups = self.groups[kind]
         if groups is None:
-            raise ValueError(f"frames of kind {self.names[kind]!r} show nothing; there is nothing to read")
+            raise FrameKindsError(f"frames of kind {self.names[kind]!r} show nothing; there is nothing to read")
         table = np.asarray(groups)
         return table[predicted] == table[label]
 

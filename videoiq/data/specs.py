@@ -10,6 +10,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import UnknownNameError
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -42,5 +44,5 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         close = difflib.get_close_matches(name, list(DATASETS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown dataset {name!r}{hint} Known: {', '.join(DATASETS)}")
+        raise UnknownNameError(f"unknown dataset {name!r}{hint} Known: {', '.join(DATASETS)}")
     return DATASETS[name]

@@ -29,6 +29,7 @@ from typing import Literal, TextIO
 
 import numpy as np
 
+from ..errors import UsageError
 from ..progress import Progress
 from .build import BuildReport, build_frames, build_videos
 from .codec import encode_jpeg, write_video
@@ -63,21 +64,21 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_classes <= MAX_CLASSES:
-            raise ValueError(f"num_classes must lie in [2, {MAX_CLASSES}], got {self.num_classes}")
+            raise UsageError(f"num_classes must lie in [2, {MAX_CLASSES}], got {self.num_classes}")
         if not 1 <= self.min_frames <= self.max_frames:
-            raise ValueError(f"need 1 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
+            raise UsageError(f"need 1 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
         if self.size < 16 or self.size % 2:
-            raise ValueError(f"size must be even and >= 16, got {self.size}")
+            raise UsageError(f"size must be even and >= 16, got {self.size}")
         if self.train_per_class < 1 or self.val_per_class < 1:
-            raise ValueError("train_per_class and val_per_class must be >= 1")
+            raise UsageError("train_per_class and val_per_class must be >= 1")
         if not 2 <= self.shots <= self.min_frames:
-            raise ValueError(f"shots must lie in [2, min_frames={self.min_frames}], got {self.shots}")
+            raise UsageError(f"shots must lie in [2, min_frames={self.min_frames}], got {self.shots}")
         if not 1 <= self.mark_shots <= self.shots - 1:
-            raise ValueError(f"mark_shots must lie in [1, shots - 1 = {self.shots - 1}], got {self.mark_shots}")
+            raise UsageError(f"mark_shots must lie in [1, shots - 1 = {self.shots - 1}], got {self.mark_shots}")
         if not 0.0 <= self.max_blank < 1.0:
-            raise ValueError(f"max_blank must lie in [0, 1), got {self.max_blank}")
+            raise UsageError(f"max_blank must lie in [0, 1), got {self.max_blank}")
         if not 0 < self.mark_level <= 255 or not 0 < self.faint_below <= 1 or not 0 < self.min_light <= 1:
-            raise ValueError(f"need 0 < mark_level <= 255 and 0 < min_light, faint_below <= 1; got {self.mark_level}, "
+            raise UsageError(f"need 0 < mark_level <= 255 and 0 < min_light, faint_below <= 1; got {self.mark_level}, "
                              f"{self.min_light}, {self.faint_below}")
 
 

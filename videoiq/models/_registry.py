@@ -12,6 +12,8 @@ from typing import TypeVar
 
 from torch import nn
 
+from ..errors import UnknownNameError
+
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _KINDS: dict[str, str] = {}
 
@@ -51,7 +53,7 @@ def _check_name(name: str) -> None:
     if name not in _BUILDERS:
         close = difflib.get_close_matches(name, list(_BUILDERS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown model {name!r}{hint} Registered: {', '.join(list_models())}")
+        raise UnknownNameError(f"unknown model {name!r}{hint} Registered: {', '.join(list_models())}")
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

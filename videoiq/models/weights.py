@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import VideoiqError
+from ..errors import MissingFileError, VideoiqError
 
 _SWITCHABLE_BN = re.compile(r"\.bn\.\d+\.")
 _PACT_CLIP = re.compile(r"(^|\.)alpha\.(\d+|shared)$")
@@ -59,7 +59,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a flat ``{name: tensor}`` state dict (torchvision's weight-file format) from a local file."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"pretrained weights file {str(p)!r} does not exist")
+        raise MissingFileError(f"pretrained weights file {str(p)!r} does not exist")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:

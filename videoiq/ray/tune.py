@@ -19,6 +19,8 @@ written (:mod:`videoiq.sweeps.report`) and logged to wandb with the plot, next t
 """
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -158,10 +160,19 @@ def run_sweep(sweep: Sweep, run_stage: RunStage, printer: Callable[[str], None] 
                                         num_samples=sweep.num_samples),
             run_config=tune.RunConfig(name=sweep.name, storage_path=str(exp.parent), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=sweep.max_failures)))
-    # every trial's lines, each after its id (Tune's own progress table is off: verbose=0)
+    # every trial's lines, each after its id. Tune's own reporting is off: its new output engine prints its
+    # experiment box and every failed trial's table even at verbose=0, its legacy one honours verbose=0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     follower = Follower(exp / "trials", f"*/{RELAY_FOLDER}/trial.jsonl",
                         prefix=lambda path: f"trial {path.parent.parent.name}: ")
-    run_following(tuner.fit, follower, printer)
+    # Tune logs each failed attempt's Ray traceback; the report below names the cause, and the trial's own
+    # traceback is kept in its folder
+    tune_logger = logging.getLogger("ray.tune")
+    level, tune_logger.level = tune_logger.level, logging.CRITICAL
+    try:
+        run_following(tuner.fit, follower, printer)
+    finally:
+        tune_logger.setLevel(level)
     for folder in (exp / "trials").glob("*"):
         if read_state(folder).get("status") == "running":  # fit() is over: the scheduler ended it early
             update_state(folder, status="stopped")

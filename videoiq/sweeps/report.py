@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from ..atomic import write_text_atomic
+from ..errors import MissingFileError
 from ..train.checkpoint import resolve
 from .spec import COST
 
@@ -219,12 +220,12 @@ def build_report(experiment: str | os.PathLike, printer: Callable[[str], None] |
     exp = Path(experiment)
     sweep_file = exp / SWEEP_FILE
     if not sweep_file.is_file():
-        raise FileNotFoundError(f"{exp}: no {SWEEP_FILE}; not a videoiq sweep experiment (see `videoiq tune run`)")
+        raise MissingFileError(f"{exp}: no {SWEEP_FILE}; not a videoiq sweep experiment (see `videoiq tune run`)")
     sweep = yaml.safe_load(sweep_file.read_text())
     metric = sweep["metric"]
     trials = rank_trials(read_trials(exp), metric)
     if not trials:
-        raise FileNotFoundError(f"{exp}: no trial has started yet (nothing under {exp / TRIALS})")
+        raise MissingFileError(f"{exp}: no trial has started yet (nothing under {exp / TRIALS})")
     base = sweep.get("base_config", {})
     references = reference_points(base)
     report = Report(sweep["name"], metric, trials, references, {})
