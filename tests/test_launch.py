@@ -97,7 +97,8 @@ def test_a_launcher_refuses_another_stages_config():
     done = subprocess.run([sys.executable, str(ROOT / "launch" / "fp.py"), "--config", CONFIGS["ap"]],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
-    assert "is a 'ap' config; this launcher runs the 'fp' stage" in done.stderr and "Traceback" not in done.stderr
+    assert "ap.yaml: is a 'ap'-stage config; expected a 'fp'-stage one here" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.slow

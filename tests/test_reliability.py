@@ -2,6 +2,7 @@
 import collections
 import io
 import json
+import logging
 import os
 import shutil
 import time
@@ -237,6 +238,7 @@ def test_a_local_ray_gets_the_cpus_the_config_asks_for(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.setattr(on_ray.os, "cpu_count", lambda: 2)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     said = []
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:1")  # another cluster's, left in the shell
     on_ray.connect(2 * 2 + 1, said.append)  # 2 workers x 2 CPUs, plus one
@@ -248,7 +250,8 @@ def test_a_local_ray_gets_the_cpus_the_config_asks_for(monkeypatch):
     assert os.environ["RAY_API_SERVER_ADDRESS"] == f"http://127.0.0.1:{calls[0]['dashboard_port']}"
     assert calls[0]["dashboard_port"] != 1
     on_ray.connect(1.5, said.append)
-    assert calls[-1]["num_cpus"] == 2 and len(said) == 1  # enough cores: nothing to say
+    assert calls[-1]["num_cpus"] == 2 and said[1].startswith("started a local Ray with 2 logical CPUs (dashboard")
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"  # so Ray writes no token into the user's ~/.ray
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     on_ray.connect(99, said.append)
-    assert calls[-1] == {"address": "auto"}
+    assert calls[-1] == {"address": "auto", "log_to_driver": False, "logging_level": logging.WARNING}

@@ -97,7 +97,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), stage: str | No
     ``stage`` (a launcher's, a pipeline step's) must be the file's ``stage:``."""
     data = read_yaml(path)
     if stage is not None and data.get("stage") != stage:
-        raise ConfigError(f"{path}: is a {data.get('stage')!r} config; this runs the {stage!r} stage")
+        raise ConfigError(f"{path}: is a {data.get('stage')!r}-stage config; expected a {stage!r}-stage one here")
     problems, origins = [], {}
     for item in overrides:
         source = f"--set {item!r}"
