@@ -45,13 +45,14 @@ def run_config(cfg: StageConfig, printer: Callable[[str], None] = print, *,
         return {"checkpoint": results["checkpoint"], "metrics": results["metrics"], "results": results}
     out = run_dir(cfg)
     if cfg.ray.num_workers == 0:
+        from .train.checkpoint import FILENAME
         from .train.session import train_in_process
 
         metrics = train_in_process(cfg, out, device=device_of(cfg), printer=printer, on_epoch=on_epoch)
-        mark_gone_checkpoints(out.parent / SUMMARY_FILE)
-        return {"checkpoint": str(out / "checkpoint.pt"), "metrics": metrics}
-    from .ray.train import train_on_ray
+        path = str(out / FILENAME)
+    else:
+        from .ray.train import train_on_ray
 
-    path, metrics = train_on_ray(cfg, out, printer=printer, on_epoch=on_epoch)
+        path, metrics = train_on_ray(cfg, out, printer=printer, on_epoch=on_epoch)
     mark_gone_checkpoints(out.parent / SUMMARY_FILE)
     return {"checkpoint": path, "metrics": metrics}

@@ -31,16 +31,23 @@ def run_stage_command(args: argparse.Namespace, stage: str | None = None) -> int
 
 def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
     """``launch/<stage>.py --config FILE [--set KEY=VALUE ...]``: the ``ray job submit`` entry point of a stage."""
-    parser = argparse.ArgumentParser(prog=f"launch/{stage}.py", description=f"Run the {stage} stage of VideoIQ.")
-    add_stage_arguments(parser)
-    args = parser.parse_args(argv)
-    return guard(lambda: run_stage_command(args, stage))
+    return _launch(f"launch/{stage}.py", f"Run the {stage} stage of VideoIQ.", add_stage_arguments,
+                   lambda args: run_stage_command(args, stage), argv)
 
 
 def guard(body: Callable[[], int]) -> int:
     """A launcher's body with logging configured and the one error handler (:func:`videoiq.errors.run_guarded`)."""
     configure_logging()
     return run_guarded(body)
+
+
+def _launch(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+            command: Callable[[argparse.Namespace], int], argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` with ``add_arguments``'s parser, then run ``command`` on the result inside :func:`guard`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return guard(lambda: command(args))
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +66,8 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
 
 def pipeline_main(argv: Sequence[str] | None = None) -> int:
     """``launch/pipeline.py ...``: the ``ray job submit`` entry point of the whole pipeline."""
-    parser = argparse.ArgumentParser(prog="launch/pipeline.py",
-                                     description="Run fp -> ap, policy_pretrain, policy, eval.")
-    add_pipeline_arguments(parser)
-    args = parser.parse_args(argv)
-    return guard(lambda: run_pipeline_command(args))
+    return _launch("launch/pipeline.py", "Run fp -> ap, policy_pretrain, policy, eval.", add_pipeline_arguments,
+                   run_pipeline_command, argv)
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,8 +90,5 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 def tune_main(argv: Sequence[str] | None = None) -> int:
     """``launch/tune.py --sweep FILE ...``: the ``ray job submit`` entry point of a Tune sweep."""
-    parser = argparse.ArgumentParser(prog="launch/tune.py",
-                                     description="Run (or continue) a Ray Tune sweep of the policy stage.")
-    add_sweep_arguments(parser)
-    args = parser.parse_args(argv)
-    return guard(lambda: run_sweep_command(args))
+    return _launch("launch/tune.py", "Run (or continue) a Ray Tune sweep of the policy stage.", add_sweep_arguments,
+                   run_sweep_command, argv)

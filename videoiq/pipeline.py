@@ -75,10 +75,10 @@ def shared_overrides(stage: str, overrides: Sequence[str]) -> list[str]:
     """The pipeline-wide overrides that apply to ``stage`` (those whose section it has, e.g. no ``optim`` for
     eval); an override no stage has is an error, so a typo is never silently dropped."""
     sections = {s: {f.name for f in dataclasses.fields(STAGES[s])} | {"stage"} for s in PIPELINE}
-    for item in overrides:
-        top = item.split("=", 1)[0].split(".")[0].strip()
+    tops = {item: item.split("=", 1)[0].split(".")[0].strip() for item in overrides}
+    for item, top in tops.items():
         if not any(top in names for names in sections.values()):
             raise ConfigError(f"--set {item!r}: no stage has a {top!r} section")
-    return [o for o in overrides if o.split("=", 1)[0].split(".")[0].strip() in sections[stage]]
+    return [item for item in overrides if tops[item] in sections[stage]]
 
 

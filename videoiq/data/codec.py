@@ -114,6 +114,11 @@ class DecodeCheck:
         return self.declared_frames / (self.fps or 1.0)
 
     @property
+    def seconds(self) -> float:
+        """The time that decoded: what the timestamps cover, else the decoded frames at the stream's rate."""
+        return self.decoded_seconds if self.decoded_seconds is not None else self.decoded_frames / (self.fps or 1.0)
+
+    @property
     def lost(self) -> float:
         """The share of the video that did not decode (0 when nothing is declared)."""
         if self.declared_frames <= 0:
@@ -129,9 +134,8 @@ class DecodeCheck:
 
     def describe(self) -> str:
         """e.g. ``decoded 22 of 44 frames (0.9 of 1.8 s, 50% lost)``."""
-        seconds = self.decoded_seconds if self.decoded_seconds is not None else self.decoded_frames / (self.fps or 1.0)
         damaged = f", {self.damaged_packets} damaged packets" if self.damaged_packets else ""
-        return (f"decoded {self.decoded_frames} of {self.declared_frames} frames ({seconds:.1f} "
+        return (f"decoded {self.decoded_frames} of {self.declared_frames} frames ({self.seconds:.1f} "
                 f"of {self.declared_seconds:.1f} s, {100 * self.lost:.0f}% lost{damaged})")
 
     @classmethod
@@ -143,9 +147,8 @@ class DecodeCheck:
 
     def as_dict(self) -> dict[str, Any]:
         """The figures as stored in a record header and ``__meta__``."""
-        seconds = self.decoded_seconds if self.decoded_seconds is not None else self.decoded_frames / (self.fps or 1.0)
         return {"declared_frames": self.declared_frames, "decoded_frames": self.decoded_frames,
-                "declared_seconds": round(self.declared_seconds, 3), "decoded_seconds": round(seconds, 3),
+                "declared_seconds": round(self.declared_seconds, 3), "decoded_seconds": round(self.seconds, 3),
                 "fps": round(self.fps, 3), "damaged_packets": self.damaged_packets, "lost": round(self.lost, 4)}
 
 

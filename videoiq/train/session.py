@@ -146,7 +146,7 @@ def run_session(cfg: StageConfig, prepared: Prepared, run_dir: Path, device: tor
     turns the task's module into what trains (DDP, ``torch.compile``); ``on_epoch(epoch, metrics)`` is
     called after each epoch's checkpoint is kept."""
     torch.manual_seed(cfg.seed)
-    stage = build_stage(cfg, device, prepared.data)
+    stage = build_stage(cfg, prepared.data, device)
     stage.lineage = prepared.lineage
     module = wrap(stage.task.module)
     if cfg.speed.compile:

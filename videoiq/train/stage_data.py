@@ -1,9 +1,9 @@
 """A stage's data, opened once: its databases and what they say (classes, validation labels, the frame kinds of
 the validation frames), checked against each other and the config before anything is built.
 
-:meth:`StageData.open` is called where a stage's run starts (the in-process run, the Ray driver, each Ray Train
-worker, the eval stage) and the object is handed to what needs it: the lineage of the run, the stage's
-models and validation pass, the readers and the decisions picture.
+:meth:`StageData.open` is called where a stage's run starts (``train.session.prepare_run``, in this process or
+on the Ray driver, which hands it to its Train workers; the eval stage) and the object is handed to what needs
+it: the lineage of the run, the stage's models and validation pass, the readers and the decisions picture.
 """
 from __future__ import annotations
 

@@ -215,12 +215,11 @@ BUILDERS: dict[str, Callable[[Any, StageData], _Parts]] = {
     "policy": _build_policy}
 
 
-def build_stage(cfg: StageConfig, device: torch.device | str = "cpu", data: StageData | None = None) -> Stage:
+def build_stage(cfg: StageConfig, data: StageData, device: torch.device | str = "cpu") -> Stage:
     """Models, task, optimizer, schedule and validation pass of a training stage (fp, ap, policy_pretrain, policy)
-    on its ``data`` (opened here when not given)."""
+    on its ``data``."""
     if cfg.STAGE not in BUILDERS:
         raise ConfigError(f"stage {cfg.STAGE!r} does not train; run it with the eval launcher")
-    data = data if data is not None else StageData.open(cfg)
     num_classes, val_labels = data.num_classes, data.val_labels
     if getattr(getattr(cfg, "model", None), "num_classes", None) not in (None, num_classes):
         raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the data has {num_classes} classes")
