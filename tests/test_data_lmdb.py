@@ -303,6 +303,44 @@ def test_dataset_samples(tiny_videos):
     assert torch.equal(v["video"], val[0]["video"])
 
 
+@pytest.mark.parametrize("decoder", ["simplejpeg", "pil"])
+def test_frames_decode_into_one_array_as_they_would_one_by_one(decoder):
+    from videoiq.data.codec import FrameError, decode_jpeg
+
+    jpeg = _jpeg(1)
+    out = np.zeros((24, 32, 3), np.uint8)
+    assert decode_jpeg(jpeg, decoder, out=out) is out and np.array_equal(out, decode_jpeg(jpeg, decoder))
+    with pytest.raises(FrameError, match="24x32 pixels where 32x32 were expected"):
+        decode_jpeg(jpeg, decoder, out=np.zeros((32, 32, 3), np.uint8))
+
+
+def test_clips_from_one_reused_buffer_equal_per_frame_decoding():
+    from videoiq.data.clips import decode_clip
+    from videoiq.data.codec import decode_jpeg
+    from videoiq.data.transforms import EvalTransform, TrainTransform
+
+    train, evaluation = ClipSpec(train=True, segments=4, size=16), ClipSpec(train=False, segments=2, size=16,
+                                                                               scale_size=20, num_clips=2, num_crops=3)
+    clips = [[_jpeg(10 * c + k) for k in range(4)] for c in range(3)]
+
+    def one_by_one(jpegs):  # the frames as separate arrays, stacked
+        return torch.from_numpy(np.stack([decode_jpeg(j) for j in jpegs])).permute(0, 3, 1, 2)
+
+    first = decode_clip(train, clips[0], np.random.default_rng(0))
+    for c, jpegs in enumerate(clips):
+        video = decode_clip(train, jpegs, np.random.default_rng(c))
+        assert video.is_contiguous()
+        assert torch.equal(video, TrainTransform(16)(one_by_one(jpegs), np.random.default_rng(c)))
+        views = decode_clip(evaluation, jpegs, None)
+        expected = torch.cat([EvalTransform(16, 20, 3)(part) for part in one_by_one(jpegs).split(2)])
+        assert views.shape == (6, 2, 3, 16, 16) and torch.equal(views, expected)
+        slot = torch.zeros(6, 2, 3, 16, 16, dtype=torch.uint8)
+        assert decode_clip(evaluation, jpegs, None, out=slot) is slot and torch.equal(slot, expected)
+    assert torch.equal(first, decode_clip(train, clips[0], np.random.default_rng(0)))  # the buffer's reuse left it
+    with pytest.raises(RecordError, match="record 'v': sampled frame 2: 12x32 pixels where 24x32 were expected"):
+        decode_clip(train, [_jpeg(0), _jpeg(1), _jpeg(2, h=12)], np.random.default_rng(0), "db", "v")
+
+
 def test_corrupt_record_fails_or_is_skipped(tiny_videos, tmp_path):
     import shutil
     shutil.copytree(tiny_videos / "val.lmdb", tmp_path / "bad.lmdb")

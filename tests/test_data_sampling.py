@@ -98,6 +98,28 @@ def test_train_transform_is_consistent_across_frames():
         assert all(torch.equal(out[0], out[t]) for t in range(6))
 
 
+def test_transforms_end_in_one_copy_equal_to_resize_flip_contiguous():
+    from videoiq.data.transforms import contiguous_clip, resize
+
+    frames = torch.randint(0, 256, (5, 40, 50, 3), dtype=torch.uint8)
+    for clip in (frames.permute(0, 3, 1, 2), frames.permute(0, 3, 1, 2).contiguous()):  # channels-last and not
+        for seed in range(12):
+            rng = np.random.default_rng(seed)
+            x, y, w, h = multiscale_crop_box(40, 50, 32, rng)
+            expected = resize(clip[..., y:y + h, x:x + w], 32, 32)
+            expected = (expected.flip(-1) if rng.random() < 0.5 else expected).contiguous()
+            slot = torch.zeros(5, 3, 32, 32, dtype=torch.uint8)
+            assert TrainTransform(32)(clip, np.random.default_rng(seed), out=slot) is slot
+            assert torch.equal(slot, expected)
+            assert torch.equal(TrainTransform(32)(clip, np.random.default_rng(seed)), expected)
+        resized = resize(clip, 36, 45)
+        corners = [resized[..., y:y + 32, x:x + 32] for x, y in ((0, 0), (13, 0), (0, 4), (13, 4), (6, 2))]
+        assert torch.equal(EvalTransform(32, 36, 1)(clip), corners[4][None].contiguous())
+        assert torch.equal(EvalTransform(32, 36, 10)(clip), torch.stack(corners + [v.flip(-1) for v in corners]))
+        flipped = contiguous_clip(clip, flip=True)
+        assert flipped.is_contiguous() and torch.equal(flipped, clip.flip(-1))
+
+
 def test_eval_transform_views():
     clip = torch.arange(4 * 3 * 40 * 60, dtype=torch.int64).remainder(256).to(torch.uint8).view(4, 3, 40, 60)
     for crops in (1, 3, 5, 10):

@@ -1,10 +1,11 @@
 """A two-node Ray cluster on this machine for ``test_two_nodes.py``, owned by this process.
 
 Its own process because the test session already holds a Ray (``ray_local``) and ``Cluster.shutdown`` resets
-the calling process's Ray state. Run as ``python two_node_cluster.py GCS_PORT DASHBOARD_PORT AGENT_PORT`` with
+the calling process's Ray state. Run as ``python two_node_cluster.py GCS_PORT DASHBOARD_PORT AGENT_PORT [ENV]`` with
 ``RAY_TMPDIR`` set to a folder of the test's (Ray writes its sessions and ``ray_current_cluster`` there, not in
 the machine's shared /tmp/ray) and ``RAY_API_SERVER_ADDRESS`` naming the dashboard port (every process of the
-cluster then asks its own dashboard, see ``conftest.ray_local``).
+cluster then asks its own dashboard, see ``conftest.ray_local``). ``ENV``, a JSON ``{"head": {...}, "worker":
+{...}}``, adds environment variables to a node's processes (the worker's to its replacements too).
 
 It prints one JSON line once both nodes are up, ``{"address", "head", "worker"}`` (node ids), then answers one
 JSON line per command read from stdin:
@@ -34,19 +35,21 @@ def _say(obj: object) -> None:
     sys.stdout.flush()
 
 
-def main(gcs_port: int, dashboard_port: int, agent_port: int) -> None:
+def main(gcs_port: int, dashboard_port: int, agent_port: int, env: dict[str, dict[str, str]]) -> None:
+    worker_node = {**NODE, "env_vars": env.get("worker") or None}
     cluster = Cluster(initialize_head=True, head_node_args={
-        **NODE, "gcs_server_port": gcs_port, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        **NODE, "env_vars": env.get("head") or None, "gcs_server_port": gcs_port, "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
         "dashboard_port": dashboard_port, "dashboard_agent_listen_port": agent_port,
         "_system_config": FAST_NODE_DEATH})
     try:
-        worker = cluster.add_node(**NODE)
+        worker = cluster.add_node(**worker_node)
         _say({"address": cluster.address, "head": cluster.head_node.node_id, "worker": worker.node_id})
         for line in sys.stdin:
             command = line.strip()
             if command == "kill":
                 cluster.remove_node(worker, allow_graceful=False)
-                killed, worker = worker.node_id, cluster.add_node(**NODE)
+                killed, worker = worker.node_id, cluster.add_node(**worker_node)
                 _say({"killed": killed, "added": worker.node_id})
             elif command == "workers":
                 actors = sorted(cluster.global_state.actor_table(None).values(), key=lambda a: a["StartTime"])
@@ -61,4 +64,4 @@ def main(gcs_port: int, dashboard_port: int, agent_port: int) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:4]))
+    main(*(int(a) for a in sys.argv[1:4]), json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})

@@ -72,9 +72,9 @@ def _data_build(args: argparse.Namespace) -> int:
 
 def _data_inspect(args: argparse.Namespace) -> int:
     from .data.inspect import contact_sheet, describe
-    from .data.records import VideoDB
+    from .data.shards import open_split
 
-    db = VideoDB(args.db)
+    db = open_split(args.db)
     print(describe(db, top=args.top))
     if args.sheet:
         keys = contact_sheet(db, args.sheet, clips=args.clips, frames=args.frames)
@@ -172,6 +172,10 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         b.add_argument("--classes", help="class names, one per line in label order (categories.txt)"
                        + ("" if source in ("frames", "videos") else "; default: the labels of the annotation file"))
         b.add_argument("--workers", type=int, default=2, help="conversion processes (default 2)")
+        b.add_argument("--shards", type=int, default=0, help="write --out as a sharded split of this many LMDB "
+                       "shards, built in parallel (default 0: one LMDB)")
+        b.add_argument("--ray", action="store_true", help="build the shards as Ray tasks over the cluster of "
+                       "RAY_ADDRESS (else a local Ray); --out and the inputs must be at one path on every node")
         b.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
         b.add_argument("--overwrite", action="store_true", help="delete an existing database at --out first")
         b.add_argument("--map-size-gib", type=float, default=1024, help="LMDB address space (sparse; default 1024)")

@@ -44,6 +44,13 @@ def _bench_exactness(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_scale(args: argparse.Namespace) -> int:
+    from .scale import bench_scale
+
+    bench_scale(tuple(args.sizes), args.folder, args.frames, args.size, args.batch_size, args.workers)
+    return 0
+
+
 def _bench_setting(parser: argparse.ArgumentParser, *, frames: int, size: int, classes: int) -> None:
     """The model input and machine arguments the model benchmarks share."""
     parser.add_argument("--policy", default="policy_mobilenet_v2")
@@ -55,7 +62,7 @@ def _bench_setting(parser: argparse.ArgumentParser, *, frames: int, size: int, c
 
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:
-    """``videoiq bench data|quant|train|infer|exactness``."""
+    """``videoiq bench data|scale|quant|train|infer|exactness``."""
     bench = sub.add_parser("bench", help="benchmarks that print measured figures")
     besub = bench.add_subparsers(dest="bench_command", required=True)
     bd = besub.add_parser("data", help="videos/s: decode-only, PyTorch DataLoader and Ray Data on the same records")
@@ -71,6 +78,14 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     bd.add_argument("--epochs", type=int, default=2,
                     help="passes per pipeline; the best pass after the first is reported")
     bd.set_defaults(run=_bench_data)
+    bs = besub.add_parser("scale", help="build, open, first batch, epoch, driver memory and eval as a split grows")
+    bs.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000], help="videos per split")
+    bs.add_argument("--folder", default="bench_scale", help="where the generated videos and splits go (reused)")
+    bs.add_argument("--frames", type=int, default=8, help="frames per video (and per training clip)")
+    bs.add_argument("--size", type=int, default=32, help="frame side in px (and the crop)")
+    bs.add_argument("--batch-size", type=int, default=64)
+    bs.add_argument("--workers", type=int, default=0, help="build processes and Ray CPUs (0: every CPU)")
+    bs.set_defaults(run=_bench_scale)
     bq = besub.add_parser("quant", help="a quantized conv layer (PACT + DoReFa) vs a plain conv, forward + backward")
     bq.add_argument("--channels", type=int, default=64)
     bq.add_argument("--size", type=int, default=56, help="input height and width")

@@ -84,6 +84,8 @@ class StageConfig:
 
     def input_problems(self) -> list[str]:
         """Inputs a run needs that are unset or missing on disk (checked before a run, not on load)."""
+        from ..data.shards import is_sharded
+
         out = []
         for key in self.REQUIRED_INPUTS + self.OPTIONAL_INPUTS:
             value = self.get(key)
@@ -94,7 +96,8 @@ class StageConfig:
                 out.append(f"{key}: {value!r} does not exist")
         if self.data.root and Path(self.data.root).exists():
             for split in dict.fromkeys(self._splits()):
-                if not Path(self.data.lmdb_path(split), "data.mdb").exists():
+                found = self.data.lmdb_path(split)
+                if not (Path(found, "data.mdb").exists() or is_sharded(found)):
                     out.append(f"data.root: no {split}.lmdb database in {self.data.root!r} "
                                "(convert one with `videoiq data build`)")
         return out

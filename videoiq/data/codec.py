@@ -31,21 +31,58 @@ class VideoDecodeError(VideoiqError, ValueError):
     """A video file that cannot be opened or decoded, or has no frames."""
 
 
-def decode_jpeg(data: bytes | memoryview, decoder: Decoder = "simplejpeg") -> np.ndarray:
-    """RGB ``(H, W, 3)`` uint8 pixels of a JPEG; :class:`FrameError` if it does not decode."""
+def decode_jpeg(data: bytes | memoryview, decoder: Decoder = "simplejpeg", out: np.ndarray | None = None) -> np.ndarray:
+    """RGB ``(H, W, 3)`` uint8 pixels of a JPEG; :class:`FrameError` if it does not decode.
+
+    With ``out`` (a writable ``(H, W, 3)`` uint8 array) the pixels go there, and an image of another size is
+    a :class:`FrameError`; simplejpeg decodes straight into it, so a clip's frames fill one array.
+    """
     try:
         if decoder == "simplejpeg":
             import simplejpeg
 
-            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+            if out is None:
+                return simplejpeg.decode_jpeg(data, colorspace="RGB")
+            _check_size(simplejpeg.decode_jpeg_header(data)[:2], out)
+            simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+            return out
         if decoder == "pil":
             from PIL import Image
 
             with Image.open(io.BytesIO(data)) as im:
-                return np.asarray(im.convert("RGB"))
+                if out is None:
+                    return np.asarray(im.convert("RGB"))
+                _check_size((im.height, im.width), out)
+                out[...] = np.asarray(im.convert("RGB"))
+                return out
+    except FrameError:
+        raise
     except Exception as e:  # each library raises its own types; the caller names the record
         raise FrameError(f"undecodable image ({type(e).__name__}: {e})") from None
     raise ValueError(f"unknown decoder {decoder!r}; expected one of {DECODERS}")
+
+
+def jpeg_size(data: bytes | memoryview, decoder: Decoder = "simplejpeg") -> tuple[int, int]:
+    """``(H, W)`` of a JPEG from its header alone; :class:`FrameError` if it has none."""
+    try:
+        if decoder == "simplejpeg":
+            import simplejpeg
+
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+            return h, w
+        if decoder == "pil":
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as im:
+                return im.height, im.width
+    except Exception as e:
+        raise FrameError(f"undecodable image ({type(e).__name__}: {e})") from None
+    raise ValueError(f"unknown decoder {decoder!r}; expected one of {DECODERS}")
+
+
+def _check_size(size: tuple[int, int], out: np.ndarray) -> None:
+    if tuple(size) != out.shape[:2]:
+        raise FrameError(f"{size[0]}x{size[1]} pixels where {out.shape[0]}x{out.shape[1]} were expected")
 
 
 def encode_jpeg(pixels: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:

@@ -1,12 +1,13 @@
 """``videoiq data build``'s conversions from their options: the list or annotation file parsed, the class names
-checked against the dataset, the size estimated, then :mod:`.build` writes the database and its report."""
+checked against the dataset, the size estimated, then :mod:`.build` writes one database, or
+:mod:`.shard_build` a sharded split (``--shards``: in local processes, or Ray tasks with ``--ray``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import UsageError
-from . import annotations, build, lists
+from . import annotations, build, lists, shard_build
 from .lists import read_class_names
 from .specs import dataset_spec
 
@@ -29,6 +30,24 @@ def _checked_classes(args: Any, names: list[str] | None, items_labels: list[tupl
     return names
 
 
+def _write(args: Any, items: list, classes: list[str], conversion: build.Conversion, common: dict[str, Any],
+           missing: list[tuple[str, str]] | None = None) -> build.BuildReport:
+    """One LMDB, or with ``--shards`` a sharded split built by local processes or (``--ray``) Ray tasks."""
+    if getattr(args, "ray", False) and not args.shards:
+        raise UsageError("--ray builds shards: give --shards N too")
+    if not args.shards:
+        return build.write_database(args.out, items, classes, conversion, missing=missing, **common)
+    workers = common.pop("workers")
+    if args.ray:
+        from ..ray.build import ray_runner
+
+        runner, where = ray_runner(), "as Ray tasks"
+    else:
+        runner, where = shard_build.local_runner(workers), f"in {workers} processes"
+    return shard_build.build_sharded(args.out, items, classes, conversion, args.shards, runner, missing=missing,
+                                     where=where, **common)
+
+
 def build_from_options(source: str, args: Any, printer: Callable[[str], None] = print) -> build.BuildReport:
     """Convert ``source`` (``frames``, ``videos``, ``activitynet`` or ``kinetics``) with the options of its
     ``videoiq data build`` command (``args``: the parsed flags, by their names); prints the size estimate and
@@ -42,8 +61,8 @@ def build_from_options(source: str, args: Any, printer: Callable[[str], None] = 
     if source == "frames":
         items = lists.parse_frame_list(args.list, args.root, sep, args.layout, num_classes=limit)
         classes = _checked_classes(args, names, [it.labels for it in items])
-        template = args.template or spec.frame_template
-        report = build.build_frames(args.out, items, classes, template, verify=not args.no_verify, **common)
+        conversion = build.frames_conversion(args.template or spec.frame_template, verify=not args.no_verify)
+        report = _write(args, items, classes, conversion, common)
         printer(report.summary())
         return report
     seconds, missing = None, []
@@ -66,7 +85,7 @@ def build_from_options(source: str, args: Any, printer: Callable[[str], None] = 
         estimate = build.estimate_size(items, seconds, fps, args.short_side, args.quality)
         if estimate is not None:
             printer(estimate.describe(args.short_side, args.quality))
-    report = build.build_videos(args.out, items, classes, fps, args.short_side, args.quality,
-                                max_loss=args.max_loss, missing=missing, **common)
+    conversion = build.videos_conversion(fps, args.short_side, args.quality, args.max_loss, args.strict)
+    report = _write(args, items, classes, conversion, common, missing)
     printer(report.summary())
     return report

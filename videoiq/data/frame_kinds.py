@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import VideoiqError
-from .records import VideoDB
 from .sampling import eval_indices
+from .shards import VideoSet
 
 log = logging.getLogger("videoiq.data")
 
@@ -49,7 +49,7 @@ class FrameKinds:
         kinds = {n: (list(g) if g is not None else None) for n, g in zip(self.names, self.groups, strict=True)}
         return json.dumps({"kinds": kinds, "videos": self.videos}, indent=0) + "\n"
 
-    def sampled(self, db: VideoDB, segments: int, frames_per_segment: int = 1) -> np.ndarray:
+    def sampled(self, db: VideoSet, segments: int, frames_per_segment: int = 1) -> np.ndarray:
         """``(videos, frames)`` kind ids of the frames evaluation samples (one clip: the segment centres) from
         every video of ``db``, in database order."""
         out = np.empty((len(db), segments * frames_per_segment), np.int64)
@@ -98,7 +98,7 @@ def load_frame_kinds(path: str, num_classes: int) -> FrameKinds:
     return FrameKinds(tuple(kinds), tuple(groups), dict(raw["videos"]))
 
 
-def find_frame_kinds(root: str, split: str, db: VideoDB) -> FrameKinds | None:
+def find_frame_kinds(root: str, split: str, db: VideoSet) -> FrameKinds | None:
     """The frame kinds of a split when its file exists, checked against the database, else ``None``."""
     path = frame_kinds_path(root, split)
     if not os.path.isfile(path):
@@ -114,7 +114,7 @@ class SampledKinds:
     ids: np.ndarray
 
     @classmethod
-    def of(cls, root: str, split: str, db: VideoDB, segments: int, frames_per_segment: int = 1,
+    def of(cls, root: str, split: str, db: VideoSet, segments: int, frames_per_segment: int = 1,
            num_clips: int = 1) -> "SampledKinds | None":
         """For a split's database when it has a frame kinds file and evaluation takes one clip per video."""
         kinds = find_frame_kinds(root, split, db)

@@ -1,15 +1,16 @@
-"""``videoiq data inspect``: what a database holds (meta, counts, videos that decoded short, class histogram) and a
-contact sheet of clips."""
+"""``videoiq data inspect``: what a database holds (meta, counts, videos that decoded short, class histogram, the
+shards of a sharded split and whether each is here and whole) and a contact sheet of clips."""
 from __future__ import annotations
 
 from collections import Counter
 
 from .codec import DecodeCheck, decode_jpeg
-from .records import VideoDB
+from .records import DatabaseError
 from .sampling import eval_indices
+from .shards import ShardedSplit, VideoSet
 
 
-def describe(db: VideoDB, top: int = 10) -> str:
+def describe(db: VideoSet, top: int = 10) -> str:
     """A readable summary of a database: meta, frame statistics and the class histogram."""
     m = db.meta
     fpv = m["frames_per_video"]
@@ -32,6 +33,8 @@ def describe(db: VideoDB, top: int = 10) -> str:
             lines.append(f"  {key}: {DecodeCheck.from_dict(figures).describe()}")
         if len(short) > top:
             lines.append(f"  ... and {len(short) - top} more (all in __meta__['decode_loss'])")
+    if isinstance(db, ShardedSplit):
+        lines.extend(_shard_lines(db, top))
     counts = Counter(x for labels in db.index.labels for x in labels)
     names = db.classes
     per_class = [(counts.get(c, 0), c) for c in range(len(names))]
@@ -47,7 +50,7 @@ def describe(db: VideoDB, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def contact_sheet(db: VideoDB, path: str, clips: int = 4, frames: int = 8, tile: int = 96) -> list[str]:
+def contact_sheet(db: VideoSet, path: str, clips: int = 4, frames: int = 8, tile: int = 96) -> list[str]:
     """Write a PNG with one row per clip (one video from each of the first ``clips`` classes found) and
     ``frames`` evenly spaced frames per row; returns the keys shown."""
     from PIL import Image, ImageDraw
@@ -72,7 +75,28 @@ def contact_sheet(db: VideoDB, path: str, clips: int = 4, frames: int = 8, tile:
     return [db.index.keys[i] for i in chosen]
 
 
-def _row_title(db: VideoDB, i: int) -> str:
+def _row_title(db: VideoSet, i: int) -> str:
     labels = db.index.labels[i]
     return ", ".join(db.classes[x] for x in labels) if labels else db.index.keys[i]
 
+
+
+def _shard_lines(db: ShardedSplit, top: int) -> list[str]:
+    """The shards and their state here: each one opened and checked against the manifest."""
+    states = []
+    for number, shard in enumerate(db.shards):
+        try:
+            db.open_shard(number)
+            states.append("ok")
+        except DatabaseError as e:
+            states.append("missing" if shard.name in db.missing_shards() else f"bad: {e}")
+    bad = sum(state != "ok" for state in states)
+    lines = [f"shards       {len(db.shards)}, {db.nbytes / 2**20:.1f} MiB"
+             + (f"; {bad} missing or bad here" if bad else "; all here and whole")]
+    shown = [i for i, state in enumerate(states) if state != "ok"][:top] or list(range(min(top, len(db.shards))))
+    for i in shown:
+        s = db.shards[i]
+        lines.append(f"  {s.name}  {s.videos:>7} videos {s.frames:>9} frames {s.bytes / 2**20:>8.1f} MiB  {states[i]}")
+    if len(db.shards) > len(shown):
+        lines.append(f"  ... and {len(db.shards) - len(shown)} more")
+    return lines

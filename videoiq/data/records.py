@@ -196,7 +196,25 @@ class VideoIndex:
         return len(self.keys)
 
 
-class VideoDB:
+class SplitView:
+    """What every kind of split answers from its ``meta`` and ``index`` (a single LMDB, a sharded split)."""
+
+    meta: dict[str, Any]
+    index: VideoIndex
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+class VideoDB(SplitView):
     """A finished videoiq LMDB opened for reading: ``meta``, ``index`` and frame access by position."""
 
     def __init__(self, path: str | os.PathLike):
@@ -253,15 +271,9 @@ class VideoDB:
                                           + bytes(raw_index or b"")).hexdigest()[:16]
 
     @property
-    def classes(self) -> list[str]:
-        return list(self.meta["classes"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.meta["num_classes"])
-
-    def __len__(self) -> int:
-        return len(self.index)
+    def nbytes(self) -> int:
+        """Bytes of its ``data.mdb``."""
+        return os.path.getsize(os.path.join(self.path, "data.mdb"))
 
     def read(self, i: int, frame_indices: list[int] | None = None) -> tuple[RecordHeader, list[bytes]]:
         """Header and JPEG bytes of frames ``frame_indices`` (all frames when None) of video ``i``."""

@@ -8,7 +8,10 @@ bilinearly to ``size``; then a horizontal flip with p = 0.5. Evaluation scales t
 side to ``scale_size`` and takes 1, 3, 5 or 10 crops of ``size``.
 
 Resizing is torch's antialiased bilinear interpolation on uint8, the kernel torchvision's ``resize``
-calls (identical output, tested), without importing torchvision into every data worker.
+calls (identical output, tested), without importing torchvision into every data worker. Its fast path
+takes and gives channels-last frames, the layout decoded pixels come in; each transform ends with one copy
+into the standard contiguous layout (:func:`contiguous_clip`), the flip taken along, optionally into a
+caller's array (a slot of the batch being built).
 """
 from __future__ import annotations
 
@@ -33,6 +36,20 @@ def resize_short_side(clip: torch.Tensor, short: int) -> torch.Tensor:
     if h <= w:
         return resize(clip, short, int(short * w / h))
     return resize(clip, int(short * h / w), short)
+
+
+def contiguous_clip(clip: torch.Tensor, flip: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+    """A CPU uint8 clip ``(..., 3, H, W)`` in the contiguous layout, mirrored left-right when ``flip``, in one
+    copy (into ``out`` when given). numpy does it: its strided copy out of channels-last frames takes 0.62 ms
+    per 16x224x224 clip against 0.87 for torch's ``contiguous()``, and mirrors for free (a negative stride)
+    where torch's ``flip`` is a copy of its own."""
+    src = clip.numpy()
+    if flip:
+        src = src[..., ::-1]
+    if out is None:
+        out = torch.empty(clip.shape, dtype=clip.dtype)
+    np.copyto(out.numpy(), src)
+    return out
 
 
 def fixed_offsets(width: int, height: int, crop_w: int, crop_h: int) -> list[tuple[int, int]]:
@@ -63,12 +80,11 @@ class TrainTransform:
     def __init__(self, size: int, flip: bool = True):
         self.size, self.flip = size, flip
 
-    def __call__(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(self, clip: torch.Tensor, rng: np.random.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The transformed clip, written into ``out`` (``(T, 3, size, size)`` uint8) when given."""
         x, y, w, h = multiscale_crop_box(clip.shape[-2], clip.shape[-1], self.size, rng)
-        out = resize(clip[..., y:y + h, x:x + w], self.size, self.size)
-        if self.flip and rng.random() < 0.5:
-            out = out.flip(-1)
-        return out.contiguous()
+        resized = resize(clip[..., y:y + h, x:x + w], self.size, self.size)
+        return contiguous_clip(resized, self.flip and rng.random() < 0.5, out)
 
 
 class EvalTransform:
@@ -85,7 +101,9 @@ class EvalTransform:
             raise ValueError(f"scale_size {scale_size} is smaller than the crop size {size}")
         self.size, self.scale_size, self.num_crops = size, scale_size, num_crops
 
-    def __call__(self, clip: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def __call__(self, clip: torch.Tensor, rng: np.random.Generator | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """The views, written into ``out`` (``(V, T, 3, size, size)`` uint8) when given."""
         clip = resize_short_side(clip, self.scale_size)
         H, W, s = clip.shape[-2], clip.shape[-1], self.size
         cy, cx = int(round((H - s) / 2.0)), int(round((W - s) / 2.0))
@@ -95,10 +113,14 @@ class EvalTransform:
             boxes = [(0, cy), (cx, cy), (W - s, cy)] if W >= H else [(cx, 0), (cx, cy), (cx, H - s)]
         else:
             boxes = [(0, 0), (W - s, 0), (0, H - s), (W - s, H - s), (cx, cy)]
-        views = [clip[..., y:y + s, x:x + s] for x, y in boxes]
+        views = [(clip[..., y:y + s, x:x + s], False) for x, y in boxes]
         if self.num_crops == 10:
-            views += [v.flip(-1) for v in views]
-        return torch.stack(views).contiguous()
+            views += [(v, True) for v, _ in views]
+        if out is None:
+            out = torch.empty((len(views), *clip.shape[:-2], s, s), dtype=clip.dtype)
+        for slot, (view, flip) in zip(out, views, strict=True):
+            contiguous_clip(view, flip, slot)
+        return out
 
 
 def normalize(video: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -17,12 +17,20 @@ Part of the thin Ray layer (the core under ``videoiq.data`` never imports Ray). 
 * **Shards**: Ray Train's ``DataConfig(datasets_to_split=["train"])`` splits the training set across
   workers (disjoint; ``equal=True`` drops at most ``world_size - 1`` rows an epoch) and gives every
   worker the whole validation set; :func:`train_data_config` builds it.
-* **Read log**: with a ``read_log`` folder, every finished read task appends ``{"node", "videos"}`` to
-  its process's file there, so which nodes read how much is on record (:func:`read_counts`); a stage on
-  Ray Train keeps it in ``<run>/reads``.
+* **Sharded splits, read where they lie**: for a split of shards (``videoiq.data.shards``) the driver
+  first asks every node which shards it holds (a zero-CPU task pinned to each node; a shard no node holds
+  is an error naming it, before anything reads), gives each shard to one node that holds it (the least
+  loaded), and builds one read+decode pipeline per node whose tasks prefer that node (a
+  ``label_selector`` on Ray's node-id label, with a fallback to any node); the pipelines are unioned, so an
+  epoch still reads every video once, in an order shuffled over all of a node's shards, interleaved across
+  nodes.
+* **Read log**: with a ``read_log`` folder, every finished read task appends ``{"node", "execution",
+  "videos", "shards"}`` to its process's file there, so which nodes read which shards in which epoch is on
+  record (:func:`read_counts`, :func:`read_shards`); a stage on Ray Train keeps it in ``<run>/reads``.
 
-Every node that runs read tasks must see the LMDB at the same path: put it on a shared filesystem
-(NFS, Lustre, a mounted bucket) or copy it to the same path on each node.
+A single LMDB must be at the same path on every node that runs read tasks: on a shared filesystem (NFS,
+Lustre, a mounted bucket) or copied to each node. A sharded split's manifest and index must be on every
+node that reads; its shards only where they are read (see ``docs/ray.md``).
 """
 from __future__ import annotations
 
@@ -39,30 +47,34 @@ import ray.train
 import torch
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..data.clips import ClipSpec, clip_indices, decode_clip, invalid_sample, primary_label
-from ..data.records import DatabaseError, RecordError, VideoDB
+from ..data.records import DatabaseError, RecordError
+from ..data.shards import ShardedSplit, VideoSet, open_split
 
-_DBS: dict[tuple[int, str], VideoDB] = {}
+_DBS: dict[tuple[int, str], VideoSet] = {}
+NODE_LABEL = "ray.io/node-id"  # the label Ray gives every node
+PROBE_SECONDS = 120  # a node that cannot run a zero-CPU task in this long is not reading anything either
 
 
-def _db(path: str) -> VideoDB:
-    """This process's VideoDB of ``path`` (Ray reuses worker processes across tasks)."""
+def _db(path: str) -> VideoSet:
+    """This process's split at ``path`` (Ray reuses worker processes across tasks)."""
     key = (os.getpid(), path)
     if key not in _DBS:
-        _DBS[key] = VideoDB(path)
+        _DBS[key] = open_split(path)
     return _DBS[key]
 
 
 class LMDBVideoDatasource(Datasource):
     """Rows ``{"jpeg", "sizes", "label", "index", "error"}``: one video's sampled JPEG frames per row."""
 
-    def __init__(self, db: VideoDB | str, spec: ClipSpec, videos_per_block: int = 8, shuffle: bool | None = None,
+    def __init__(self, db: VideoSet | str, spec: ClipSpec, videos_per_block: int = 8, shuffle: bool | None = None,
                  positions: list[int] | None = None, seed: int | None = None, read_log: str | None = None):
         super().__init__()
         self.seed, self.executions, self.read_log = seed, 0, read_log
         # opened here, in the driver: a damaged database fails with its own message before any task runs
-        db = db if isinstance(db, VideoDB) else VideoDB(db)
+        db = open_split(db) if isinstance(db, str) else db
         path = db.path
         self.path, self.spec, self.videos_per_block = os.path.abspath(path), spec, videos_per_block
         self.shuffle = spec.train if shuffle is None else shuffle
@@ -71,7 +83,7 @@ class LMDBVideoDatasource(Datasource):
         self.positions = [i for i in candidates if counts[i] >= spec.min_frames]
         if not self.positions:
             raise DatabaseError(f"{path}: no videos to read (none has >= {spec.min_frames} frames)")
-        mean_frame = os.path.getsize(os.path.join(path, "data.mdb")) / max(1, db.meta["num_frames"])
+        mean_frame = db.nbytes / max(1, db.meta["num_frames"])
         self._row_bytes = int(mean_frame * spec.frames * spec.num_clips)
 
     def estimate_inmemory_data_size(self) -> int:
@@ -84,7 +96,8 @@ class LMDBVideoDatasource(Datasource):
         self.executions += 1
         rng = np.random.default_rng(draw)
         order = rng.permutation(self.positions) if self.shuffle else np.array(self.positions)
-        path, spec, vpb, row_bytes, log = self.path, self.spec, self.videos_per_block, self._row_bytes, self.read_log
+        path, spec, vpb, row_bytes = self.path, self.spec, self.videos_per_block, self._row_bytes
+        log = None if self.read_log is None else (self.read_log, self.executions - 1)
 
         def task(part: np.ndarray) -> ReadTask:
             positions = part.tolist()  # plain ints: the closure must not capture the datasource
@@ -100,7 +113,7 @@ class LMDBVideoDatasource(Datasource):
 
 
 def _read_rows(path: str, spec: ClipSpec, positions: list[int], videos_per_block: int,
-               draw: list[int] | None, read_log: str | None) -> Iterator[Any]:
+               draw: list[int] | None, read_log: tuple[str, int] | None) -> Iterator[Any]:
     db, fresh = _db(path), np.random.default_rng()
     for s in range(0, len(positions), videos_per_block):
         rows = {"jpeg": [], "sizes": [], "label": [], "index": [], "error": [], "seed": []}
@@ -125,65 +138,102 @@ def _read_rows(path: str, spec: ClipSpec, positions: list[int], videos_per_block
             "error": np.array(rows["error"], dtype=object), "seed": np.array(rows["seed"], np.int64),
         })
     if read_log is not None:
-        _log_read(read_log, len(positions))
+        shards = (Counter(db.shards[db.shard_of(p)].name for p in positions) if isinstance(db, ShardedSplit)
+                  else {os.path.basename(path): len(positions)})
+        _log_read(*read_log, len(positions), dict(shards))
 
 
-def _log_read(folder: str, videos: int) -> None:
+def _log_read(folder: str, execution: int, videos: int, shards: dict[str, int]) -> None:
     # One file per process (and node): a single writer per file appends safely on NFS too.
     node = ray.get_runtime_context().get_node_id()
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"{node}.{os.getpid()}.jsonl"), "a") as f:
-        f.write(json.dumps({"node": node, "videos": videos}) + "\n")
+        f.write(json.dumps({"node": node, "execution": execution, "videos": videos, "shards": shards}) + "\n")
+
+
+def _read_entries(folder: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    for file in sorted(Path(folder).glob("*.jsonl")):
+        for line in file.read_text().splitlines():
+            yield json.loads(line)
 
 
 def read_counts(folder: str | os.PathLike[str]) -> dict[str, int]:
     """Videos read per Ray node id, over every execution, from a ``read_log`` folder ({} if there is none)."""
     counts: Counter[str] = Counter()
-    for file in sorted(Path(folder).glob("*.jsonl")):
-        for line in file.read_text().splitlines():
-            entry = json.loads(line)
-            counts[entry["node"]] += entry["videos"]
+    for entry in _read_entries(folder):
+        counts[entry["node"]] += entry["videos"]
     return dict(counts)
+
+
+def read_shards(folder: str | os.PathLike[str]) -> dict[int, dict[str, dict[str, int]]]:
+    """Videos read per execution (epoch), node id and shard, from a ``read_log`` folder."""
+    out: dict[int, dict[str, Counter[str]]] = {}
+    for entry in _read_entries(folder):
+        out.setdefault(entry["execution"], {}).setdefault(entry["node"], Counter()).update(entry["shards"])
+    return {n: {node: dict(c) for node, c in nodes.items()} for n, nodes in sorted(out.items())}
 
 
 def decode_batch(batch: dict[str, np.ndarray], spec: ClipSpec, path: str) -> dict[str, np.ndarray]:
     """The decode+augment stage: JPEG bytes to uint8 clips, ``valid`` False for skipped bad records."""
     db = _db(path)
-    videos, valid = [], []
-    for data, sizes, position, error, seed in zip(batch["jpeg"], batch["sizes"], batch["index"], batch["error"],
-                                                  batch["seed"], strict=True):
+    # each clip is written straight into its slot of the block's array: no clip of its own to stack
+    videos = np.empty((len(batch["index"]), *spec.sample_shape), np.uint8)
+    valid = np.ones(len(videos), bool)
+    for i, (data, sizes, position, error, seed) in enumerate(zip(batch["jpeg"], batch["sizes"], batch["index"],
+                                                                 batch["error"], batch["seed"], strict=True)):
         key, rng = db.index.keys[int(position)], np.random.default_rng(int(seed))
         try:
             if error:
                 raise RecordError(path, key, error)
             bounds = np.concatenate([[0], np.cumsum(sizes)])
             jpegs = [data[bounds[k]:bounds[k + 1]] for k in range(len(sizes))]
-            videos.append(decode_clip(spec, jpegs, rng, path, key).numpy())
-            valid.append(True)
+            decode_clip(spec, jpegs, rng, path, key, out=torch.from_numpy(videos[i]))
         except RecordError as e:
             if spec.on_error == "fail":
                 raise
-            videos.append(invalid_sample(spec, int(position), e)["video"].numpy())
-            valid.append(False)
-    return {"video": np.stack(videos), "label": np.where(valid, batch["label"], -1), "index": batch["index"],
-            "valid": np.array(valid)}
+            videos[i] = invalid_sample(spec, int(position), e)["video"].numpy()
+            valid[i] = False
+    return {"video": videos, "label": np.where(valid, batch["label"], -1), "index": batch["index"], "valid": valid}
 
 
-def clip_dataset(db: VideoDB | str, spec: ClipSpec, videos_per_block: int = 8, read_tasks: int | None = None,
+def clip_dataset(db: VideoSet | str, spec: ClipSpec, videos_per_block: int = 8, read_tasks: int | None = None,
                  shuffle: bool | None = None, positions: list[int] | None = None,
                  seed: int | None = None, read_log: str | None = None) -> ray.data.Dataset:
-    """A Ray Dataset of clip samples from a database (or the LMDB at that path; see the module docstring for
+    """A Ray Dataset of clip samples from a split (or the split at that path; see the module docstring for
     the stages); ``positions`` limits it to those videos of the index; ``seed`` makes every execution reproducible;
-    ``read_log`` is a folder where the read tasks record their node (:func:`read_counts`)."""
-    source = LMDBVideoDatasource(db, spec, videos_per_block, shuffle, positions, seed, read_log)
+    ``read_log`` is a folder where the read tasks record their node (:func:`read_counts`); ``read_tasks``: per
+    node reading a sharded split."""
+    split = open_split(db) if isinstance(db, str) else db
+    if not isinstance(split, ShardedSplit):
+        return _settle(_pipeline(split, spec, videos_per_block, read_tasks, shuffle, positions, seed, read_log),
+                       seed)
+    wanted = range(len(split)) if positions is None else positions
+    # Ray's node-id label pins a node's reads there; the empty fallback lets them run elsewhere if it goes away
+    parts = [_pipeline(split, spec, videos_per_block, read_tasks, shuffle, mine, seed, read_log,
+                       {"label_selector": {NODE_LABEL: node}, "fallback_strategy": [{"label_selector": {}}]})
+             for node, mine in sorted(_positions_by_node(split, wanted, spec.min_frames).items())]
+    return _settle(parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0], seed)
+
+
+def _pipeline(split: VideoSet, spec: ClipSpec, videos_per_block: int, read_tasks: int | None,
+              shuffle: bool | None, positions: Any, seed: int | None, read_log: str | None,
+              placement: dict[str, Any] | None = None) -> ray.data.Dataset:
+    source = LMDBVideoDatasource(split, spec, videos_per_block, shuffle, list(positions) if positions is not None
+                                 else None, seed, read_log)
     n = len(source.positions)
     blocks = read_tasks or min(n, max(8, -(-n // 64)))
-    ds = ray.data.read_datasource(source, override_num_blocks=blocks)
-    # No batch_size: decoding then runs on each read block inside the read task (Ray fuses the two).
-    ds = ds.map_batches(decode_batch, fn_kwargs={"spec": spec, "path": source.path}, batch_format="numpy")
+    ds = ray.data.read_datasource(source, override_num_blocks=blocks, **(placement or {}))
+    # No batch_size: decoding then runs on each read block inside the read task (Ray fuses the two, the
+    # same placement letting it: a node's decode runs where that node's read does).
+    return _settle(ds.map_batches(decode_batch, fn_kwargs={"spec": spec, "path": source.path}, batch_format="numpy",
+                                  **(placement or {})), seed)
+
+
+def _settle(ds: ray.data.Dataset, seed: int | None) -> ray.data.Dataset:
+    """This dataset's own context (not the global one): how it runs and how quietly."""
     # Ray Data reserves a share of the CPUs per operator against contention between operators; this
     # pipeline is one fused operator, and the reservation left half of a 2-CPU node idle (videoiq bench
-    # data: 160 -> 270 videos/s without it). Set on this dataset's own context, not globally.
+    # data: 160 -> 270 videos/s without it).
     ds.context.op_resource_reservation_enabled = False
     # Job logs: Ray Data's progress bars and "Running Dataset" banners were most of a job's lines (thousands
     # per stage); the training loop prints its own progress and epoch lines.
@@ -192,9 +242,74 @@ def clip_dataset(db: VideoDB | str, spec: ClipSpec, videos_per_block: int = 8, r
     # A bad record's own error (RecordError, naming the database, key and frame), not Ray Data's
     # "UDF failed to process a data block", whose cause does not survive the trip to the consumer.
     ds.context.raise_original_map_exception = True
-    if seed is not None:  # blocks otherwise arrive in the order their tasks finish
+    if seed is not None:  # blocks otherwise arrive in the order their tasks finish (union: round-robin)
         ds.context.execution_options.preserve_order = True
     return ds
+
+
+def _positions_by_node(split: ShardedSplit, positions: Any, min_frames: int) -> dict[str, list[int]]:
+    """The videos each node reads: every shard given to one node that holds it, the least loaded first."""
+    holders = shard_holders(split)
+    orphans = [s.name for s in split.shards if not holders[s.name]]
+    if orphans:
+        more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
+        raise DatabaseError(f"{split.path}: {len(orphans)} shards are on no node of the Ray cluster: "
+                            f"{', '.join(orphans[:5])}{more}; copy them (with {split.path}/manifest.json and "
+                            "index.msgpack) to a node's copy of the split")
+    counts = split.index.num_frames
+    by_shard: dict[int, list[int]] = {}
+    for p in positions:
+        if counts[p] >= min_frames:
+            by_shard.setdefault(split.shard_of(p), []).append(p)
+    load: Counter[str] = Counter({node: 0 for names in holders.values() for node in names})
+    out: dict[str, list[int]] = {}
+    for number in sorted(by_shard, key=lambda k: (-len(by_shard[k]), k)):
+        node = min(sorted(holders[split.shards[number].name]), key=lambda n: load[n])
+        load[node] += len(by_shard[number])
+        out.setdefault(node, []).extend(by_shard[number])
+    if not out:
+        raise DatabaseError(f"{split.path}: no videos to read (none has >= {min_frames} frames)")
+    return out
+
+
+def shard_holders(split: ShardedSplit) -> dict[str, list[str]]:
+    """Which alive Ray nodes (with CPUs to read on) hold each shard of ``split``: shard name -> node ids.
+
+    A node that holds shards but no manifest, or another build's manifest, is an error naming it: its shards
+    cannot be read as this split's."""
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
+    probe = ray.remote(num_cpus=0, max_retries=0)(_holdings)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+        split.path, [s.name for s in split.shards], split.fingerprint) for node in nodes]
+    held: dict[str, list[str]] = {s.name: [] for s in split.shards}
+    for node, answer in zip(nodes, ray.get(refs, timeout=PROBE_SECONDS), strict=True):
+        if answer["error"]:
+            raise DatabaseError(f"Ray node {node} ({answer['host']}): {answer['error']}")
+        for name in answer["shards"]:
+            held[name].append(node)
+    return held
+
+
+def _holdings(path: str, names: list[str], fingerprint: str) -> dict[str, Any]:
+    """On one node: the shards of the split at ``path`` found there (after that node's ``VIDEOIQ_PATH_MAP``)."""
+    import socket
+
+    from ..data.shards import local_path
+
+    here = local_path(path)
+    present = [n for n in names if os.path.isfile(os.path.join(here, n, "data.mdb"))]
+    answer = {"host": socket.gethostname(), "shards": present, "error": ""}
+    if not present:
+        return answer
+    try:
+        found = ShardedSplit(path).fingerprint
+    except DatabaseError as e:
+        answer["error"] = f"holds {len(present)} shards of {here} but not its manifest ({e})"
+        return answer
+    if found != fingerprint:
+        answer["error"] = (f"{here}: holds another build of this split (fingerprint {found}, the driver's is "
+                           f"{fingerprint}); copy the same build to every node")
+    return answer
 
 
 def train_data_config(datasets: dict[str, ray.data.Dataset]) -> ray.train.DataConfig:

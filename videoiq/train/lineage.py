@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import StageConfig, config_to_dict
-from ..data.records import VideoDB
+from ..data.shards import VideoSet
 from ..errors import first_few
 from .checkpoint import CheckpointError, checkpoint_identity, file_sha256, latest_checkpoint
 from .stage_data import StageData
@@ -60,7 +60,7 @@ def identity_config(cfg: StageConfig) -> dict[str, Any]:
                                                      for x in NOT_IDENTITY)}
 
 
-def database_identity(db: VideoDB) -> dict[str, Any]:
+def database_identity(db: VideoSet) -> dict[str, Any]:
     """What a stage records about one of its databases: where, its fingerprint, counts and classes."""
     return {"path": os.path.abspath(db.path), "fingerprint": db.fingerprint, "videos": len(db),
             "frames": int(db.meta.get("num_frames", 0)), "classes": db.classes}

@@ -9,12 +9,12 @@ from pathlib import Path
 from PIL import Image
 
 from ..data.clips import ClipSpec, decode_clip, read_clip
-from ..data.records import VideoDB
+from ..data.shards import VideoSet
 from ..strips import decision_strip, save_strip
 from .scoring import Predictions
 
 
-def validation_strip(db: VideoDB, spec: ClipSpec, pred: Predictions, actions: Sequence[str],
+def validation_strip(db: VideoSet, spec: ClipSpec, pred: Predictions, actions: Sequence[str],
                      videos: int = 8) -> Image.Image:
     """The strip of up to ``videos`` scored videos of ``db`` (one per class first), from the frames evaluation
     sampled (its first view) and the decisions in ``pred.extra["decisions"]``; titled key, label, prediction."""
@@ -40,7 +40,7 @@ def validation_strip(db: VideoDB, spec: ClipSpec, pred: Predictions, actions: Se
     return decision_strip(frames, acts, titles)
 
 
-def decisions_picture(db: VideoDB, spec: ClipSpec, pred: Predictions, actions: Sequence[str],
+def decisions_picture(db: VideoSet, spec: ClipSpec, pred: Predictions, actions: Sequence[str],
                       path: str | os.PathLike) -> Path:
     """Write the :func:`validation_strip` of ``db``'s scored videos to ``path`` (PNG); returns the path."""
     return Path(save_strip(validation_strip(db, spec, pred, actions), path))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..config import ConfigError, StageConfig
 from ..data.frame_kinds import SampledKinds
-from ..data.records import VideoDB
+from ..data.shards import VideoSet, open_split
 from ..data.specs import dataset_spec
 
 
@@ -19,16 +19,16 @@ from ..data.specs import dataset_spec
 class StageData:
     """The training database (``None`` for the eval stage), the validation database and its frame kinds."""
 
-    train: VideoDB | None
-    val: VideoDB
+    train: VideoSet | None
+    val: VideoSet
     kinds: SampledKinds | None
 
     @classmethod
     def open(cls, cfg: StageConfig, num_clips: int = 1) -> StageData:
         """Open and check the databases a stage of ``cfg`` reads (the eval stage reads the validation split
         only); ``num_clips``: clips per video in evaluation (frame kinds are reported for one)."""
-        train = None if cfg.STAGE == "eval" else VideoDB(cfg.data.lmdb_path(cfg.data.train_split))
-        val = VideoDB(cfg.data.lmdb_path(cfg.data.val_split))
+        train = None if cfg.STAGE == "eval" else open_split(cfg.data.lmdb_path(cfg.data.train_split))
+        val = open_split(cfg.data.lmdb_path(cfg.data.val_split))
         if len(val) == 0:
             raise ConfigError(f"data.root: {val.path} has no videos to validate on")
         spec = dataset_spec(cfg.data.dataset)
