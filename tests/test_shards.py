@@ -150,6 +150,7 @@ def test_shard_build_unfinished_is_named(tiny_videos, split):
     assert len(open_split(split)) == 16
 
 
+@pytest.mark.slow
 def test_shard_cli_build_inspect_and_error_line(tiny_videos, tmp_path):
     out = tmp_path / "train.lmdb"
     cmd = [sys.executable, "-m", "videoiq", "data", "build", "videos", "--root", str(tiny_videos), "--list",
@@ -170,6 +171,7 @@ def test_shard_cli_build_inspect_and_error_line(tiny_videos, tmp_path):
     assert ray_without_shards.stderr.strip() == "videoiq: error: --ray builds shards: give --shards N too"
 
 
+@pytest.mark.slow
 def test_shard_split_trains_a_stage_in_process(tiny_videos, tmp_path):
     from videoiq.dispatch import run_config
 

@@ -20,8 +20,8 @@ Part of the thin Ray layer (the core under ``videoiq.data`` never imports Ray). 
 * **Sharded splits, read where they lie**: for a split of shards (``videoiq.data.shards``) the driver
   first asks every node which shards it holds (a zero-CPU task pinned to each node; a shard no node holds
   is an error naming it, before anything reads), gives each shard to one node that holds it (the least
-  loaded), and builds one read+decode pipeline per node whose tasks prefer that node (a
-  ``label_selector`` on Ray's node-id label, with a fallback to any node); the pipelines are unioned, so an
+  loaded), and builds one read+decode pipeline per node whose tasks prefer that node
+  (``NodeAffinitySchedulingStrategy(soft=True)``); the pipelines are unioned, so an
   epoch still reads every video once, in an order shuffled over all of a node's shards, interleaved across
   nodes.
 * **Read log**: with a ``read_log`` folder, every finished read task appends ``{"node", "execution",
@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -54,8 +55,8 @@ from ..data.records import DatabaseError, RecordError
 from ..data.shards import ShardedSplit, VideoSet, open_split
 
 _DBS: dict[tuple[int, str], VideoSet] = {}
-NODE_LABEL = "ray.io/node-id"  # the label Ray gives every node
-PROBE_SECONDS = 120  # a node that cannot run a zero-CPU task in this long is not reading anything either
+PROBE_SECONDS = 120
+READ_TASKS_PER_CPU = 32  # a node that cannot run a zero-CPU task in this long is not reading anything either
 
 
 def _db(path: str) -> VideoSet:
@@ -208,9 +209,10 @@ def clip_dataset(db: VideoSet | str, spec: ClipSpec, videos_per_block: int = 8, 
         return _settle(_pipeline(split, spec, videos_per_block, read_tasks, shuffle, positions, seed, read_log),
                        seed)
     wanted = range(len(split)) if positions is None else positions
-    # Ray's node-id label pins a node's reads there; the empty fallback lets them run elsewhere if it goes away
+    # soft node affinity: a node's reads wait for a CPU there (a label selector with a fallback, Ray 2.60's
+    # replacement, ran them on the other node while this one was busy), and go elsewhere only if it is gone
     parts = [_pipeline(split, spec, videos_per_block, read_tasks, shuffle, mine, seed, read_log,
-                       {"label_selector": {NODE_LABEL: node}, "fallback_strategy": [{"label_selector": {}}]})
+                       {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)})
              for node, mine in sorted(_positions_by_node(split, wanted, spec.min_frames).items())]
     return _settle(parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0], seed)
 
@@ -221,8 +223,14 @@ def _pipeline(split: VideoSet, spec: ClipSpec, videos_per_block: int, read_tasks
     source = LMDBVideoDatasource(split, spec, videos_per_block, shuffle, list(positions) if positions is not None
                                  else None, seed, read_log)
     n = len(source.positions)
-    blocks = read_tasks or min(n, max(8, -(-n // 64)))
-    ds = ray.data.read_datasource(source, override_num_blocks=blocks, **(placement or {}))
+    # ~64 videos a task, but at most READ_TASKS_PER_CPU a cluster CPU: Ray Data's time to the first batch grows
+    # with the tasks it plans (100k videos: 1.9 s with 1,563 tasks, 0.8 s with 64; videoiq bench scale), and a
+    # task streams its blocks as it reads, so a longer one holds no more memory
+    cap = READ_TASKS_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    blocks = read_tasks or min(n, max(8, min(cap, -(-n // 64))))
+    with warnings.catch_warnings():  # ray_remote_args is deprecated for Ray 2.64; it is the soft affinity's way
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ray.data.read_datasource(source, override_num_blocks=blocks, ray_remote_args=placement)
     # No batch_size: decoding then runs on each read block inside the read task (Ray fuses the two, the
     # same placement letting it: a node's decode runs where that node's read does).
     return _settle(ds.map_batches(decode_batch, fn_kwargs={"spec": spec, "path": source.path}, batch_format="numpy",
