@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_text_atomic
 from ..data.build import videos_conversion, write_database
 from ..data.lists import parse_video_list
 from ..data.shard_build import build_sharded, local_runner
@@ -77,10 +78,7 @@ def make_collection(folder: str, n: int, frames: int, size: int, workers: int) -
             fut.result()
             progress.update(futures[fut])
     progress.close()
-    with open(listing + ".tmp", "w") as f:
-        for i in range(n):
-            f.write(f"{i // PER_FOLDER:04d}/{i:07d}.mp4 {i % CLASSES}\n")
-    os.replace(listing + ".tmp", listing)
+    write_text_atomic(listing, "".join(f"{i // PER_FOLDER:04d}/{i:07d}.mp4 {i % CLASSES}\n" for i in range(n)))
     return listing
 
 

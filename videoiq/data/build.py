@@ -301,6 +301,32 @@ def check_labels(items: list[SourceVideo], classes: list[str]) -> None:
                          + "\n  ".join(bad[:10]) + more)
 
 
+def check_same_settings(out: str, previous: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Refuse to resume or extend ``out`` with other settings than it was built with, naming those that differ."""
+    if previous != settings:
+        diff = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        raise BuildError(f"{out}: was built with different settings ({', '.join(diff)}); use the same command to "
+                         "resume, or --overwrite to start again")
+
+
+def split_meta(settings: dict[str, Any], fmt: str, version: int, counts: list[int], labels: list[list[int]],
+               frame_size: list[int] | None, short_side: list[int], skipped: list[list[str]],
+               short: dict[str, Any], max_loss: float, content: str, **extra: Any) -> dict[str, Any]:
+    """The ``__meta__`` of a database (or a sharded split's manifest meta, with ``extra`` fields) from what it
+    holds: frame counts and labels per video, in order, and the figures of the build."""
+    return {
+        "format": fmt, "version": version, "dataset": settings["dataset"], "split": settings["split"],
+        "classes": settings["classes"], "num_classes": len(settings["classes"]), "num_videos": len(counts),
+        "num_frames": sum(counts),
+        "frames_per_video": {"min": min(counts), "max": max(counts), "mean": sum(counts) / len(counts)},
+        "frame_size": frame_size, "short_side": short_side,
+        "multilabel": any(len(ls) > 1 for ls in labels), "skipped": len(skipped), "skipped_inputs": skipped,
+        "decode_loss": {"max_loss": max_loss, "short": short}, "content": content, **extra,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "videoiq_version": __version__,
+        "build": settings,
+    }
+
+
 def _open_for_writing(out: str, overwrite: bool, map_size: int) -> lmdb.Environment:
     forget(out)
     if os.path.exists(out):
@@ -326,12 +352,8 @@ def _claim(env: lmdb.Environment, out: str, settings: dict[str, Any], keys: list
         present = set(iter_keys(env)) if raw_build or raw_meta else set()
         if previous is None and present:
             raise BuildError(f"{out}: holds records of something else (no videoiq build settings); use a new path")
-        if previous is not None and previous != settings:
-            diff = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise BuildError(
-                f"{out}: was built with different settings ({', '.join(diff)}); use the same command to resume, "
-                "or --overwrite to start again"
-            )
+        if previous is not None:
+            check_same_settings(out, previous, settings)
         strangers = present - set(keys)
         if strangers:
             raise BuildError(
@@ -424,20 +446,10 @@ def _finalize(env: lmdb.Environment, out: str, items: list[SourceVideo], setting
             if not require_videos:
                 return {}
             raise BuildError(f"{out}: no video could be converted:\n" + report.summary())
-        skipped = [list(s) for s in report.skipped]
-        meta = {
-            "format": FORMAT, "version": VERSION, "dataset": settings["dataset"], "split": settings["split"],
-            "classes": settings["classes"], "num_classes": len(settings["classes"]), "num_videos": len(keys),
-            "num_frames": sum(counts),
-            "frames_per_video": {"min": min(counts), "max": max(counts), "mean": sum(counts) / len(counts)},
-            "frame_size": list(sizes[0]) if len(set(sizes)) == 1 else None,
-            "short_side": [min(min(s) for s in sizes), max(min(s) for s in sizes)],
-            "multilabel": any(len(ls) > 1 for ls in labels), "skipped": len(skipped), "skipped_inputs": skipped,
-            "decode_loss": {"max_loss": report.max_loss, "short": short},
-            "content": content.hexdigest()[:16],
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "videoiq_version": __version__,
-            "build": settings,
-        }
+        meta = split_meta(settings, FORMAT, VERSION, counts, labels,
+                          list(sizes[0]) if len(set(sizes)) == 1 else None,
+                          [min(min(s) for s in sizes), max(min(s) for s in sizes)],
+                          [list(s) for s in report.skipped], short, report.max_loss, content.hexdigest()[:16])
         txn.put(INDEX_KEY, msgpack.packb({"keys": keys, "num_frames": counts, "labels": labels}))
         txn.put(META_KEY, msgpack.packb(meta))
         txn.delete(BUILD_KEY)

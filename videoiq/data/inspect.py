@@ -83,13 +83,13 @@ def _row_title(db: VideoSet, i: int) -> str:
 
 def _shard_lines(db: ShardedSplit, top: int) -> list[str]:
     """The shards and their state here: each one opened and checked against the manifest."""
-    states = []
+    states, missing = [], set(db.missing_shards())
     for number, shard in enumerate(db.shards):
         try:
             db.open_shard(number)
             states.append("ok")
         except DatabaseError as e:
-            states.append("missing" if shard.name in db.missing_shards() else f"bad: {e}")
+            states.append("missing" if shard.name in missing else f"bad: {e}")
     bad = sum(state != "ok" for state in states)
     lines = [f"shards       {len(db.shards)}, {db.nbytes / 2**20:.1f} MiB"
              + (f"; {bad} missing or bad here" if bad else "; all here and whole")]

@@ -36,9 +36,18 @@ from typing import Any, TextIO
 
 import msgpack
 
-from .._version import __version__
+from ..atomic import write_bytes_atomic
 from ..progress import Progress
-from .build import DEFAULT_MAP_SIZE, BuildError, BuildReport, Conversion, check_labels, write_database
+from .build import (
+    DEFAULT_MAP_SIZE,
+    BuildError,
+    BuildReport,
+    Conversion,
+    check_labels,
+    check_same_settings,
+    split_meta,
+    write_database,
+)
 from .codec import DecodeCheck
 from .lists import SourceVideo
 from .records import DatabaseError, VideoDB, forget
@@ -94,9 +103,10 @@ def build_shard(job: ShardJob) -> ShardResult:
         return ShardResult(job.name, _present_report(job), host)
     tmp = os.path.join(job.out, f".{job.name}{PARTIAL}{uuid.uuid4().hex[:8]}")
     try:
-        report = write_database(tmp, list(job.items), list(job.classes), job.conversion, dataset=job.dataset,
-                                split=job.split, strict=job.strict, map_size=job.map_size, require_videos=False,
-                                stream=_Quiet())
+        with open(os.devnull, "w") as quiet:  # the driver prints one progress line for all shards
+            report = write_database(tmp, list(job.items), list(job.classes), job.conversion, dataset=job.dataset,
+                                    split=job.split, strict=job.strict, map_size=job.map_size,
+                                    require_videos=False, stream=quiet)
         if not report.meta:
             shutil.rmtree(tmp)
         else:
@@ -111,16 +121,6 @@ def build_shard(job: ShardJob) -> ShardResult:
         raise
     report.path = job.path
     return ShardResult(job.name, report, host)
-
-
-class _Quiet:
-    """A shard's own progress lines stay out of the build's output (the driver prints one line for all shards)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
 
 
 def _present_report(job: ShardJob) -> BuildReport:
@@ -255,10 +255,7 @@ def _plan(out: str, settings: dict[str, Any], items: list[SourceVideo], shards: 
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BuildError(f"{path}: unreadable build plan ({type(e).__name__}: {e}); --overwrite to start "
                              "again") from None
-        if plan.settings != settings:
-            diff = sorted(k for k in set(plan.settings) | set(settings) if plan.settings.get(k) != settings.get(k))
-            raise BuildError(f"{out}: was built with different settings ({', '.join(diff)}); use the same command "
-                             "to resume, or --overwrite to start again")
+        check_same_settings(out, plan.settings, settings)
         planned = {k for e in plan.shards for k in e["keys"]}
         gone = planned - set(keys)
         if gone:
@@ -274,7 +271,7 @@ def _plan(out: str, settings: dict[str, Any], items: list[SourceVideo], shards: 
     for s in range(0, len(new), max(1, size)):
         plan.shards.append({"name": shard_name(len(plan.shards)), "keys": new[s:s + size]})
     if new or not os.path.isfile(path):
-        _write_atomic(path, json.dumps({"settings": plan.settings, "shards": plan.shards}).encode())
+        write_bytes_atomic(path, json.dumps({"settings": plan.settings, "shards": plan.shards}).encode())
     return plan
 
 
@@ -283,15 +280,6 @@ def _remove_partials(out: str) -> None:
     for name in os.listdir(out):
         if name.startswith(".shard-") and PARTIAL in name:
             shutil.rmtree(os.path.join(out, name), ignore_errors=True)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _merge(out: str, plan: _Plan, settings: dict[str, Any], report: BuildReport, empty: set[str],
@@ -329,28 +317,19 @@ def _merge(out: str, plan: _Plan, settings: dict[str, Any], report: BuildReport,
         short_sides.append(db.meta["short_side"])
         content.update(db.meta["content"].encode())
         entries.append({"name": name, "videos": len(db), "frames": int(db.meta["num_frames"]),
-                        "bytes": os.path.getsize(os.path.join(path, "data.mdb")), "fingerprint": db.fingerprint})
+                        "bytes": db.nbytes, "fingerprint": db.fingerprint})
         forget(path)  # the builder keeps no shard open: a reader in this process opens (and checks) it afresh
     if not keys:
         raise BuildError(f"{out}: no video could be converted:\n" + report.summary())
     report.skipped = [tuple(s) for s in skipped]
-    meta = {
-        "format": SHARDS_FORMAT, "version": SHARDS_VERSION, "dataset": settings["dataset"],
-        "split": settings["split"], "classes": settings["classes"], "num_classes": len(settings["classes"]),
-        "num_videos": len(keys), "num_frames": sum(counts),
-        "frames_per_video": {"min": min(counts), "max": max(counts), "mean": sum(counts) / len(counts)},
-        "frame_size": list(next(iter(sizes))) if len(sizes) == 1 and None not in sizes else None,
-        "short_side": [min(s[0] for s in short_sides), max(s[1] for s in short_sides)],
-        "multilabel": any(len(ls) > 1 for ls in labels), "skipped": len(skipped),
-        "skipped_inputs": [list(s) for s in skipped], "decode_loss": {"max_loss": max_loss, "short": short},
-        "content": content.hexdigest()[:16], "shards": len(entries),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "videoiq_version": __version__,
-        "build": settings,
-    }
+    meta = split_meta(settings, SHARDS_FORMAT, SHARDS_VERSION, counts, labels,
+                      list(next(iter(sizes))) if len(sizes) == 1 and None not in sizes else None,
+                      [min(s[0] for s in short_sides), max(s[1] for s in short_sides)], [list(s) for s in skipped],
+                      short, max_loss, content.hexdigest()[:16], shards=len(entries))
     index = msgpack.packb({"keys": keys, "num_frames": counts, "labels": labels})
-    _write_atomic(os.path.join(out, INDEX_FILE), index)
+    write_bytes_atomic(os.path.join(out, INDEX_FILE), index)
     manifest = {"format": SHARDS_FORMAT, "version": SHARDS_VERSION, "meta": meta, "shards": entries,
                 "index_sha256": hashlib.sha256(index).hexdigest()}
     manifest["digest"] = manifest_digest(manifest)
-    _write_atomic(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1).encode())
+    write_bytes_atomic(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1).encode())
     return meta, entries

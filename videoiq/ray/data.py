@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import socket
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -52,7 +53,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..data.clips import ClipSpec, clip_indices, decode_clip, invalid_sample, primary_label
 from ..data.records import DatabaseError, RecordError
-from ..data.shards import ShardedSplit, VideoSet, open_split
+from ..data.shards import ShardedSplit, VideoSet, local_path, open_split
 
 _DBS: dict[tuple[int, str], VideoSet] = {}
 PROBE_SECONDS = 120
@@ -206,26 +207,24 @@ def clip_dataset(db: VideoSet | str, spec: ClipSpec, videos_per_block: int = 8, 
     node reading a sharded split."""
     split = open_split(db) if isinstance(db, str) else db
     if not isinstance(split, ShardedSplit):
-        return _settle(_pipeline(split, spec, videos_per_block, read_tasks, shuffle, positions, seed, read_log),
-                       seed)
+        return _pipeline(split, spec, videos_per_block, read_tasks, shuffle, positions, seed, read_log)
     wanted = range(len(split)) if positions is None else positions
     # soft node affinity: a node's reads wait for a CPU there (a label selector with a fallback, Ray 2.60's
     # replacement, ran them on the other node while this one was busy), and go elsewhere only if it is gone
     parts = [_pipeline(split, spec, videos_per_block, read_tasks, shuffle, mine, seed, read_log,
                        {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)})
              for node, mine in sorted(_positions_by_node(split, wanted, spec.min_frames).items())]
-    return _settle(parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0], seed)
+    return _settle(parts[0].union(*parts[1:]), seed) if len(parts) > 1 else parts[0]
 
 
 def _pipeline(split: VideoSet, spec: ClipSpec, videos_per_block: int, read_tasks: int | None,
-              shuffle: bool | None, positions: Any, seed: int | None, read_log: str | None,
+              shuffle: bool | None, positions: list[int] | None, seed: int | None, read_log: str | None,
               placement: dict[str, Any] | None = None) -> ray.data.Dataset:
-    source = LMDBVideoDatasource(split, spec, videos_per_block, shuffle, list(positions) if positions is not None
-                                 else None, seed, read_log)
+    source = LMDBVideoDatasource(split, spec, videos_per_block, shuffle, positions, seed, read_log)
     n = len(source.positions)
     # ~64 videos a task, but at most READ_TASKS_PER_CPU a cluster CPU: Ray Data's time to the first batch grows
-    # with the tasks it plans (100k videos: 1.9 s with 1,563 tasks, 0.8 s with 64; videoiq bench scale), and a
-    # task streams its blocks as it reads, so a longer one holds no more memory
+    # with the tasks it plans (a 100k-video split on 2 CPUs, warm: 1.9 s with 1,563 tasks, 0.8 s with 64); a
+    # longer task still yields its blocks as it reads them
     cap = READ_TASKS_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1)))
     blocks = read_tasks or min(n, max(8, min(cap, -(-n // 64))))
     with warnings.catch_warnings():  # ray_remote_args is deprecated for Ray 2.64; it is the soft affinity's way
@@ -300,10 +299,6 @@ def shard_holders(split: ShardedSplit) -> dict[str, list[str]]:
 
 def _holdings(path: str, names: list[str], fingerprint: str) -> dict[str, Any]:
     """On one node: the shards of the split at ``path`` found there (after that node's ``VIDEOIQ_PATH_MAP``)."""
-    import socket
-
-    from ..data.shards import local_path
-
     here = local_path(path)
     present = [n for n in names if os.path.isfile(os.path.join(here, n, "data.mdb"))]
     answer = {"host": socket.gethostname(), "shards": present, "error": ""}
