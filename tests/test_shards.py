@@ -104,6 +104,8 @@ def test_shard_truncated_is_named(split):
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(DatabaseError, match=r"shard-00001\.lmdb/data\.mdb: truncated"):
         open_split(split).read(7)
+    with pytest.raises(DatabaseError, match=r"shard-00001\.lmdb/data\.mdb: truncated"):  # before any read
+        VideoClipDataset(str(split), ClipSpec(train=True, segments=4, size=32))
 
 
 def test_shard_of_another_build_is_refused(tiny_videos, split, tmp_path):
@@ -209,6 +211,13 @@ def test_shard_ray_build_and_read_every_video_once(ray_local, tiny_videos, split
     for nodes in epochs.values():
         (counts,) = nodes.values()  # one node here
         assert counts == {"shard-00000.lmdb": 6, "shard-00001.lmdb": 6, "shard-00002.lmdb": 4}
+    # a damaged shard, found by the node that holds it: named before anything reads
+    damaged = tmp_path / "damaged.lmdb"
+    shutil.copytree(split, damaged)
+    data = damaged / "shard-00002.lmdb" / "data.mdb"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(DatabaseError, match=r"Ray node \w+ \(.*\): .*shard-00002\.lmdb/data\.mdb: truncated"):
+        clip_dataset(str(damaged), spec, seed=0)
     # a shard no node holds: named before anything reads
     shutil.rmtree(split / "shard-00001.lmdb")
     with pytest.raises(DatabaseError, match=r"1 shards are on no node of the Ray cluster: shard-00001\.lmdb"):

@@ -164,7 +164,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def __init__(self, db: VideoSet | str, spec: ClipSpec, seed: int = 0):
         self.db = open_split(db) if isinstance(db, str) else db
         if isinstance(self.db, ShardedSplit):
-            self.db.require_all_shards()  # it reads the whole split here: a missing shard stops it now
+            self.db.require_all_shards()  # it reads the whole split here: a missing or damaged shard stops it now
         self.spec, self.seed, self.epoch = spec, seed, 0
         counts = self.db.index.num_frames
         self.positions = ([i for i, n in enumerate(counts) if n >= spec.min_frames] if spec.train

@@ -165,12 +165,15 @@ class ShardedSplit(SplitView):
         return [s.name for s in self.shards if not os.path.isfile(os.path.join(self.shard_path(s), "data.mdb"))]
 
     def require_all_shards(self) -> None:
-        """Refuse to read here unless this node holds every shard (readers that read the whole split in one place)."""
+        """Refuse to read here unless this node holds every shard, each whole and of this build (readers that read
+        the whole split in one place: a damaged shard stops them before the first batch, not in mid-epoch)."""
         missing = self.missing_shards()
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise DatabaseError(f"{self.local}: {len(missing)} of {len(self.shards)} shards are missing here: "
                                 f"{', '.join(missing[:3])}{more}; copy them from where the split was built")
+        for number in range(len(self.shards)):
+            self.open_shard(number)
 
     def open_shard(self, number: int) -> VideoDB:
         """Shard ``number``, opened once per process and checked against the manifest."""

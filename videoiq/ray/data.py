@@ -227,13 +227,15 @@ def _pipeline(split: VideoSet, spec: ClipSpec, videos_per_block: int, read_tasks
     # longer task still yields its blocks as it reads them
     cap = READ_TASKS_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1)))
     blocks = read_tasks or min(n, max(8, min(cap, -(-n // 64))))
-    with warnings.catch_warnings():  # ray_remote_args is deprecated for Ray 2.64; it is the soft affinity's way
+    # Ray 2.60 deprecates passing a scheduling strategy (for Ray 2.64), but its replacement has no soft affinity
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ray.data.read_datasource(source, override_num_blocks=blocks, ray_remote_args=placement)
-    # No batch_size: decoding then runs on each read block inside the read task (Ray fuses the two, the
-    # same placement letting it: a node's decode runs where that node's read does).
-    return _settle(ds.map_batches(decode_batch, fn_kwargs={"spec": spec, "path": source.path}, batch_format="numpy",
-                                  **(placement or {})), seed)
+        # No batch_size: decoding then runs on each read block inside the read task (Ray fuses the two, the
+        # same placement letting it: a node's decode runs where that node's read does).
+        ds = ds.map_batches(decode_batch, fn_kwargs={"spec": spec, "path": source.path}, batch_format="numpy",
+                            **(placement or {}))
+    return _settle(ds, seed)
 
 
 def _settle(ds: ray.data.Dataset, seed: int | None) -> ray.data.Dataset:
@@ -282,8 +284,8 @@ def _positions_by_node(split: ShardedSplit, positions: Any, min_frames: int) -> 
 def shard_holders(split: ShardedSplit) -> dict[str, list[str]]:
     """Which alive Ray nodes (with CPUs to read on) hold each shard of ``split``: shard name -> node ids.
 
-    A node that holds shards but no manifest, or another build's manifest, is an error naming it: its shards
-    cannot be read as this split's."""
+    A node that holds shards but no manifest, another build's manifest, or a damaged or foreign shard, is an error
+    naming it: its shards cannot be read as this split's."""
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
     probe = ray.remote(num_cpus=0, max_retries=0)(_holdings)
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
@@ -298,20 +300,28 @@ def shard_holders(split: ShardedSplit) -> dict[str, list[str]]:
 
 
 def _holdings(path: str, names: list[str], fingerprint: str) -> dict[str, Any]:
-    """On one node: the shards of the split at ``path`` found there (after that node's ``VIDEOIQ_PATH_MAP``)."""
+    """On one node: the shards of the split at ``path`` found there (after that node's ``VIDEOIQ_PATH_MAP``), each
+    checked against the manifest."""
     here = local_path(path)
     present = [n for n in names if os.path.isfile(os.path.join(here, n, "data.mdb"))]
     answer = {"host": socket.gethostname(), "shards": present, "error": ""}
     if not present:
         return answer
     try:
-        found = ShardedSplit(path).fingerprint
+        split = ShardedSplit(path)
     except DatabaseError as e:
         answer["error"] = f"holds {len(present)} shards of {here} but not its manifest ({e})"
         return answer
-    if found != fingerprint:
-        answer["error"] = (f"{here}: holds another build of this split (fingerprint {found}, the driver's is "
-                           f"{fingerprint}); copy the same build to every node")
+    if split.fingerprint != fingerprint:
+        answer["error"] = (f"{here}: holds another build of this split (fingerprint {split.fingerprint}, the driver's "
+                           f"is {fingerprint}); copy the same build to every node")
+        return answer
+    try:  # each shard it holds whole and of this build: a damaged one stops the run before its first batch
+        for number, shard in enumerate(split.shards):
+            if shard.name in present:
+                split.open_shard(number)
+    except DatabaseError as e:
+        answer["error"] = str(e)
     return answer
 
 
