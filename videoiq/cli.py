@@ -108,6 +108,14 @@ def _predict(args: argparse.Namespace) -> int:
     return predict_main(args)
 
 
+def _infer(args: argparse.Namespace) -> int:
+    from .ray.infer import infer_collection
+
+    summary = infer_collection(args.checkpoint, args.input, args.out, engine=args.engine, device=args.device,
+                               actors=args.actors, actor_cpus=args.actor_cpus, batch_size=args.batch_size)
+    return 1 if summary["errors"] else 0
+
+
 def _add_predict_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify video files with a policy checkpoint (conditional execution)")
     p.add_argument("checkpoint", help="a policy-stage checkpoint file, or its run folder")
@@ -121,6 +129,20 @@ def _add_predict_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strip", metavar="PNG", help="also write a picture: each video's sampled frames with the "
                    "action taken on each")
     p.set_defaults(run=_predict)
+
+    q = sub.add_parser("infer", help="classify a whole collection on Ray (Ray Data): Parquet rows and a summary")
+    q.add_argument("checkpoint", help="a policy-stage checkpoint file, or its run folder")
+    q.add_argument("--input", required=True, metavar="SRC", help="an LMDB or sharded split, a folder of videos, or "
+                   "a list file of 'video [class id ...]' lines")
+    q.add_argument("--out", required=True, metavar="DIR", help="the results folder (part-*.parquet, summary.json); "
+                   "the same command again goes on with the videos not in it yet")
+    q.add_argument("--engine", choices=("float", "int8"), default="float",
+                   help="int8: run the backbone's quantized widths on integer CPU kernels")
+    q.add_argument("--device", default="cpu", help="cpu or cuda (one GPU per model actor)")
+    q.add_argument("--actors", type=int, default=0, help="model actors (default: one per GPU, or 3/4 of the CPUs)")
+    q.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs (and torch threads) per model actor")
+    q.add_argument("--batch-size", type=int, default=8, help="videos per model call")
+    q.set_defaults(run=_infer)
 
 
 def _add_tune_commands(sub: argparse._SubParsersAction) -> None:

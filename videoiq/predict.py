@@ -14,19 +14,21 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .config import config_from_dict
 from .data.clips import ClipSpec, clip_indices
-from .data.codec import VideoDecodeError, read_frames_at, scan_video
+from .data.codec import DecodeCheck, VideoDecodeError, read_frames_at, scan_video
 from .data.transforms import EvalTransform, normalize
 from .errors import UsageError
-from .flops import action_usage, video_cost
+from .flops import VideoCost, action_usage, video_cost
+from .models import VideoIQ
 from .models.int8 import check_engine
 from .strips import decision_strip, save_strip
-from .train.checkpoint import load_checkpoint, videoiq_from_checkpoint
+from .train.checkpoint import checkpoint_identity, load_checkpoint, videoiq_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,34 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
+@dataclass
+class LoadedPolicy:
+    """A policy checkpoint ready to classify: the model (eval mode, on ``device``), the clip it reads, its classes,
+    its GFLOPs (:func:`~videoiq.flops.video_cost`) and the full-precision model's per video, its identity."""
+
+    model: VideoIQ
+    spec: ClipSpec
+    classes: list[str]
+    cost: VideoCost
+    fp_gflops: float
+    identity: dict[str, Any]
+    device: torch.device
+
+
+def load_policy(checkpoint: str, device: str = "cpu", engine: str = "float") -> LoadedPolicy:
+    """Load a policy-stage checkpoint (file or run folder) for ``engine`` on ``device``; a bad one is one error."""
+    dev = check_device(device)
+    check_engine(engine, dev)
+    ckpt = load_checkpoint(checkpoint, stages=("policy",), what="checkpoint")
+    model = videoiq_from_checkpoint(ckpt, str(checkpoint)).to(dev).eval()
+    spec = ClipSpec.from_config(config_from_dict(ckpt["config"], str(checkpoint), warn_renamed=False).data,
+                                train=False)
+    cost = video_cost(model.backbone, model.policy, num_frames=spec.frames, input_size=spec.size)
+    return LoadedPolicy(model, spec, list(ckpt["extra"]["classes"]), cost,
+                        cost.gmacs({"32bit": 1.0}, with_policy=False).total,
+                        checkpoint_identity(checkpoint, ckpt=ckpt), dev)
+
+
 def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu", top: int = 3,
                    deterministic: bool = True, printer: Callable[[str], None] | None = print,
                    strip: str | None = None, on_error: Callable[[str, str], None] | None = None,
@@ -58,36 +88,24 @@ def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu
     (default: the ``videoiq`` logger) with both counts. With ``strip``, also writes a PNG of
     each classified video's sampled frames with the action taken on each. ``engine="int8"`` runs the
     backbone's widths on integer CPU kernels (:mod:`videoiq.models.int8`)."""
-    dev = check_device(device)
-    check_engine(engine, dev)
     if top < 1:
         raise UsageError(f"--top: expected >= 1, got {top}")
-    ckpt = load_checkpoint(checkpoint, stages=("policy",), what="checkpoint")
-    model = videoiq_from_checkpoint(ckpt, str(checkpoint)).to(dev).eval()
-    spec = ClipSpec.from_config(config_from_dict(ckpt["config"], str(checkpoint), warn_renamed=False).data,
-                                train=False)
-    size, scale = spec.size, spec.scale_size
-    classes = ckpt["extra"]["classes"]
-    cost = video_cost(model.backbone, model.policy, num_frames=spec.frames, input_size=size)
-    fp_cost = cost.gmacs({"32bit": 1.0}, with_policy=False).total
+    loaded = load_policy(checkpoint, device, engine)
+    model, spec, classes, cost, fp_cost, dev = (loaded.model, loaded.spec, loaded.classes, loaded.cost,
+                                                loaded.fp_gflops, loaded.device)
     results, pictures = [], []
     for path in videos:
         try:
-            if not os.path.isfile(path):
-                raise VideoDecodeError(f"{path}: no such file")
-            check = scan_video(path)
-            n = check.decoded_frames
-            indices = clip_indices(spec, n, rng=None)
-            frames = read_frames_at(path, indices, short_side=scale)
+            clip, check, indices = file_clip(path, spec)
         except VideoDecodeError as e:
             if on_error is None:
                 raise
             on_error(path, str(e))
             continue
+        n = check.decoded_frames
         if check.short():
             (on_warning or logger.warning)(f"{path}: decodes short: {check.describe()}; classified on the frames "
                                            "that decode")
-        clip = EvalTransform(size, scale)(torch.from_numpy(frames).permute(0, 3, 1, 2))  # (1, T, 3, S, S)
         logits, decisions = model.infer(normalize(clip.to(dev)), deterministic=deterministic, engine=engine)
         probs = torch.softmax(logits[0].float(), dim=0)
         best = torch.topk(probs, min(top, len(classes)))
@@ -108,6 +126,18 @@ def predict_videos(checkpoint: str, videos: Sequence[str], *, device: str = "cpu
         if printer is not None:
             printer(f"decisions picture: {strip}")
     return results
+
+
+def file_clip(path: str, spec: ClipSpec) -> tuple[torch.Tensor, DecodeCheck, list[int]]:
+    """A video file as an evaluation clip: uint8 ``(1, T, 3, S, S)`` (the centre crop of frames decoded at the
+    spec's short side, at the segment centres of the frames that decode), the decode check, the frame indices;
+    a file that cannot be opened or decoded raises :class:`VideoDecodeError` naming it."""
+    if not os.path.isfile(path):
+        raise VideoDecodeError(f"{path}: no such file")
+    check = scan_video(path)
+    indices = clip_indices(spec, check.decoded_frames, rng=None)
+    frames = read_frames_at(path, indices, short_side=spec.scale_size)
+    return EvalTransform(spec.size, spec.scale_size)(torch.from_numpy(frames).permute(0, 3, 1, 2)), check, indices
 
 
 def format_result(r: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
-        self.done, self.extra = 0, ""
+        self.done, self.extra, self.written = 0, "", -1
         self.start = self.last = time.perf_counter()
 
     def update(self, n: int = 1, extra: str = "") -> None:
@@ -27,7 +27,8 @@ class Progress:
             self._write(end="\r" if self.tty else "\n")
 
     def close(self) -> None:
-        self._write(end="\n")
+        if self.tty or self.written != self.done:  # a log file already has the line of this count
+            self._write(end="\n")
 
     def line(self) -> str:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -39,5 +40,6 @@ class Progress:
         return text + (f", {self.extra}" if self.extra else "")
 
     def _write(self, end: str) -> None:
+        self.written = self.done
         self.stream.write(self.line() + end)
         self.stream.flush()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -31,12 +30,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, TextIO
 
 import msgpack
 
-from ..atomic import write_bytes_atomic
+from ..atomic import FolderLock, write_bytes_atomic
 from ..progress import Progress
 from .build import (
     DEFAULT_MAP_SIZE,
@@ -165,7 +163,7 @@ def build_sharded(out: str, items: list[SourceVideo], classes: list[str], conver
     start = time.perf_counter()
     settings = {**conversion.settings, "dataset": dataset, "split": split, "classes": list(classes)}
     _prepare_folder(out, overwrite)
-    with _BuildLock(out):
+    with FolderLock(out, LOCK_FILE, "videoiq data build", BuildError):
         plan = _plan(out, settings, items, shards)
         _remove_partials(out)
         by_key = {it.key: it for it in items}
@@ -213,34 +211,6 @@ def _prepare_folder(out: str, overwrite: bool) -> None:
             raise BuildError(f"{out}: holds files that are not a sharded split's (e.g. {sorted(strangers)[0]!r}); "
                              "choose another output path")
     os.makedirs(out, exist_ok=True)
-
-
-class _BuildLock:
-    """One build at a time per output folder: an exclusive lock on ``.build.lock`` for the whole build
-    (released by the operating system if the build dies)."""
-
-    def __init__(self, out: str):
-        self.path = os.path.join(out, LOCK_FILE)
-
-    def __enter__(self) -> _BuildLock:
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise BuildError(f"{os.path.dirname(self.path)}: another `videoiq data build` is writing into it "
-                             f"({holder}); wait for it to finish, or stop it and re-run") from None
-        self.file.truncate(0)
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.file.truncate(0)
-        self.file.close()
 
 
 def _plan(out: str, settings: dict[str, Any], items: list[SourceVideo], shards: int) -> _Plan:

@@ -175,12 +175,14 @@ def read_shards(folder: str | os.PathLike[str]) -> dict[int, dict[str, dict[str,
     return {n: {node: dict(c) for node, c in nodes.items()} for n, nodes in sorted(out.items())}
 
 
-def decode_batch(batch: dict[str, np.ndarray], spec: ClipSpec, path: str) -> dict[str, np.ndarray]:
-    """The decode+augment stage: JPEG bytes to uint8 clips, ``valid`` False for skipped bad records."""
+def decode_batch(batch: dict[str, np.ndarray], spec: ClipSpec, path: str,
+                 errors: bool = False) -> dict[str, np.ndarray]:
+    """The decode+augment stage: JPEG bytes to uint8 clips, ``valid`` False for skipped bad records (with
+    ``errors``, each one's message in an ``error`` column)."""
     db = _db(path)
     # each clip is written straight into its slot of the block's array: no clip of its own to stack
     videos = np.empty((len(batch["index"]), *spec.sample_shape), np.uint8)
-    valid = np.ones(len(videos), bool)
+    valid, messages = np.ones(len(videos), bool), np.array([""] * len(videos), dtype=object)
     for i, (data, sizes, position, error, seed) in enumerate(zip(batch["jpeg"], batch["sizes"], batch["index"],
                                                                  batch["error"], batch["seed"], strict=True)):
         key, rng = db.index.keys[int(position)], np.random.default_rng(int(seed))
@@ -194,24 +196,25 @@ def decode_batch(batch: dict[str, np.ndarray], spec: ClipSpec, path: str) -> dic
             if spec.on_error == "fail":
                 raise
             videos[i] = invalid_sample(spec, int(position), e)["video"].numpy()
-            valid[i] = False
-    return {"video": videos, "label": np.where(valid, batch["label"], -1), "index": batch["index"], "valid": valid}
+            valid[i], messages[i] = False, str(e)
+    out = {"video": videos, "label": np.where(valid, batch["label"], -1), "index": batch["index"], "valid": valid}
+    return {**out, "error": messages} if errors else out
 
 
 def clip_dataset(db: VideoSet | str, spec: ClipSpec, videos_per_block: int = 8, read_tasks: int | None = None,
                  shuffle: bool | None = None, positions: list[int] | None = None,
-                 seed: int | None = None, read_log: str | None = None) -> ray.data.Dataset:
+                 seed: int | None = None, read_log: str | None = None, errors: bool = False) -> ray.data.Dataset:
     """A Ray Dataset of clip samples from a split (or the split at that path; see the module docstring for
     the stages); ``positions`` limits it to those videos of the index; ``seed`` makes every execution reproducible;
     ``read_log`` is a folder where the read tasks record their node (:func:`read_counts`); ``read_tasks``: per
-    node reading a sharded split."""
+    node reading a sharded split; ``errors``: each skipped bad record's message in an ``error`` column."""
     split = open_split(db) if isinstance(db, str) else db
     if not isinstance(split, ShardedSplit):
-        return _pipeline(split, spec, videos_per_block, read_tasks, shuffle, positions, seed, read_log)
+        return _pipeline(split, spec, videos_per_block, read_tasks, shuffle, positions, seed, read_log, errors)
     wanted = range(len(split)) if positions is None else positions
     # soft node affinity: a node's reads wait for a CPU there (a label selector with a fallback, Ray 2.60's
     # replacement, ran them on the other node while this one was busy), and go elsewhere only if it is gone
-    parts = [_pipeline(split, spec, videos_per_block, read_tasks, shuffle, mine, seed, read_log,
+    parts = [_pipeline(split, spec, videos_per_block, read_tasks, shuffle, mine, seed, read_log, errors,
                        {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)})
              for node, mine in sorted(_positions_by_node(split, wanted, spec.min_frames).items())]
     return _settle(parts[0].union(*parts[1:]), seed) if len(parts) > 1 else parts[0]
@@ -219,7 +222,7 @@ def clip_dataset(db: VideoSet | str, spec: ClipSpec, videos_per_block: int = 8, 
 
 def _pipeline(split: VideoSet, spec: ClipSpec, videos_per_block: int, read_tasks: int | None,
               shuffle: bool | None, positions: list[int] | None, seed: int | None, read_log: str | None,
-              placement: dict[str, Any] | None = None) -> ray.data.Dataset:
+              errors: bool = False, placement: dict[str, Any] | None = None) -> ray.data.Dataset:
     source = LMDBVideoDatasource(split, spec, videos_per_block, shuffle, positions, seed, read_log)
     n = len(source.positions)
     # ~64 videos a task, but at most READ_TASKS_PER_CPU a cluster CPU: Ray Data's time to the first batch grows
@@ -233,8 +236,8 @@ def _pipeline(split: VideoSet, spec: ClipSpec, videos_per_block: int, read_tasks
         ds = ray.data.read_datasource(source, override_num_blocks=blocks, ray_remote_args=placement)
         # No batch_size: decoding then runs on each read block inside the read task (Ray fuses the two, the
         # same placement letting it: a node's decode runs where that node's read does).
-        ds = ds.map_batches(decode_batch, fn_kwargs={"spec": spec, "path": source.path}, batch_format="numpy",
-                            **(placement or {}))
+        ds = ds.map_batches(decode_batch, fn_kwargs={"spec": spec, "path": source.path, "errors": errors},
+                            batch_format="numpy", **(placement or {}))
     return _settle(ds, seed)
 
 
