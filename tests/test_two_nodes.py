@@ -1,6 +1,7 @@
 """A stage on a two-node Ray cluster: one Train worker per node, Ray Data reading on both, one shared run folder;
 one node killed mid-run and the run finished from its last checkpoint with every epoch once. A sharded build
-over both nodes that loses one, and a stage that reads each node's own shards from its local disk.
+over both nodes that loses one, a stage that reads each node's own shards from its local disk, and ``infer``
+losing its model actor mid-run.
 
 The cluster (``two_node_cluster.py``) and the driver (the ``launch/fp.py`` launcher, as ``ray job submit`` runs
 it) are processes of their own: this session's Ray (``ray_local``) stays out of it.
@@ -10,12 +11,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -205,3 +208,47 @@ def test_a_stage_reads_node_local_shards_where_they_lie(tiny_videos, tmp_path):
     assert len(epochs) == 2, epochs
     for reads in epochs.values():  # each node read its own shards, every video once an epoch
         assert reads == {nodes[n]: {name: videos[name] for name in holds[n]} for n in nodes}, reads
+
+
+def test_infer_loses_its_model_actor_mid_run_and_holds_every_video_once(two_nodes, trained_stages, tiny_videos,
+                                                                        tmp_path):
+    from ray.util.state import list_actors
+
+    runs, _ = trained_stages
+    videos = tmp_path / "videos"  # a collection long enough to kill its model actor halfway: 600 files
+    videos.mkdir()
+    sources = sorted((tiny_videos / "videos").rglob("*.mp4"))
+    for i in range(600):
+        (videos / f"{i:04d}.mp4").symlink_to(sources[i % len(sources)])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "videoiq", "infer", str(runs / "policy"), "--input", str(videos), "--out",
+               str(out), "--actors", "1", "--batch-size", "2", "--part-size", "10"]
+    started = time.time()
+    driver = subprocess.Popen(command, env=two_nodes.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=ROOT)
+    try:
+        while not (out / "part-00001.parquet").exists():  # 20 videos classified
+            assert driver.poll() is None and time.time() < started + 120, "no part was written"
+            time.sleep(0.02)
+        actors = [a for a in list_actors(address=two_nodes.env["RAY_API_SERVER_ADDRESS"],
+                                         filters=[("state", "=", "ALIVE")])
+                  if "Classifier" in a.class_name]
+        assert len(actors) == 1, actors
+        os.kill(actors[0].pid, signal.SIGKILL)  # both raylets run on this machine
+        assert driver.poll() is None, "the run ended before its actor was killed"
+        parts_at_kill = len(list(out.glob("part-*.parquet")))
+        first, _ = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert parts_at_kill < 60
+    # Ray Data restarts the actor and runs its lost batches again: the run finishes; the same command has nothing left
+    assert driver.returncode == 0 and "600/600 videos" in first, first[-3000:]
+    again = subprocess.run(command, env=two_nodes.env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0 and "600 already in" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    keys = [k for part in sorted(out.glob("part-*.parquet")) for k in pq.read_table(part, columns=["key"])["key"]
+            .to_pylist()]
+    assert len(keys) == 600 and set(keys) == {f"{i:04d}.mp4" for i in range(600)}  # every video exactly once
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["videos"] == 600 and summary["errors"] == 0

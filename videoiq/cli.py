@@ -112,7 +112,8 @@ def _infer(args: argparse.Namespace) -> int:
     from .ray.infer import infer_collection
 
     summary = infer_collection(args.checkpoint, args.input, args.out, engine=args.engine, device=args.device,
-                               actors=args.actors, actor_cpus=args.actor_cpus, batch_size=args.batch_size)
+                               actors=args.actors, actor_cpus=args.actor_cpus, batch_size=args.batch_size,
+                               flush_rows=args.part_size)
     return 1 if summary["errors"] else 0
 
 
@@ -142,6 +143,8 @@ def _add_predict_command(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--actors", type=int, default=0, help="model actors (default: one per GPU, or 3/4 of the CPUs)")
     q.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs (and torch threads) per model actor")
     q.add_argument("--batch-size", type=int, default=8, help="videos per model call")
+    q.add_argument("--part-size", type=int, default=1000, help="videos per Parquet part file (a part is also "
+                   "written every 30 s; a stopped run loses at most the videos not in a part yet)")
     q.set_defaults(run=_infer)
 
 

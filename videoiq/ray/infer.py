@@ -77,6 +77,8 @@ def infer_collection(checkpoint: str, source: str, out: str, *, engine: str = "f
     see :class:`~videoiq.infer.Classifier` (benchmarks)."""
     if batch_size < 1:
         raise UsageError(f"--batch-size: expected >= 1, got {batch_size}")
+    if flush_rows < 1:
+        raise UsageError(f"--part-size: expected >= 1, got {flush_rows}")
     if actor_cpus <= 0:
         raise UsageError(f"--actor-cpus: expected > 0, got {actor_cpus}")
     policy = load_policy(checkpoint, device, engine)
@@ -95,7 +97,8 @@ def infer_collection(checkpoint: str, source: str, out: str, *, engine: str = "f
         run: dict[str, Any] = {}
         if todo:
             connect(printer=printer)
-            actors = actors or default_actors(device, actor_cpus)
+            # no more actors than batches: an idle actor holds its CPUs (or GPU) for nothing
+            actors = min(actors or default_actors(device, actor_cpus), -(-len(todo) // batch_size))
             _check_resources(device, actors, actor_cpus)
             run = _run(collection, todo, spec, folder, checkpoint, engine, device, actors, actor_cpus, batch_size,
                        forced, dense_fp, flush_rows, flush_seconds, policy, printer)
@@ -133,11 +136,13 @@ def _run(collection: Collection, todo: list[int], spec: Any, folder: ResultsFold
     errors, start = 0, time.perf_counter()
     last_flush = start
 
-    def flush() -> None:
+    def flush(rows: int) -> None:
+        """Write the first ``rows`` pending rows as one part."""
         nonlocal pending, last_flush
-        if pending:
-            folder.write_part(pending)
-        pending, last_flush = {}, time.perf_counter()
+        if pending and rows:
+            folder.write_part({k: v[:rows] for k, v in pending.items()})
+            pending = {k: v[rows:] for k, v in pending.items()}
+        last_flush = time.perf_counter()
 
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -152,10 +157,12 @@ def _run(collection: Collection, todo: list[int], spec: Any, folder: ResultsFold
                 pending.setdefault(k, []).extend(v)
             errors += sum(1 for e in rows["error"] if e)
             progress.update(len(rows["key"]), f"{errors} errors" if errors else "")
-            if len(pending.get("key", ())) >= flush_rows or time.perf_counter() - last_flush >= flush_seconds:
-                flush()
+            while len(pending["key"]) >= flush_rows:
+                flush(flush_rows)
+            if time.perf_counter() - last_flush >= flush_seconds:
+                flush(len(pending["key"]))
     finally:
-        flush()  # every row classified so far is kept: a re-run goes on from here
+        flush(len(pending.get("key", ())))  # every row classified so far is kept: a re-run goes on from here
         progress.close()
     wall = time.perf_counter() - start
     alive = sum(a for _, a in actor_time.values())
