@@ -24,6 +24,8 @@ from videoiq.ray.infer import infer_collection
 from videoiq.train.checkpoint import CheckpointError
 from videoiq.train.scoring import evaluate_policy
 
+from wandb_offline import read_runs
+
 pytestmark = [pytest.mark.slow, pytest.mark.ray]  # the session's trained_stages and Ray
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,9 +100,13 @@ def test_infer_on_video_files_makes_a_row_of_each_one_that_does_not_decode(train
     assert rows[first]["gflops"] == pytest.approx(expected["gflops"])
     # a folder of videos: every file under it, keyed by its path there; no labels, so no accuracy
     folder = infer_collection(str(runs / "policy"), str(tiny_videos / "videos" / "val"), str(tmp_path / "f"),
-                              engine="int8", printer=QUIET)
+                              engine="int8", printer=QUIET, wandb="offline")
     assert folder["videos"] == len(lines) and folder["errors"] == 0 and "top1" not in folder
     assert {r["engine"] for r in _rows(tmp_path / "f")} == {"int8"}
+    # --wandb: the summary, a table of the videos and their decisions picture
+    (run,) = read_runs(tmp_path / "f")
+    assert run.job_type == "infer" and run.summary["videos"] == len(lines)
+    assert run.summary["infer/videos/nrows"] == len(lines) and (tmp_path / "f" / "decisions.png").is_file()
 
 
 def test_infer_cli_exits_1_when_a_video_failed_and_refuses_bad_inputs_before_any_work(trained_stages, tiny_videos,

@@ -72,6 +72,12 @@ def test_ray_job_submit_commands_name_the_venv_python_and_parse():
         assert entry[0].endswith("/.venv/bin/python"), f"{page.name}: `{command}` runs {entry[0]}"
         script = entry[1]
         assert _exists(script), f"{page.name}: {script} is not in the repository"
+        if script == "launch/infer.py":  # the `videoiq infer` command line
+            try:
+                build_parser().parse_args(["infer", *entry[2:]])
+            except SystemExit:
+                pytest.fail(f"{page.name}: `{command}` does not parse")
+            continue
         parser = argparse.ArgumentParser(exit_on_error=False)
         if script == "launch/pipeline.py":
             add_pipeline_arguments(parser)

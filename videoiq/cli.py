@@ -113,7 +113,7 @@ def _infer(args: argparse.Namespace) -> int:
 
     summary = infer_collection(args.checkpoint, args.input, args.out, engine=args.engine, device=args.device,
                                actors=args.actors, actor_cpus=args.actor_cpus, batch_size=args.batch_size,
-                               flush_rows=args.part_size)
+                               flush_rows=args.part_size, wandb=args.wandb)
     return 1 if summary["errors"] else 0
 
 
@@ -145,6 +145,9 @@ def _add_predict_command(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--batch-size", type=int, default=8, help="videos per model call")
     q.add_argument("--part-size", type=int, default=1000, help="videos per Parquet part file (a part is also "
                    "written every 30 s; a stopped run loses at most the videos not in a part yet)")
+    q.add_argument("--wandb", choices=("auto", "online", "offline", "disabled"), default="disabled",
+                   help="also send the summary, a table of videos and a decisions picture to wandb (auto: online "
+                   "with WANDB_API_KEY, else offline)")
     q.set_defaults(run=_infer)
 
 

@@ -13,7 +13,8 @@
 * :class:`ResultsFolder`: ``--out``: ``infer.json`` (what the results are of), ``part-NNNNN.parquet`` files each
   written whole (a temporary file, then a rename), one writer at a time; a re-run skips the keys its parts hold.
 * :func:`summarize`: ``summary.json`` from every part: videos, errors, action shares, GFLOPs per video, and
-  top-1/top-5/mAP where the labels are known, scored by the code ``eval`` scores with.
+  top-1/top-5/mAP where the labels are known, scored by the code ``eval`` scores with; :func:`publish` sends it
+  to wandb with a table of the first videos and a picture of some of them with their decisions.
 """
 from __future__ import annotations
 
@@ -262,9 +263,20 @@ class ResultsFolder:
         numbers = [int(os.path.basename(p)[len(PART):-len(".parquet")]) for p in self.parts()]
         path = os.path.join(self.out, f"{PART}{max(numbers, default=-1) + 1:05d}.parquet")
         buffer = io.BytesIO()
-        pq.write_table(pa.table(rows), buffer)
+        pq.write_table(pa.table(rows, schema=schema()), buffer)
         write_bytes_atomic(path, buffer.getvalue())
         return path
+
+
+def schema() -> Any:
+    """The Parquet schema of a result row (``docs/predict.md`` says what each column holds)."""
+    import pyarrow as pa
+
+    names = pa.list_(pa.string())
+    return pa.schema([("key", pa.string()), ("labels", names), ("top_classes", names),
+                      ("top_probabilities", pa.list_(pa.float32())), ("actions", names), ("gflops", pa.float64()),
+                      ("gflops_frames_run", pa.float64()), ("logits", pa.list_(pa.float32())),
+                      ("engine", pa.string()), ("checkpoint", pa.string()), ("error", pa.string())])
 
 
 def result_rows(out: dict[str, np.ndarray], collection: Collection, policy: LoadedPolicy,
@@ -317,3 +329,49 @@ def summarize(folder: ResultsFolder, policy: LoadedPolicy, run: dict[str, Any], 
             summary.update({k: scored[f"infer/{k}"] for k in ("top1", "top5", "mAP") if f"infer/{k}" in scored})
     write_text_atomic(os.path.join(folder.out, SUMMARY), json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def publish(folder: ResultsFolder, summary: dict[str, Any], collection: Collection, policy: LoadedPolicy, mode: str,
+            project: str = "videoiq", table_rows: int = 100, pictured: int = 8) -> str | None:
+    """The summary to a wandb run kept in ``folder`` (``mode`` as :func:`videoiq.tracking.resolve_mode` returns it),
+    with a table of the first ``table_rows`` videos and ``decisions.png``: the sampled frames of the first
+    ``pictured`` classified videos, each with its action. Returns the picture's path (``None`` when disabled)."""
+    from .strips import decision_strip, save_strip
+    from .tracking import Tracker
+
+    if mode == "disabled":
+        return None
+    rank = {key: i for i, key in enumerate(collection.keys)}
+    rows = sorted(folder.read(["key", "labels", "top_classes", "top_probabilities", "actions", "gflops",
+                               "error"]).to_pylist(), key=lambda r: rank[r["key"]])
+    table = [[r["key"], " ".join(r["labels"]), r["top_classes"][0] if r["top_classes"] else None,
+              r["top_probabilities"][0] if r["top_probabilities"] else None, " ".join(r["actions"] or ()),
+              r["gflops"], r["error"]] for r in rows[:table_rows]]
+    shown = [r for r in rows if not r["error"]][:pictured]
+    frames = [_pixels(collection, rank[r["key"]], policy) for r in shown]
+    picture = None
+    if shown:
+        picture = save_strip(decision_strip(frames, [r["actions"] for r in shown],
+                                            [f"{r['key']}: {r['top_classes'][0]}" for r in shown]),
+                             os.path.join(folder.out, "decisions.png"))
+    tracker = Tracker.start(mode=mode, directory=folder.out, project=project, name="infer", job_type="infer",
+                            group=None, config=folder.settings, resume=False)
+    with tracker:
+        tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))}
+                        | {f"actions/{a}": v for a, v in summary.get("actions", {}).items()}
+                        | {f"this_run/{k}": v for k, v in summary.get("this_run", {}).items()})
+        tracker.table("infer/videos", ["key", "labels", "class", "probability", "actions", "gflops", "error"], table)
+        if picture is not None:
+            tracker.image("infer/decisions", picture)
+    return picture
+
+
+def _pixels(collection: Collection, i: int, policy: LoadedPolicy) -> np.ndarray:
+    """Video ``i``'s sampled frames as the model saw them, ``(T, S, S, 3)`` uint8 (for a picture)."""
+    if collection.kind == "split":
+        from .data.clips import VideoClipDataset
+
+        clip = VideoClipDataset(open_split(collection.path), policy.spec)[i]["video"]
+    else:
+        clip, _, _ = file_clip(collection.files[i], policy.spec)
+    return clip[0].permute(0, 2, 3, 1).numpy()

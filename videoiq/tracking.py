@@ -45,6 +45,13 @@ def resolve_mode(setting: str, env: Mapping[str, str] = os.environ) -> str:
     return "online" if env.get("WANDB_API_KEY") else "offline"
 
 
+def check_mode(mode: str, setting: str = "logging.wandb") -> None:
+    """Refuse an ``online`` mode without an API key (before any work: the run would fail at its first log)."""
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        raise TrackingError(f"{setting}: online needs WANDB_API_KEY in the environment "
+                            "(or use auto/offline: offline runs upload later with `wandb sync`)")
+
+
 def wandb_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The ``WANDB_*`` variables of this process, for Ray workers that do not inherit the driver's env."""
     return {k: v for k, v in env.items() if k.startswith("WANDB_")}
@@ -63,9 +70,7 @@ class Tracker:
         :func:`resolve_mode` returns it."""
         if mode == "disabled":
             return cls(None)
-        if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-            raise TrackingError("logging.wandb: online needs WANDB_API_KEY in the environment "
-                                "(or use auto/offline: offline runs upload later with `wandb sync`)")
+        check_mode(mode)
         import wandb
 
         folder = Path(directory)

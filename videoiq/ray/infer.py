@@ -32,9 +32,19 @@ import ray
 
 from .._version import __version__
 from ..errors import UsageError
-from ..infer import Classifier, Collection, ResultsFolder, decode_files, open_collection, result_rows, summarize
+from ..infer import (
+    Classifier,
+    Collection,
+    ResultsFolder,
+    decode_files,
+    open_collection,
+    publish,
+    result_rows,
+    summarize,
+)
 from ..predict import load_policy
 from ..progress import Progress
+from ..tracking import check_mode, resolve_mode
 from .data import READ_TASKS_PER_CPU, _settle, clip_dataset
 from .train import connect
 
@@ -71,16 +81,19 @@ def _dataset(collection: Collection, todo: list[int], spec: Any, read_tasks: int
 def infer_collection(checkpoint: str, source: str, out: str, *, engine: str = "float", device: str = "cpu",
                      actors: int = 0, actor_cpus: float = 1.0, batch_size: int = 8,
                      printer: Callable[[str], None] = print, forced: list[str] | None = None, dense_fp: bool = False,
-                     flush_rows: int = 1000, flush_seconds: float = 30.0) -> dict[str, Any]:
+                     flush_rows: int = 1000, flush_seconds: float = 30.0, wandb: str = "disabled") -> dict[str, Any]:
     """Classify every video of ``source`` not yet in ``out`` with the policy ``checkpoint``; returns the summary.
     A bad checkpoint, source or output folder is one error before any work starts. ``forced`` and ``dense_fp``:
-    see :class:`~videoiq.infer.Classifier` (benchmarks)."""
+    see :class:`~videoiq.infer.Classifier` (benchmarks). ``wandb``: a ``--wandb`` setting (auto, online, offline,
+    disabled) for :func:`~videoiq.infer.publish`."""
     if batch_size < 1:
         raise UsageError(f"--batch-size: expected >= 1, got {batch_size}")
     if flush_rows < 1:
         raise UsageError(f"--part-size: expected >= 1, got {flush_rows}")
     if actor_cpus <= 0:
         raise UsageError(f"--actor-cpus: expected > 0, got {actor_cpus}")
+    mode = resolve_mode(wandb)
+    check_mode(mode, "--wandb")
     policy = load_policy(checkpoint, device, engine)
     collection = open_collection(source, policy.classes)
     spec = dataclasses.replace(policy.spec, on_error="skip")
@@ -103,12 +116,15 @@ def infer_collection(checkpoint: str, source: str, out: str, *, engine: str = "f
             run = _run(collection, todo, spec, folder, checkpoint, engine, device, actors, actor_cpus, batch_size,
                        forced, dense_fp, flush_rows, flush_seconds, policy, printer)
         summary = summarize(folder, policy, run, collection.keys)
+        picture = publish(folder, summary, collection, policy, mode)
     line = f"infer: {summary['videos']} videos in {out}/part-*.parquet, {summary['errors']} errors"
     if "top1" in summary:
         line += f"; top-1 {summary['top1']:.2f}%, mAP {summary['mAP']:.2f}%"
     if "gflops_per_video" in summary:
         line += f"; {summary['gflops_per_video']:.4g} GFLOPs per video (the fp model: {summary['gflops_fp_model']:.4g})"
     printer(line + f"; summary {os.path.join(out, 'summary.json')}")
+    if picture is not None:
+        printer(f"infer: wandb run ({mode}) in {out}/wandb, decisions picture {picture}")
     return summary
 
 
@@ -120,9 +136,13 @@ def _run(collection: Collection, todo: list[int], spec: Any, folder: ResultsFold
     gpus = 1 if device.startswith("cuda") else 0
     kwargs = {"checkpoint": os.path.abspath(checkpoint), "engine": engine, "device": device,
               "threads": max(1, int(actor_cpus)), "forced": forced, "dense_fp": dense_fp}
+    # A dead actor is restarted and its batches run again: Ray Data's defaults for actor pools, said here because
+    # the output's "every video once" rests on them. Remote args of their own also keep the decode stage out of the
+    # actors (Ray Data fuses a task stage into the actor stage after it when their remote args match): the model
+    # would otherwise wait for every decode.
     ds = _settle(ds.map_batches(Classifier, fn_constructor_kwargs=kwargs, batch_size=batch_size,
                                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=actor_cpus, num_gpus=gpus,
-                                batch_format="numpy"), None)
+                                max_restarts=-1, max_task_retries=-1, batch_format="numpy"), None)
     # Ray Data's INFO lines ("execution finished") and its note that progress bars are off: the progress line
     # below says it
     logging.getLogger("ray.data").setLevel(logging.WARNING)
