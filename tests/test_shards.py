@@ -9,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 
+from videoiq.atomic import FolderLock
 from videoiq.data import build
 from videoiq.data.clips import ClipSpec, VideoClipDataset
 from videoiq.data.lists import parse_video_list, read_class_names
 from videoiq.data.records import DatabaseError, VideoDB
-from videoiq.data.shard_build import BuildError, _BuildLock, build_sharded, local_runner
+from videoiq.data.shard_build import LOCK_FILE, BuildError, build_sharded, local_runner
 from videoiq.data.shards import MANIFEST, ShardedSplit, open_split
 
 QUIET = open(os.devnull, "w")
@@ -138,7 +139,7 @@ def test_shard_build_refuses_other_settings_a_shorter_list_and_a_second_build(ti
         _sharded(tiny_videos, split, conversion=build.videos_conversion(short_side=0, quality=50))
     with pytest.raises(BuildError, match="videos that are not in this list"):
         _sharded(tiny_videos, split, items=items[:10])
-    with _BuildLock(str(split)):
+    with FolderLock(str(split), LOCK_FILE, "videoiq data build", BuildError):
         with pytest.raises(BuildError, match="another `videoiq data build` is writing into it"):
             _sharded(tiny_videos, split)
     assert _sharded(tiny_videos, split).already_present == 16  # and the folder is as it was
