@@ -160,3 +160,21 @@ def test_infer_refuses_a_busy_folder_other_classes_and_a_bad_list(trained_stages
         open_collection(str(listing), classes)
     with pytest.raises(CheckpointError, match="'ap'-stage checkpoint"):
         infer_collection(str(runs / "ap"), str(listing), str(tmp_path / "o"), printer=QUIET)
+
+
+def test_infer_on_a_sharded_split_gives_the_single_lmdbs_rows(trained_stages, tiny_videos, tmp_path, ray_local):
+    runs, _ = trained_stages
+    build = [sys.executable, "-m", "videoiq", "data", "build", "videos", "--root", str(tiny_videos), "--list",
+             str(tiny_videos / "val.txt"), "--classes", str(tiny_videos / "classes.txt"), "--short-side", "0"]
+    subprocess.run([*build, "--out", str(tmp_path / "one.lmdb")], check=True, capture_output=True)
+    subprocess.run([*build, "--out", str(tmp_path / "sharded.lmdb"), "--shards", "3"], check=True, capture_output=True)
+    one = infer_collection(str(runs / "policy"), str(tmp_path / "one.lmdb"), str(tmp_path / "a"), printer=QUIET)
+    sharded = infer_collection(str(runs / "policy"), str(tmp_path / "sharded.lmdb"), str(tmp_path / "b"),
+                               printer=QUIET)
+    rows = {r["key"]: r for r in _rows(tmp_path / "a")}
+    other = {r["key"]: r for r in _rows(tmp_path / "b")}
+    assert rows.keys() == other.keys() and len(rows) == len(open_split(str(tmp_path / "sharded.lmdb")))
+    for key, row in rows.items():
+        assert other[key]["actions"] == row["actions"]
+        np.testing.assert_allclose(other[key]["logits"], row["logits"], rtol=1e-5, atol=1e-5)
+    assert sharded["top1"] == one["top1"] and sharded["mAP"] == pytest.approx(one["mAP"])
