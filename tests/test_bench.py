@@ -60,6 +60,26 @@ def test_bench_train_runs_every_stage_bare_and_on_ray(ray_local, tmp_path):
         assert row["ray_1w_vs_bare"] == pytest.approx(row["ray_1w_samples_per_s"] / row["bare_samples_per_s"])
 
 
+@pytest.mark.ray
+def test_bench_infer_pipeline_runs_every_case_through_infer(ray_local, tmp_path):
+    from videoiq.bench.infer import MIXES
+    from videoiq.bench.infer_pipeline import bench_infer_pipeline, random_policy_checkpoint
+    from videoiq.predict import load_policy
+
+    setting = {"backbone": "ap_resnet_tiny", "policy": "policy_mobilenet_v2_tiny", "frames": 4, "size": 32,
+               "policy_size": 16, "classes": 3}
+    table = bench_infer_pipeline(**setting, batch=2, videos=4, folder=str(tmp_path / "videos"), threads=1,
+                                 engines=("float", "int8"))
+    assert list(table) == ["dense fp", "even", "even int8"]
+    cost = load_policy(random_policy_checkpoint(str(tmp_path / "policy.pt"), **setting)).cost
+    assert table["dense fp"]["gflops_paper"] == pytest.approx(cost.gmacs({"32bit": 1.0}, with_policy=False).total)
+    for key in ("even", "even int8"):  # 4 frames: one at each action, so the pipeline's GFLOPs are the mix's
+        assert table[key]["gflops_paper"] == pytest.approx(cost.gmacs(MIXES["even"][1]).total)
+        assert table[key]["gflops_run"] == pytest.approx(cost.gmacs(MIXES["even"][1], charge_skipped=False).total)
+    for row in table.values():  # every video of each case, once in the first run
+        assert row["videos"] == 4 and row["videos_per_s_first"] > 0 and 0 < row["model_busy"] <= 1
+
+
 @pytest.mark.parametrize("args, module, expected", [
     (["quant", "--channels", "8", "--size", "8", "--batch", "2", "--kernel", "1", "--repeat", "2", "--threads", "1"],
      "quant", ((8, 8, 2, 1, 2, 1, "cpu"), {})),

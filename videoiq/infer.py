@@ -142,7 +142,8 @@ class Classifier:
     ``actions`` (T action ids), ``gflops`` (paper convention), ``gflops_run`` (the frames that ran) and ``seconds``
     (this row's share of the batch's compute time), and the actor's own ``actor`` (host:pid), ``busy`` (seconds it
     has computed) and ``alive`` (seconds since its model was ready), for how busy the model was. ``forced``: one
-    action name per sampled frame, taken in place of the policy's (benchmarks: GFLOPs known exactly);
+    action name per sampled frame, taken in place of the policy's, which still runs (benchmarks: the cost of a
+    real run at GFLOPs known exactly);
     ``dense_fp``: the checkpoint's full-precision model on every frame instead of VideoIQ (the reference the savings
     are measured against)."""
 
@@ -178,7 +179,10 @@ class Classifier:
                 decisions = torch.zeros(len(rows), frames, len(model.actions))
                 decisions[..., model.actions.index("32bit")] = 1
             else:
-                forced = None if self.forced is None else self.forced.repeat(len(rows), 1).to(p.device)
+                forced = None
+                if self.forced is not None:  # the policy still runs, as it would: its decisions are replaced
+                    model.policy(video, deterministic=True)
+                    forced = self.forced.repeat(len(rows), 1).to(p.device)
                 logits, decisions = model.infer(video, deterministic=True, forced_actions=forced, engine=self.engine)
             logits, decisions = logits.float().cpu(), decisions.float().cpu()
             best = torch.topk(torch.softmax(logits, dim=1), k)

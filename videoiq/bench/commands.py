@@ -28,12 +28,37 @@ def _bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+PIPELINE_ONLY = ("videos", "folder", "checkpoint", "actors", "ray_cpus")  # bench infer's --pipeline options
+
+
 def _bench_infer(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
+
+    engines = tuple(args.engines) if args.engines else None
+    if args.pipeline:
+        from .infer_pipeline import bench_infer_pipeline
+
+        if args.repeat is not None:
+            raise UsageError("--repeat: not used with --pipeline (each case runs its videos twice; see --videos)")
+        given = {name: getattr(args, name) for name in ("frames", "size", *PIPELINE_ONLY)}
+        if args.threads:
+            given["threads"] = args.threads
+        if args.mixes:
+            given["mixes"] = tuple(args.mixes)
+        # options left out keep bench_infer_pipeline's defaults (ResNet-50's 8 frames at 224x224, one actor)
+        bench_infer_pipeline(args.backbone, args.policy, policy_size=args.policy_size, batch=args.batch,
+                             classes=args.classes, device=args.device, engines=engines,
+                             **{k: v for k, v in given.items() if v is not None})
+        return 0
     from .infer import MIXES, bench_infer
 
-    bench_infer(args.backbone, args.policy, args.frames, args.size, args.policy_size, args.batch, args.classes,
-                args.repeat, args.threads, args.device, tuple(args.mixes or MIXES),
-                tuple(args.engines) if args.engines else None)
+    only = [f"--{name.replace('_', '-')}" for name in PIPELINE_ONLY if getattr(args, name) is not None]
+    if only:
+        raise UsageError(f"{', '.join(only)}: only with --pipeline")
+    bench_infer(args.backbone, args.policy, 16 if args.frames is None else args.frames,
+                112 if args.size is None else args.size, args.policy_size, args.batch, args.classes,
+                3 if args.repeat is None else args.repeat, args.threads, args.device, tuple(args.mixes or MIXES),
+                engines)
     return 0
 
 
@@ -111,12 +136,25 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     _bench_setting(bi, frames=16, size=112, classes=200)
     bi.add_argument("--policy-size", type=int, default=84, help="side the policy resizes frames to")
     bi.add_argument("--batch", type=int, default=4, help="videos per call")
-    bi.add_argument("--repeat", type=int, default=3)
+    bi.add_argument("--repeat", type=int, help="timed calls per case (default: 3)")
     bi.add_argument("--mixes", nargs="+",
                     help="policy mixes to time (default: all): 32 4 2 (every frame at that width), skip25/50/75 "
                     "(that share skipped, the rest at 32 bits), even (a quarter each of 32, 4, 2, skip)")
     bi.add_argument("--engines", nargs="+", choices=("float", "int8"),
                     help="engines of the backbone rows and mixes (default: float, and int8 where it can run)")
+    bi.add_argument("--pipeline", action="store_true",
+                    help="the whole videoiq infer pipeline (Ray Data decode, model actors, Parquet) instead: "
+                    "videos/s of the dense fp model and VideoIQ on each engine at --mixes (default: even)")
+    bi.add_argument("--videos", type=int, help="--pipeline: generated videos per case (default: 96)")
+    bi.add_argument("--folder", help="--pipeline: where the generated videos and their split go, reused "
+                    "(default: ./runs/bench_infer)")
+    bi.add_argument("--checkpoint", help="--pipeline: also a policy checkpoint on its own validation split with "
+                    "its own decisions, on each engine")
+    bi.add_argument("--actors", type=int, help="--pipeline: model actors, each of --threads torch threads and Ray "
+                    "CPUs (default: 1)")
+    bi.add_argument("--ray-cpus", type=int, help="--pipeline: logical CPUs of the local Ray (default: the actors' "
+                    "CPUs and one to decode, at least the machine's cores)")
+    bi.set_defaults(frames=None, size=None)  # 16 and 112; with --pipeline, 8 and 224 (_bench_infer)
     be = besub.add_parser("exactness", help="the int8 engine's logits vs fake quantization's, per width")
     be.add_argument("--backbone", default="ap_resnet50", help="a random any-precision ResNet (without --checkpoint)")
     be.add_argument("--size", type=int, default=224, help="frame height and width (random model)")

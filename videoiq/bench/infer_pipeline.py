@@ -32,14 +32,15 @@ import torch
 
 from ..config import DataSection, PolicyConfig, PolicySection, config_from_dict, config_to_dict
 from ..data.build import videos_conversion, write_database
+from ..data.clips import ClipSpec
 from ..data.lists import parse_video_list
 from ..errors import UsageError
 from ..models import VideoIQ, create_model
 from ..models.int8 import check_engine, int8_unavailable_reason
 from ..quant import bit_widths_of
 from ..train.checkpoint import load_checkpoint, model_entry, save_checkpoint
-from .common import isolated, print_table, setting_line
-from .infer import MIXES, _actions, _case
+from .common import print_table, setting_line
+from .infer import MIXES, _actions
 from .scale import make_collection
 
 TEACHER = "dense fp"
@@ -92,9 +93,9 @@ def bench_videos(folder: str, videos: int, frames: int, side: int, classes: int,
     return split
 
 
-def _rerun_last(out: str, videos: int) -> int:
-    """Remove the newest parts of ``out`` until at least ``videos`` rows are gone (a re-run classifies those
-    again); how many rows went."""
+def _rerun_last(out: str, videos: int) -> None:
+    """Remove the newest parts of ``out`` until at least ``videos`` rows are gone: a re-run classifies those
+    again (how many, its ``this_run`` says)."""
     import pyarrow.parquet as pq
 
     from ..infer import SETTINGS, ResultsFolder
@@ -105,11 +106,10 @@ def _rerun_last(out: str, videos: int) -> int:
             break
         removed += pq.read_metadata(part).num_rows
         os.remove(part)
-    return removed
 
 
 def _measure(checkpoint: str, source: str, out: str, short: int, run: dict[str, Any], **case: Any) -> dict[str, Any]:
-    """One case: every video of ``source``, then the last ``short`` or so again; the rates and the summary."""
+    """One case: every video of ``source``, then the last ``short`` again; the rates and the summary."""
     from ..ray.infer import infer_collection
 
     def once() -> dict[str, Any]:
@@ -119,28 +119,30 @@ def _measure(checkpoint: str, source: str, out: str, short: int, run: dict[str, 
     _rerun_last(out, short)
     again = once()
     a, b = whole["this_run"], again["this_run"]
-    extra = a["seconds"] - b["seconds"]
-    return {"summary": again, "first": a, "videos": a["videos"], "short": b["videos"],
-            "warm": (a["videos"] - b["videos"]) / extra if extra > 0 else math.nan,
-            "cold": a["videos_per_s"], "start_s": b["seconds"] - b["videos"] * extra / (a["videos"] - b["videos"])}
+    extra_videos, extra_s = a["videos"] - b["videos"], a["seconds"] - b["seconds"]
+    warm = extra_videos / extra_s if extra_videos > 0 and extra_s > 0 else math.nan
+    return {"summary": again, "first": a, "warm": warm, "start_s": b["seconds"] - b["videos"] / warm,
+            # the warm rate rests on less time than start-up takes: start-up's noise can move it much
+            "thin": not extra_s > b["seconds"]}
 
 
 def bench_infer_pipeline(backbone: str = "ap_resnet50", policy: str = "policy_mobilenet_v2", frames: int = 8,
                          size: int = 224, policy_size: int = 84, batch: int = 4, classes: int = 200,
-                         videos: int = 32, folder: str = "bench_infer", checkpoint: str = "", actors: int = 1,
+                         videos: int = 96, folder: str = "runs/bench_infer", checkpoint: str = "", actors: int = 1,
                          threads: int = 2, ray_cpus: int = 0, device: str = "cpu", mixes: tuple[str, ...] = ("even",),
                          engines: tuple[str, ...] | None = None) -> dict[str, dict[str, float | None]]:
     """Print and return the pipeline table (see the module docstring), one row per case with the printed
-    columns: ``videos_per_s`` (warm), ``videos_per_s_first`` (the first run's, start-up included),
-    ``videos_per_s_per_core``, ``time_vs_fp``, ``gflops_paper``, ``gflops_run``, ``model_busy`` (None where the
-    table has no figure), keyed ``"dense fp"``, the mix name (``"even"``), ``"checkpoint"``, each followed by
-    ``" int8"`` on the integer engine.
+    columns: ``videos_per_s`` (warm), ``videos_per_s_per_core``, ``videos_per_s_first`` (the first run's, start-up
+    included), ``start_s``, ``time_vs_fp``, ``gflops_paper``, ``gflops_run``, ``model_busy`` (``None`` where the
+    table has no figure) and ``videos``, keyed ``"dense fp"``, the mix name (``"even"``), ``"checkpoint"``, each
+    followed by ``" int8"`` on the integer engine.
 
     ``actors`` model actors of ``threads`` torch threads (and as many Ray CPUs) each take batches of ``batch``
     videos; without ``RAY_ADDRESS`` a local Ray of ``ray_cpus`` logical CPUs (0: the actors' CPUs and one for
-    decoding, at least this machine's cores) is started."""
+    decoding, at least this machine's cores) is started. ``checkpoint`` runs on all of its validation split."""
     import ray
 
+    from ..ray.infer import infer_collection
     from ..ray.train import connect
 
     unknown = [m for m in mixes if m not in MIXES]
@@ -154,88 +156,103 @@ def bench_infer_pipeline(backbone: str = "ap_resnet50", policy: str = "policy_mo
         raise UsageError(f"--actors and --threads: expected >= 1 with --pipeline, got {actors} and {threads}")
     short = actors * batch  # the re-run: a batch for each actor
     if videos < 2 * short:
-        raise UsageError(f"--videos: expected at least {2 * short} (twice --actors x --batch, the videos the "
-                         f"re-run that prices start-up takes), got {videos}")
-    if checkpoint:
-        ckpt = load_checkpoint(checkpoint, stages=("policy",), what="--checkpoint", mmap=True)
-        data = config_from_dict(ckpt["config"], checkpoint, warn_renamed=False).data
-        own = data.lmdb_path(data.val_split)
-        if not os.path.isdir(own):
-            raise UsageError(f"--checkpoint: {checkpoint} was trained on {data.root}, whose validation split "
-                             f"{own} is not here")
+        raise UsageError(f"--videos: expected at least {2 * short} (twice --actors x --batch: the re-run that "
+                         f"prices start-up takes {short}), got {videos}")
+    own = _own_split(checkpoint) if checkpoint else ""
     cores = len(os.sched_getaffinity(0))
-    started = not ray.is_initialized()
-    if started:
-        connect(min_cpus=ray_cpus or actors * threads + 1, printer=lambda _: None)
-    try:
-        cluster = int(ray.cluster_resources().get("CPU", 0))
-        # logical CPUs beyond the machine's cores are not cores: per core is per real core of a local Ray
-        per_core = min(cluster, cores) if not os.environ.get("RAY_ADDRESS") else cluster
-        side = round(size / 0.875)  # what evaluation scales to before its centre crop: frames are only cropped
+    run = {"device": device, "actors": actors, "actor_cpus": float(threads), "batch_size": batch}
+    cases: list[tuple[str, str, dict[str, Any]]] = []  # (table key, printed label, measured)
+    with tempfile.TemporaryDirectory(prefix="videoiq-bench-") as work:
+        model = random_policy_checkpoint(os.path.join(work, "policy.pt"), backbone, policy, frames, size, policy_size,
+                                         classes)
+        ckpt = load_checkpoint(model, mmap=True)
+        actions = tuple(ckpt["extra"]["actions"])
+        try:
+            forced = {mix: [actions[a] for a in _actions(MIXES[mix][1], actions, 1, frames)[0].tolist()]
+                      for mix in mixes}
+        except IndexError:  # every share of a mix rounds to no frame
+            raise UsageError(f"--frames {frames}: too few frames for the shares of --mixes {' '.join(mixes)}") from None
+        # frames of the side evaluation scales to (even, for the encoder), so a clip is their centre crop
+        scale = ClipSpec.from_config(config_from_dict(ckpt["config"]).data, train=False).scale_size
+        side = scale + scale % 2
         source = bench_videos(folder, videos, frames, side, classes, cores)
-        print("videoiq bench infer --pipeline: the whole videoiq infer pipeline (Ray Data decode -> model actors -> "
-              "Parquet), on the same videos")
-        print(f"  {videos} videos x {frames} frames of {side}x{side} px ({source}), centre crop {size}x{size}; "
-              f"backbone {backbone} (dense fp: {backbone.removeprefix('ap_')}), policy {policy} at "
-              f"{policy_size}x{policy_size}, {classes} classes, random init")
-        print(f"  {actors} model actor(s) x {threads} torch threads (Ray CPUs), batches of {batch} videos; a Ray "
-              f"cluster of {cluster} logical CPUs on {cores} cores, the rest decodes; per core: / {per_core}")
-        print(f"  each case twice: all {videos} videos, then the last ~{short} again; warm videos/s = the "
-              "difference in videos / the difference in seconds (start-up excluded)")
-        print(f"  {setting_line(device, threads)}")
-        run = {"device": device, "actors": actors, "actor_cpus": float(threads), "batch_size": batch}
-        cases: list[tuple[str, str, dict[str, Any]]] = []  # (key, label, result)
-        with tempfile.TemporaryDirectory(prefix="videoiq-bench-") as work:
-            model = random_policy_checkpoint(os.path.join(work, "policy.pt"), backbone, policy, frames, size,
-                                             policy_size, classes)
-            actions = tuple(load_checkpoint(model, mmap=True)["extra"]["actions"])
-
-            def measure(key: str, label: str, ckpt: str, src: str, **case: Any) -> None:
-                print(f"  measuring {label} ...", flush=True)
-                cases.append((key, label, _measure(ckpt, src, os.path.join(work, key), short, run, **case)))
-
-            measure(TEACHER, "dense fp", model, source, dense_fp=True)
-            for engine in engines:
-                for mix in mixes:
-                    forced = [actions[a] for a in _actions(MIXES[mix][1], actions, 1, frames)[0].tolist()]
-                    measure(mix + (" int8" if engine == "int8" else ""), MIXES[mix][0]
-                            + (", int8" if engine == "int8" else ""), model, source, engine=engine, forced=forced)
-            if checkpoint:
-                for engine in engines:
-                    measure("checkpoint" + (" int8" if engine == "int8" else ""), f"{checkpoint}, its decisions"
-                            + (", int8" if engine == "int8" else ""), checkpoint, own, engine=engine)
-        # the forced cases run no policy (a forced Classifier skips it), though their paper GFLOPs charge it
-        policy_s = isolated(_case, ("policy only", "float", ""),
-                            {"backbone": backbone, "policy": policy, "frames": frames, "size": size,
-                             "policy_size": policy_size, "batch": batch, "classes": classes, "repeat": 3,
-                             "device": device}, threads=threads)[0] / batch
-    finally:
+        started = not ray.is_initialized()
         if started:
-            ray.shutdown()
+            connect(min_cpus=ray_cpus or actors * threads + 1, printer=lambda _: None)
+        try:
+            cluster = int(ray.cluster_resources().get("CPU", 0))
+            # logical CPUs beyond the machine's cores are not cores: a local Ray's per core is per real core
+            per_core = cluster if os.environ.get("RAY_ADDRESS") else min(cluster, cores)
+            print("videoiq bench infer --pipeline: the whole videoiq infer pipeline (Ray Data read + decode -> model "
+                  "actors -> Parquet) on the same videos")
+            print(f"  {videos} videos x {frames} frames of {side}x{side} px ({source}), centre crop {size}x{size}; "
+                  f"{backbone} (dense fp: {backbone.removeprefix('ap_')}), {policy} at {policy_size}x{policy_size}, "
+                  f"{classes} classes, random init")
+            print(f"  {actors} model actor(s) x {threads} torch threads (Ray CPUs), batches of {batch} videos, on a "
+                  f"Ray cluster of {cluster} logical CPUs (the rest decode) on {cores} cores; per core: / {per_core}")
+            print(f"  each case twice: all its videos, then its last {short} again; videos/s = the difference in "
+                  "videos / the difference in seconds, start-up excluded")
+            print(f"  {setting_line(device, threads)}; load average {os.getloadavg()[0]:.2f} at the start")
+
+            # Ray Data's first execution in a fresh cluster also starts its task workers: on a few of the videos
+            # first, so that it does not weigh on the first case's long run (and not on its re-run)
+            warmup = infer_collection(model, bench_videos(folder, short, frames, side, classes, cores),
+                                      os.path.join(work, "warm-up"), printer=lambda _: None, dense_fp=True, **run)
+            print(f"  warm-up: the dense fp model on {short} videos, {warmup['this_run']['seconds']:.1f} s")
+
+            def measure(key: str, label: str, path: str, src: str, **case: Any) -> None:
+                print(f"  measuring {label} ...", flush=True)
+                cases.append((key, label, _measure(path, src, os.path.join(work, key), short, run, **case)))
+
+            measure(TEACHER, TEACHER, model, source, dense_fp=True)
+            for engine in engines:
+                tail = ", int8" if engine == "int8" else ""
+                for mix in mixes:
+                    measure(mix + tail.replace(",", ""), MIXES[mix][0] + tail, model, source, engine=engine,
+                            forced=forced[mix])
+            for engine in engines if checkpoint else ():
+                tail = ", int8" if engine == "int8" else ""
+                measure("checkpoint" + tail.replace(",", ""), f"{checkpoint}, its decisions" + tail, checkpoint, own,
+                        engine=engine)
+        finally:
+            if started:
+                ray.shutdown()
     table = _table(cases, per_core)
     print()
     print_table(["case", "videos/s", "per core", "1st run v/s", "start-up s", "time vs fp", "GFLOPs (paper)",
                  "GFLOPs (run)", "model busy %"], [_row(label, table[key]) for key, label, _ in cases])
     print()
-    _print_ratios(table, cases, engines, mixes, policy_s, actors, policy)
+    _print_ratios(table, cases, engines, mixes)
     return table
+
+
+def _own_split(checkpoint: str) -> str:
+    """The validation split a policy checkpoint was trained with (its config's), which must be here."""
+    ckpt = load_checkpoint(checkpoint, stages=("policy",), what="--checkpoint", mmap=True)
+    data = config_from_dict(ckpt["config"], checkpoint, warn_renamed=False).data
+    split = data.lmdb_path(data.val_split)
+    if not os.path.isdir(split):
+        raise UsageError(f"--checkpoint: {checkpoint} was trained on {data.root}, whose validation split {split} "
+                         "is not here")
+    return split
 
 
 def _table(cases: list[tuple[str, str, dict[str, Any]]], per_core: int) -> dict[str, dict[str, float | None]]:
     fp = next(r for key, _, r in cases if key == TEACHER)["warm"]
     table: dict[str, dict[str, float | None]] = {}
     for key, _, r in cases:
-        s = r["summary"]
+        s, first = r["summary"], r["first"]
         mine = not key.startswith("checkpoint")  # the checkpoint has other videos and another model
-        table[key] = {"videos_per_s": r["warm"], "videos_per_s_first": r["cold"],
-                      "videos_per_s_per_core": r["warm"] / per_core, "start_s": r["start_s"],
+        table[key] = {"videos_per_s": r["warm"], "videos_per_s_per_core": r["warm"] / per_core,
+                      "videos_per_s_first": first["videos_per_s"], "start_s": r["start_s"],
                       "time_vs_fp": fp / r["warm"] if mine else None, "gflops_paper": s.get("gflops_per_video"),
-                      "gflops_run": s.get("gflops_frames_run_per_video"), "model_busy": r["first"]["model_busy"],
-                      "videos": r["videos"]}
+                      "gflops_run": s.get("gflops_frames_run_per_video"), "model_busy": first["model_busy"],
+                      "videos": first["videos"]}
     return table
 
 
 def _row(name: str, r: dict[str, float | None]) -> list[str]:
+    """One printed row: a blank where the table has no figure."""
     def cell(key: str, fmt: str, scale: float = 1.0) -> str:
         return "" if r[key] is None else format(scale * r[key], fmt)
 
@@ -245,20 +262,20 @@ def _row(name: str, r: dict[str, float | None]) -> list[str]:
 
 
 def _print_ratios(table: dict[str, dict[str, float | None]], cases: list[tuple[str, str, dict[str, Any]]],
-                  engines: tuple[str, ...], mixes: tuple[str, ...], policy_s: float, actors: int,
-                  policy: str) -> None:
-    """The int8 and float rows' videos/s over the dense fp model's, with the policy's time charged too."""
-    fp = table[TEACHER]["videos_per_s"]
+                  engines: tuple[str, ...], mixes: tuple[str, ...]) -> None:
+    """Each VideoIQ row's videos/s over the dense fp model's (the policy runs in the forced rows too); the
+    checkpoint's int8 over float; the rows whose warm figure is fragile."""
+    fp = table[TEACHER]
     for mix in mixes:
         for engine in engines:
-            key = mix + (" int8" if engine == "int8" else "")
-            rate = table[key]["videos_per_s"]
-            # the policy's time on the actors: what the rate would be with it, while the actors bound the rate
-            charged = 1 / (1 / rate + policy_s / actors)
-            print(f"  {engine} engine, {MIXES[mix][0]} / dense fp videos/s: {rate / fp:.2f}x (per core the same); "
-                  f"with the policy's time charged: {charged / fp:.2f}x")
-    print(f"  the forced rows run no policy: a forced Classifier skips it; {policy} alone takes "
-          f"{1000 * policy_s:.1f} ms a video at the actors' threads and batch (charged above)")
+            r = table[mix + (" int8" if engine == "int8" else "")]
+            print(f"  {engine} engine, {MIXES[mix][0]} / dense fp: {r['videos_per_s'] / fp['videos_per_s']:.2f}x "
+                  f"the videos/s ({r['videos_per_s_per_core']:.3f} vs {fp['videos_per_s_per_core']:.3f} per core)")
     if "checkpoint" in table and "checkpoint int8" in table:
-        print(f"  checkpoint, int8 / float videos/s: "
-              f"{table['checkpoint int8']['videos_per_s'] / table['checkpoint']['videos_per_s']:.2f}x")
+        fast, slow = table["checkpoint int8"], table["checkpoint"]
+        print(f"  checkpoint, int8 / float videos/s: {fast['videos_per_s'] / slow['videos_per_s']:.2f}x warm, "
+              f"{fast['videos_per_s_first'] / slow['videos_per_s_first']:.2f}x in the first runs (start-up included)")
+    thin = [label for _, label, r in cases if r["thin"]]
+    if thin:
+        print(f"  fragile, its extra videos took less time than start-up (more videos steady it: --videos, or a larger "
+              f"split for a checkpoint): {', '.join(thin)}")

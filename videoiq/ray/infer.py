@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -139,10 +140,13 @@ def _run(collection: Collection, todo: list[int], spec: Any, folder: ResultsFold
     # A dead actor is restarted and its batches run again: Ray Data's defaults for actor pools, said here because
     # the output's "every video once" rests on them. Remote args of their own also keep the decode stage out of the
     # actors (Ray Data fuses a task stage into the actor stage after it when their remote args match): the model
-    # would otherwise wait for every decode.
-    ds = _settle(ds.map_batches(Classifier, fn_constructor_kwargs=kwargs, batch_size=batch_size,
-                                compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=actor_cpus, num_gpus=gpus,
-                                max_restarts=-1, max_task_retries=-1, batch_format="numpy"), None)
+    # would otherwise wait for every decode. Ray 2.60 deprecates passing them (for Ray 2.64) but names no
+    # parameter for an actor's restarts.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = _settle(ds.map_batches(Classifier, fn_constructor_kwargs=kwargs, batch_size=batch_size,
+                                    compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=actor_cpus,
+                                    num_gpus=gpus, max_restarts=-1, max_task_retries=-1, batch_format="numpy"), None)
     # Ray Data's INFO lines ("execution finished") and its note that progress bars are off: the progress line
     # below says it
     logging.getLogger("ray.data").setLevel(logging.WARNING)
