@@ -36,6 +36,7 @@ from .data.codec import VideoDecodeError
 from .data.lists import VIDEO_EXTENSIONS
 from .data.records import DatabaseError
 from .data.shards import is_sharded, open_split
+from .data.transforms import normalize
 from .errors import UsageError
 from .flops import action_usage
 from .predict import LoadedPolicy, file_clip, load_policy
@@ -139,13 +140,12 @@ def decode_files(batch: dict[str, np.ndarray], spec: Any) -> dict[str, np.ndarra
 class Classifier:
     """A policy checkpoint on batches ``{"index", "video" (B, 1, T, 3, S, S) uint8, "valid", "error"}``: per row
     ``index``, ``error``, ``logits`` (C), ``top`` / ``top_p`` (the top classes' ids and probabilities),
-    ``actions`` (T action ids), ``gflops`` (paper convention), ``gflops_run`` (the frames that ran) and ``seconds``
-    (this row's share of the batch's compute time), and the actor's own ``actor`` (host:pid), ``busy`` (seconds it
-    has computed) and ``alive`` (seconds since its model was ready), for how busy the model was. ``forced``: one
-    action name per sampled frame, taken in place of the policy's, which still runs (benchmarks: the cost of a
-    real run at GFLOPs known exactly);
-    ``dense_fp``: the checkpoint's full-precision model on every frame instead of VideoIQ (the reference the savings
-    are measured against)."""
+    ``actions`` (T action ids), ``gflops`` (paper convention) and ``gflops_run`` (the frames that ran), and the
+    actor's own ``actor`` (host:pid), ``busy`` (seconds it has computed) and ``alive`` (seconds since its model was
+    ready), for how busy the model was. ``forced``: one action name per sampled frame, taken in place of the
+    policy's, which still runs (benchmarks: the cost of a real run at GFLOPs known exactly); ``dense_fp``: the
+    checkpoint's full-precision model on every frame instead of VideoIQ (the reference the savings are measured
+    against)."""
 
     def __init__(self, checkpoint: str, engine: str = "float", device: str = "cpu", threads: int = 0,
                  forced: list[str] | None = None, dense_fp: bool = False):
@@ -168,11 +168,9 @@ class Classifier:
         out = {"index": batch["index"], "error": batch["error"],
                "logits": np.zeros((n, classes), np.float32), "top": np.zeros((n, k), np.int32),
                "top_p": np.zeros((n, k), np.float32), "actions": np.zeros((n, frames), np.int8),
-               "gflops": np.zeros(n), "gflops_run": np.zeros(n), "seconds": np.zeros(n)}
+               "gflops": np.zeros(n), "gflops_run": np.zeros(n)}
         rows = np.flatnonzero(batch["valid"])
         if len(rows):
-            from .data.transforms import normalize
-
             video = normalize(torch.from_numpy(batch["video"][rows]).to(p.device)).flatten(0, 1)  # one view each
             if self.dense_fp:
                 logits = model.teacher(video)
@@ -195,11 +193,15 @@ class Classifier:
                 out["gflops_run"][r] = p.cost.gmacs(usage, charge_skipped=False,
                                                     with_policy=not self.dense_fp).total
         now = time.perf_counter()
-        out["seconds"][:] = (now - start) / max(1, n)
         self.busy += now - start
         out.update(actor=np.array([self.name] * n, dtype=object), busy=np.full(n, self.busy),
                    alive=np.full(n, now - self.ready))
         return out
+
+
+def part_files(out: str) -> list[str]:
+    """The Parquet parts of the results folder ``out``, oldest first."""
+    return sorted(os.path.join(out, f) for f in os.listdir(out) if f.startswith(PART) and f.endswith(".parquet"))
 
 
 class ResultsFolder:
@@ -239,8 +241,7 @@ class ResultsFolder:
         self.lock.__exit__(*exc)
 
     def parts(self) -> list[str]:
-        return sorted(os.path.join(self.out, f) for f in os.listdir(self.out)
-                      if f.startswith(PART) and f.endswith(".parquet"))
+        return part_files(self.out)
 
     def read(self, columns: list[str] | None = None) -> Any:
         """Every part as one ``pyarrow.Table`` (``None`` when there is none); a damaged part is an error naming it."""

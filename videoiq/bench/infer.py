@@ -43,6 +43,22 @@ MIXES: dict[str, tuple[str, dict[str, float]]] = {  # --mixes name -> (row label
 }
 
 
+def checked_cases(mixes: tuple[str, ...], engines: tuple[str, ...] | None, device: str,
+                  frames: int) -> tuple[str, ...]:
+    """The engines to measure (default: float, and int8 where it can run on ``device``), once ``mixes`` are known
+    names that ``frames`` frames can hold and every engine can run there."""
+    unknown = [m for m in mixes if m not in MIXES]
+    if unknown:
+        raise UsageError(f"--mixes: unknown {unknown}; known: {', '.join(MIXES)}")
+    for m in mixes:  # here, not in a case's own process, where it would surface as the case failing
+        _actions(MIXES[m][1], tuple(MIXES[m][1]), 1, frames)
+    if engines is None:
+        engines = ("float",) + (() if int8_unavailable_reason(device) else ("int8",))
+    for engine in engines:
+        check_engine(engine, device)
+    return engines
+
+
 def _model(cfg: dict[str, Any]) -> VideoIQ:
     torch.manual_seed(0)
     backbone = create_model(cfg["backbone"], num_classes=cfg["classes"])
@@ -56,6 +72,8 @@ def _actions(mix: dict[str, float], actions: tuple[str, ...], batch: int, frames
     per_video = []
     for action, share in mix.items():
         per_video += [actions.index(action)] * round(share * frames)
+    if not per_video:
+        raise UsageError(f"--frames {frames}: too few frames for the shares of the mix {mix}")
     per_video = (per_video + per_video[-1:] * frames)[:frames]
     order = torch.randperm(frames, generator=torch.Generator().manual_seed(0))
     return torch.tensor(per_video)[order].repeat(batch, 1)
@@ -124,13 +142,7 @@ def bench_infer(backbone: str = "ap_resnet50", policy: str = "policy_mobilenet_v
     columns: ``ms_per_video``, ``time_vs_fp``, ``gflops_paper``, ``gflops_run``, ``gflops_vs_fp``,
     ``saving_realized`` and ``peak_mib`` (``None`` where the table has no figure), keyed as :func:`_key` says."""
     threads = threads or torch.get_num_threads()
-    unknown = [m for m in mixes if m not in MIXES]
-    if unknown:
-        raise UsageError(f"--mixes: unknown {unknown}; known: {', '.join(MIXES)}")
-    if engines is None:
-        engines = ("float",) + (() if int8_unavailable_reason(device) else ("int8",))
-    for engine in engines:
-        check_engine(engine, device)
+    engines = checked_cases(mixes, engines, device, frames)
     cfg = {"backbone": backbone, "policy": policy, "frames": frames, "size": size, "policy_size": policy_size,
            "batch": batch, "classes": classes, "repeat": repeat, "device": device}
     model = _model(cfg)

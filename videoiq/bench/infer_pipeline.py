@@ -21,11 +21,9 @@ held, which a re-run classifies again; the difference of the two is the warm rat
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,11 +34,10 @@ from ..data.clips import ClipSpec
 from ..data.lists import parse_video_list
 from ..errors import UsageError
 from ..models import VideoIQ, create_model
-from ..models.int8 import check_engine, int8_unavailable_reason
 from ..quant import bit_widths_of
 from ..train.checkpoint import load_checkpoint, model_entry, save_checkpoint
 from .common import print_table, setting_line
-from .infer import MIXES, _actions
+from .infer import MIXES, _actions, checked_cases
 from .scale import make_collection
 
 TEACHER = "dense fp"
@@ -98,10 +95,10 @@ def _rerun_last(out: str, videos: int) -> None:
     again (how many, its ``this_run`` says)."""
     import pyarrow.parquet as pq
 
-    from ..infer import SETTINGS, ResultsFolder
+    from ..infer import part_files
 
     removed = 0
-    for part in reversed(ResultsFolder(out, json.loads(Path(out, SETTINGS).read_text())).parts()):
+    for part in reversed(part_files(out)):
         if removed >= videos:
             break
         removed += pq.read_metadata(part).num_rows
@@ -145,13 +142,7 @@ def bench_infer_pipeline(backbone: str = "ap_resnet50", policy: str = "policy_mo
     from ..ray.infer import infer_collection
     from ..ray.train import connect
 
-    unknown = [m for m in mixes if m not in MIXES]
-    if unknown:
-        raise UsageError(f"--mixes: unknown {unknown}; known: {', '.join(MIXES)}")
-    if engines is None:
-        engines = ("float",) + (() if int8_unavailable_reason(device) else ("int8",))
-    for engine in engines:
-        check_engine(engine, device)
+    engines = checked_cases(mixes, engines, device, frames)
     if actors < 1 or threads < 1:
         raise UsageError(f"--actors and --threads: expected >= 1 with --pipeline, got {actors} and {threads}")
     short = actors * batch  # the re-run: a batch for each actor
@@ -167,11 +158,8 @@ def bench_infer_pipeline(backbone: str = "ap_resnet50", policy: str = "policy_mo
                                          classes)
         ckpt = load_checkpoint(model, mmap=True)
         actions = tuple(ckpt["extra"]["actions"])
-        try:
-            forced = {mix: [actions[a] for a in _actions(MIXES[mix][1], actions, 1, frames)[0].tolist()]
-                      for mix in mixes}
-        except IndexError:  # every share of a mix rounds to no frame
-            raise UsageError(f"--frames {frames}: too few frames for the shares of --mixes {' '.join(mixes)}") from None
+        forced = {mix: [actions[a] for a in _actions(MIXES[mix][1], actions, 1, frames)[0].tolist()]
+                  for mix in mixes}
         # frames of the side evaluation scales to (even, for the encoder), so a clip is their centre crop
         scale = ClipSpec.from_config(config_from_dict(ckpt["config"]).data, train=False).scale_size
         side = scale + scale % 2
